@@ -1,0 +1,27 @@
+"""rootml: ROOT files in, trained and served models out."""
+
+from rootml.datasets import RootIterableDataset
+from rootml.errors import (
+    DataValueError,
+    FileAccessError,
+    ModelError,
+    ProtocolError,
+    RootmlError,
+    SchemaError,
+    SpecsMismatch,
+)
+from rootml.transforms import Specs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataValueError",
+    "FileAccessError",
+    "ModelError",
+    "ProtocolError",
+    "RootIterableDataset",
+    "RootmlError",
+    "SchemaError",
+    "Specs",
+    "__version__",
+]
