@@ -35,8 +35,12 @@ class ProtocolError(RootmlError):
         self.status = status
 
 
-def where(url: str | None = None, tree: str | None = None, branch: str | None = None,
-          entries: tuple[int, int] | None = None) -> str:
+def where(
+    url: str | None = None,
+    tree: str | None = None,
+    branch: str | None = None,
+    entries: tuple[int, int] | None = None,
+) -> str:
     """The context of an error in uproot's style: ``in file X, tree Y, branch Z, entries a-b``."""
     parts = []
     if url is not None:

@@ -1,0 +1,167 @@
+"""Where files are and how they open: file lists, redirectors, retries, tree lookup.
+
+Protocol details stay here, at the edge: everything above sees an opened TTree or RNTuple.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from rootml.errors import FileAccessError, SchemaError, where
+
+log = logging.getLogger(__name__)
+
+# The XRootD client reads these once, when it is first loaded. Its defaults let a read from a
+# dead server hang for minutes; rootml bounds them and retries on its own (see `with_retries`).
+# XRD_RUNFORKHANDLER keeps the client usable in DataLoader workers forked after a parent read.
+_XRD_DEFAULTS = {
+    "XRD_CONNECTIONWINDOW": "5",
+    "XRD_CONNECTIONRETRY": "1",
+    "XRD_REQUESTTIMEOUT": "20",
+    "XRD_STREAMTIMEOUT": "20",
+    "XRD_TIMEOUTRESOLUTION": "1",
+    "XRD_RUNFORKHANDLER": "1",
+}
+for _key, _value in _XRD_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
+import uproot  # noqa: E402  (after the XRD_* defaults, which the client reads at load)
+
+_REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "gs://", "simplecache::")
+T = TypeVar("T")
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(_REMOTE_SCHEMES)
+
+
+def resolve_files(
+    files: str | os.PathLike | Sequence[str] | Mapping[str, Any], redirector: str | None = None
+) -> tuple[list[str], list[Any] | None]:
+    """Expand `files` into a list of URLs, and labels when `files` is a dict path -> label.
+
+    `files` may be one path or URL, a glob, a `.txt` list (one per line, `#` comments), a list of
+    any of these, or a dict path -> label. With `redirector="root://site"`, paths without a scheme
+    that do not exist locally become `root://site//path` (grid paths such as /store/...).
+    Raises FileAccessError when a glob or a list file matches nothing.
+    """
+    if isinstance(files, Mapping):
+        urls, labels = [], []
+        for path, label in files.items():
+            expanded = _expand(str(path), redirector)
+            urls += expanded
+            labels += [label] * len(expanded)
+        return urls, labels
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    urls = [url for item in files for url in _expand(str(item), redirector)]
+    if not urls:
+        raise FileAccessError("no input files were given")
+    return urls, None
+
+
+def _expand(item: str, redirector: str | None) -> list[str]:
+    if is_remote(item):
+        return [item]
+    if item.endswith(".txt") and os.path.isfile(item):
+        with open(item) as listing:
+            lines = [line.split("#", 1)[0].strip() for line in listing]
+        urls = [url for line in lines if line for url in _expand(line, redirector)]
+        if not urls:
+            raise FileAccessError(f"the file list {item} names no files")
+        return urls
+    if glob.has_magic(item):
+        matches = sorted(glob.glob(item))
+        if not matches:
+            raise FileAccessError(f"no file matches the pattern {item!r}")
+        return matches
+    if redirector and not os.path.exists(item):
+        return [redirector.rstrip("/") + "//" + item.lstrip("/")]
+    return [item]
+
+
+def with_retries(
+    action: Callable[[], T], context: str, retries: int = 3, backoff: float = 0.5
+) -> T:
+    """Run `action`, retrying transport errors (OSError, TimeoutError) with exponential backoff.
+
+    A missing local file is not retried. After the budget, raises FileAccessError with `context`.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except FileNotFoundError as err:
+            raise FileAccessError(f"file not found: {context}: {err}") from err
+        except (OSError, TimeoutError) as err:
+            if attempt == retries:
+                raise FileAccessError(
+                    f"cannot read {context} after {retries + 1} attempts: {err}"
+                ) from err
+            delay = backoff * 2**attempt
+            log.warning("read failed %s (%s); retrying in %.1f s", context, err, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def open_file(url: str, retries: int = 3, backoff: float = 0.5) -> Any:
+    """Open a ROOT file through uproot (fsspec for remote URLs), with bounded retries."""
+    if not is_remote(url) and not os.path.exists(url):
+        raise FileAccessError(f"file not found: {url}")
+
+    def attempt() -> Any:
+        try:
+            return uproot.open(url, timeout=30) if is_remote(url) else uproot.open(url)
+        except (OSError, TimeoutError):
+            raise
+        except Exception as err:  # uproot raises ValueError & co for non-ROOT or truncated files
+            raise FileAccessError(f"not a readable ROOT file: {url}: {err}") from err
+
+    return with_retries(attempt, url, retries, backoff)
+
+
+def list_trees(file: Any) -> dict[str, str]:
+    """Names (without cycle) of the TTrees and RNTuples at the top of `file`, with class names."""
+    found = {}
+    for key, classname in file.classnames(recursive=False).items():
+        if classname == "TTree" or classname.startswith("ROOT::") and "RNTuple" in classname:
+            found.setdefault(key.split(";")[0], classname)
+    return found
+
+
+def find_tree(file: Any, tree: str | None, url: str) -> tuple[str, Any]:
+    """The TTree or RNTuple named `tree` (or the only one when `tree` is None)."""
+    trees = list_trees(file)
+    if tree is None:
+        if len(trees) != 1:
+            what = "no TTree or RNTuple" if not trees else f"several trees {sorted(trees)}"
+            raise SchemaError(f"{where(url)}: {what}; pass tree=NAME")
+        tree = next(iter(trees))
+    if tree not in trees:
+        raise SchemaError(
+            f"{where(url)}: no TTree or RNTuple named {tree!r}; found {sorted(trees)}"
+        )
+    return tree, file[tree]
+
+
+def match_names(patterns: Sequence[str], available: Sequence[str], context: str) -> list[str]:
+    """Names of `available` matching names or glob patterns, in `available` order.
+
+    Raises SchemaError naming the closest matches for a name or pattern that matches nothing.
+    """
+    import difflib
+
+    chosen = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(available, pattern)
+        if not hits:
+            close = difflib.get_close_matches(pattern, available, n=3)
+            hint = f"; closest: {close}" if close else ""
+            raise SchemaError(f"{context}: no branch matches {pattern!r}{hint}")
+        chosen.update(hits)
+    return [name for name in available if name in chosen]

@@ -1,0 +1,130 @@
+"""Reading work units: open files lazily in the reading process, read a unit's branches, apply the
+cut, and keep the entry number of every row kept."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rootml.datasets._files import find_tree, open_file, with_retries
+from rootml.datasets._plan import Unit
+from rootml.datasets._schema import is_rntuple
+from rootml.errors import FileAccessError, RootmlError, SchemaError, where
+
+log = logging.getLogger(__name__)
+
+_CUT = "_rootml_cut"
+
+
+class UnitReader:
+    """Reads work units of `urls` in this process. Files open on first use and stay open (at most
+    `max_open` at a time). Not shared between processes: each DataLoader worker makes its own.
+
+    read(unit) -> (columns: name -> awkward/numpy array of the kept rows, entries: int64 (n,)).
+    Errors name the file URL, tree and entry range (FileAccessError, SchemaError).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        tree: str,
+        names: Sequence[str],
+        aliases: Mapping[str, str] | None = None,
+        cut: str | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_open: int = 4,
+    ):
+        self.urls, self.tree, self.names = list(urls), tree, list(dict.fromkeys(names))
+        self.aliases, self.cut = dict(aliases or {}), cut
+        self.retries, self.backoff, self.max_open = retries, backoff, max_open
+        self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+
+    def read(self, unit: Unit) -> tuple[dict[str, Any], np.ndarray]:
+        url = self.urls[unit.file]
+        context = where(url, self.tree, entries=(unit.start, unit.stop))
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return self._read_columns(unit)
+            except (OSError, TimeoutError):
+                self._forget(unit.file)
+                raise
+
+        try:
+            columns = with_retries(attempt, context, self.retries, self.backoff)
+        except RootmlError:
+            raise
+        except Exception as err:  # decompression and deserialisation errors of corrupt files
+            self._forget(unit.file)
+            raise FileAccessError(f"cannot read {context}: {type(err).__name__}: {err}") from err
+        entries = np.arange(unit.start, unit.stop, dtype=np.int64)
+        if self.cut is not None:
+            keep = np.asarray(columns.pop(_CUT), dtype=bool)
+            entries = entries[keep]
+            columns = {name: values[keep] for name, values in columns.items()}
+        return columns, entries
+
+    def tree_of(self, index: int) -> Any:
+        if index in self._open:
+            self._open.move_to_end(index)
+            return self._open[index][1]
+        url = self.urls[index]
+        file = open_file(url, self.retries, self.backoff)
+        _, tree = find_tree(file, self.tree, url)
+        self._open[index] = (file, tree)
+        while len(self._open) > self.max_open:
+            self._close(self._open.popitem(last=False)[1][0])
+        return tree
+
+    def close(self) -> None:
+        while self._open:
+            self._close(self._open.popitem()[1][0])
+
+    def _read_columns(self, unit: Unit) -> dict[str, Any]:
+        tree = self.tree_of(unit.file)
+        span = {"entry_start": unit.start, "entry_stop": unit.stop}
+        if is_rntuple(tree):
+            return self._read_rntuple(tree, span, self.urls[unit.file])
+        aliases = dict(self.aliases)
+        expressions = list(self.names)
+        if self.cut is not None:
+            aliases[_CUT] = self.cut
+            expressions.append(_CUT)
+        return tree.arrays(expressions, aliases=aliases or None, how=dict, **span)
+
+    def _read_rntuple(self, ntuple: Any, span: dict, url: str) -> dict[str, Any]:
+        # uproot's RNTuple reader has no expressions yet: read the fields, then evaluate aliases
+        # and the cut with uproot's own expression language (same names, same functions).
+        import uproot
+
+        language = uproot.language.python.PythonLanguage()
+        fields = set(ntuple.keys(recursive=False))
+        wanted = [n for n in self.names if n not in self.aliases]
+        for expression in [*self.aliases.values(), *([self.cut] if self.cut else [])]:
+            wanted += language.free_symbols(expression, list(fields), self.aliases, url, self.tree)
+        missing = sorted(set(wanted) - fields - set(self.aliases))
+        if missing:
+            raise SchemaError(f"{where(url, self.tree)}: no field {missing}")
+        columns = {n: ntuple[n].array(**span) for n in dict.fromkeys(wanted)}
+        namespace = {**language.functions, **columns}
+        for name, expression in self.aliases.items():
+            namespace[name] = columns[name] = eval(expression, {"__builtins__": {}}, namespace)
+        if self.cut is not None:
+            columns[_CUT] = eval(self.cut, {"__builtins__": {}}, namespace)
+        return {n: columns[n] for n in [*self.names, *([_CUT] if self.cut else [])]}
+
+    def _forget(self, index: int) -> None:
+        if index in self._open:
+            self._close(self._open.pop(index)[0])
+
+    @staticmethod
+    def _close(file: Any) -> None:
+        try:
+            file.close()
+        except Exception as err:  # a dead connection may fail to close; nothing is lost
+            log.debug("closing failed: %s", err)

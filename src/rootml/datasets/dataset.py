@@ -1,0 +1,391 @@
+"""RootIterableDataset: ROOT files (TTree or RNTuple, local or remote) -> whole batches of tensors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from rootml.datasets._batching import Batcher
+from rootml.datasets._files import resolve_files
+from rootml.datasets._metadata import FileMeta, read_metadata, select_branches
+from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
+from rootml.datasets._reader import UnitReader
+from rootml.errors import FileAccessError, RootmlError, SchemaError, where
+from rootml.transforms import FlatLayout, Specs, to_torch
+
+log = logging.getLogger(__name__)
+
+PerFile = Sequence[Any] | Mapping[str, Any] | None
+
+
+class RootIterableDataset(torch.utils.data.IterableDataset):
+    """Stream ROOT files as whole batches of padded tensors; use with DataLoader(ds, batch_size=None).
+
+    Each batch is a dict: "features" float32 (B, F) in `feature_names` order, "mask" bool (B, F),
+    "label" int64 (B,), "weight" float32 (B,), "file" int64 (B,) (index into `files`), "entry"
+    int64 (B,), and "ids" int64 (B, K) when `identifiers` are given.
+
+    files: path/URL, glob, `.txt` list, list of these, or dict path -> label. root:// and https://
+        go through fsspec. `redirector="root://site"` prefixes grid paths that do not exist locally.
+    tree: TTree or RNTuple name; None takes the only one in the file.
+    branches / exclude: names or glob patterns of feature branches (default: every numeric one).
+    labels / weights: per file (list in file order, or dict url -> value); `label_branch` and
+        `weight_branch` read them per entry (weights multiply).
+    nevts: entries to read: a total split over files by their entries, or per file (list/dict).
+    entries: (start, stop) for every file, or per file (list/dict).
+    cut / aliases: uproot expressions (e.g. cut="nJet >= 4", aliases={"HT2": "HT**2"}).
+    max_len: pad length of jagged branches: int, quantile in (0, 1), dict per branch/collection,
+        or None for the largest multiplicity (found by a first pass over the counts).
+    specs: a fitted Specs (pad lengths, statistics); refused if fitted on other inputs unless
+        `reuse_specs=True`.
+    preprocess: callable (or "module.py:function") taking and returning a chunk (dict of awkward
+        arrays) before padding; transform: callable on the padded block (dict of numpy arrays).
+    shuffle: permute units per epoch (seed + epoch) and mix rows in a buffer of `shuffle_buffer`
+        rows (default chunk_size). balance="class" multiplies weights so classes weigh the same.
+    rank / world_size: default from torch.distributed when initialised, else 0 / 1.
+    on_error: "raise" (default) or "skip" unreadable units; skipped entries are in `report`.
+    Raises FileAccessError / SchemaError / SpecsMismatch with the file URL, tree and branch.
+    """
+
+    def __init__(
+        self,
+        files: Any,
+        tree: str | None = None,
+        branches: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        labels: PerFile = None,
+        identifiers: Sequence[str] | None = None,
+        batch_size: int = 1024,
+        chunk_size: int = 100_000,
+        shuffle: bool = False,
+        seed: int = 0,
+        max_len: int | float | Mapping[str, int | float] | None = None,
+        pad_value: float = 0.0,
+        *,
+        label_branch: str | None = None,
+        weights: PerFile = None,
+        weight_branch: str | None = None,
+        nevts: int | PerFile = None,
+        entries: tuple[int, int] | PerFile = None,
+        cut: str | None = None,
+        aliases: Mapping[str, str] | None = None,
+        drop_last: bool = False,
+        balance: str | None = None,
+        shuffle_buffer: int | None = None,
+        prefetch: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+        redirector: str | None = None,
+        specs: Specs | None = None,
+        reuse_specs: bool = False,
+        preprocess: Callable | str | None = None,
+        transform: Callable | None = None,
+        on_error: str = "raise",
+        retries: int = 3,
+        backoff: float = 0.5,
+    ):
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        if balance not in (None, "class"):
+            raise ValueError(f"balance must be None or 'class', not {balance!r}")
+        self.files, dict_labels = resolve_files(files, redirector)
+        self.batch_size, self.chunk_size, self.drop_last = (
+            int(batch_size),
+            int(chunk_size),
+            drop_last,
+        )
+        self.shuffle, self.seed, self.pad_value = shuffle, int(seed), float(pad_value)
+        self.shuffle_buffer = self.chunk_size if shuffle_buffer is None else int(shuffle_buffer)
+        self.prefetch, self.on_error, self.retries, self.backoff = (
+            max(int(prefetch), 1),
+            on_error,
+            retries,
+            backoff,
+        )
+        self.identifiers, self.label_branch, self.weight_branch = (
+            list(identifiers or []),
+            label_branch,
+            weight_branch,
+        )
+        self.cut, self.aliases = cut, dict(aliases or {})
+        self.rank, self.world_size = rank, world_size
+        self.preprocess = preprocess  # a "module.py:function" string is loaded in each worker
+        self.transform = transform
+        self.report: Counter = Counter()
+
+        metas = read_metadata(self.files, tree, retries, backoff)
+        self.tree = metas[0].tree
+        self.branch_info = select_branches(
+            metas,
+            branches,
+            exclude,
+            [*self.identifiers, *filter(None, [label_branch, weight_branch])],
+            self.aliases,
+        )
+        self._file_labels = self._per_file(
+            dict_labels if labels is None else labels, "labels", 0, int
+        )
+        self._file_weights = self._per_file(weights, "weights", 1.0, float)
+        ranges = self._ranges(metas, nevts, entries)
+        self.num_entries = int(sum(stop - start for start, stop in ranges))
+        self._units = [
+            u
+            for u in plan_units(ranges, self.chunk_size, [m.boundaries for m in metas])
+            if u.stop > u.start
+        ]
+        for meta in metas:
+            if meta.entries == 0:
+                self.report["empty_files"] += 1
+                log.warning("%s: no entries; skipped", where(meta.url, meta.tree))
+        self._class_weights = self._balance_weights(ranges) if balance == "class" else None
+        self.specs = self._fit_pad(specs, reuse_specs, max_len)
+        self.layout = FlatLayout(self.specs.columns(), self.pad_value)
+        self.feature_names = self.layout.feature_names
+        self._epoch, self._resume, self._current = 0, None, None
+
+    # -- public state ------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What a Specs fitted for this dataset must have been fitted on."""
+        return {
+            "files": list(self.files),
+            "tree": self.tree,
+            "branches": list(self.branch_info),
+            "cut": self.cut,
+            "aliases": self.aliases or None,
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the next iteration (shuffling is seeded by seed + epoch)."""
+        self._epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this process' iteration stands: epoch and batches yielded so far (torchdata
+        StatefulDataLoader calls it in each worker). Resuming replays the epoch's reads and skips
+        those batches, so no entry is repeated or lost."""
+        state = self._current or {"epoch": self._epoch, "batches": 0}
+        return {**state, "seed": self.seed, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (
+            state.get("seed", self.seed) != self.seed
+            or state.get("shuffle", self.shuffle) != self.shuffle
+        ):
+            raise RootmlError("state_dict was saved with another seed or shuffle setting")
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+        self._epoch = self._resume["epoch"]
+
+    def units(
+        self, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1
+    ) -> list[Unit]:
+        """The work units one worker of one rank reads in `epoch` (no I/O)."""
+        ordered = order_units(self._units, self.shuffle, self.seed, epoch)
+        return shard_units(ordered, rank, world_size, worker, num_workers)
+
+    # -- iteration -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        resume, self._resume = self._resume or {"epoch": self._epoch, "batches": 0}, None
+        epoch, skip = resume["epoch"], resume["batches"]
+        self._epoch = epoch + 1
+        rank, world, worker, workers = self._shard()
+        units = self.units(epoch, rank, world, worker, workers)
+        rng = (
+            np.random.default_rng([self.seed, epoch, rank * workers + worker])
+            if self.shuffle
+            else None
+        )
+        batcher = Batcher(self.batch_size, self.shuffle_buffer, rng)
+        self._current = {"epoch": epoch, "batches": 0}
+        for block in self._blocks(units):
+            for batch in batcher.add(block):
+                yield from self._emit(batch, skip)
+        for batch in batcher.finish(self.drop_last):
+            yield from self._emit(batch, skip)
+        if self.drop_last and batcher.waiting:
+            self.report["dropped_last"] += batcher.waiting
+        self._current = {"epoch": epoch + 1, "batches": 0}
+
+    def _emit(self, batch: dict[str, np.ndarray], skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        self._current["batches"] += 1
+        if self._current["batches"] > skip:
+            yield to_torch(batch)
+
+    def _blocks(self, units: Sequence[Unit]) -> Iterator[dict[str, np.ndarray]]:
+        """Blocks of rows, one per unit, read `prefetch` units ahead in a thread (uproot's
+        decompression and numpy release the GIL)."""
+        reader = self._reader()
+        pending: deque = deque()
+        todo = iter(units)
+        with ThreadPoolExecutor(1, thread_name_prefix="rootml-read") as pool:
+            try:
+                for unit in todo:
+                    pending.append((unit, pool.submit(self._read_block, reader, unit)))
+                    if len(pending) < self.prefetch:
+                        continue
+                    block = self._result(*pending.popleft())
+                    if block is not None:
+                        yield block
+                while pending:
+                    block = self._result(*pending.popleft())
+                    if block is not None:
+                        yield block
+            finally:
+                for _, future in pending:
+                    future.cancel()
+                pool.submit(reader.close)
+
+    def _result(self, unit: Unit, future: Any) -> dict[str, np.ndarray] | None:
+        try:
+            return future.result()
+        except FileAccessError as err:
+            if self.on_error == "raise":
+                raise
+            self.report["skipped_units"] += 1
+            self.report["skipped_entries"] += unit.stop - unit.start
+            log.warning("skipped (on_error='skip'): %s", err)
+            return None
+
+    def _reader(self) -> UnitReader:
+        names = [
+            *self.branch_info,
+            *self.identifiers,
+            *filter(None, [self.label_branch, self.weight_branch]),
+        ]
+        return UnitReader(
+            self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
+        )
+
+    def _read_block(self, reader: UnitReader, unit: Unit) -> dict[str, np.ndarray]:
+        columns, entries = reader.read(unit)
+        if self.preprocess is not None:
+            columns = _load_hook(self.preprocess)(columns)
+        try:
+            block = self.layout(columns)
+        except (TypeError, ValueError, KeyError) as err:
+            raise SchemaError(
+                f"{where(self.files[unit.file], self.tree, entries=(unit.start, unit.stop))}: "
+                f"cannot turn the branches into numbers: {err}"
+            ) from err
+        for branch, count in block.pop("stats")["truncated"].items():
+            self.report[f"truncated:{branch}"] += count
+        n = len(entries)
+        label = np.full(n, self._file_labels[unit.file], dtype=np.int64)
+        if self.label_branch:
+            label = np.asarray(columns[self.label_branch]).astype(np.int64)
+        weight = np.full(n, self._file_weights[unit.file], dtype=np.float32)
+        if self.weight_branch:
+            weight *= np.asarray(columns[self.weight_branch], dtype=np.float32)
+        if self._class_weights is not None:
+            weight *= self._class_weights[unit.file]
+        block.update(
+            label=label, weight=weight, file=np.full(n, unit.file, dtype=np.int64), entry=entries
+        )
+        if self.identifiers:
+            block["ids"] = np.stack(
+                [np.asarray(columns[i]).astype(np.int64) for i in self.identifiers], axis=1
+            )
+        return self.transform(block) if self.transform is not None else block
+
+    def _shard(self) -> tuple[int, int, int, int]:
+        rank, world = self.rank, self.world_size
+        if rank is None or world is None:
+            dist = torch.distributed
+            initialised = dist.is_available() and dist.is_initialized()
+            rank = (dist.get_rank() if initialised else 0) if rank is None else rank
+            world = (dist.get_world_size() if initialised else 1) if world is None else world
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank, world, worker, workers
+
+    # -- construction helpers ----------------------------------------------------------------
+    def _per_file(self, values: PerFile, what: str, default: Any, cast: type) -> list[Any]:
+        if values is None:
+            return [default] * len(self.files)
+        if isinstance(values, str) and os.path.isfile(values):
+            with open(values) as listing:
+                values = [line.split("#", 1)[0].strip() for line in listing]
+                values = [v for v in values if v]
+        if isinstance(values, Mapping):
+            unknown = set(values) - set(self.files)
+            if unknown:
+                raise FileAccessError(f"{what} name files that are not inputs: {sorted(unknown)}")
+            return [cast(values.get(url, default)) for url in self.files]
+        values = list(values)
+        if len(values) != len(self.files):
+            raise FileAccessError(f"{len(values)} {what} for {len(self.files)} files")
+        return [cast(float(v)) if cast is int else cast(v) for v in values]
+
+    def _ranges(self, metas: Sequence[FileMeta], nevts: Any, entries: Any) -> list[tuple[int, int]]:
+        spans = (
+            entries
+            if entries is not None and not isinstance(entries, tuple)
+            else [entries] * len(metas)
+        )
+        spans = self._per_file(spans, "entry ranges", None, lambda v: v)
+        ranges = []
+        for meta, span in zip(metas, spans):
+            start, stop = (0, meta.entries) if span is None else (int(span[0]), int(span[1]))
+            if not 0 <= start <= stop <= meta.entries:
+                raise SchemaError(
+                    f"{where(meta.url, meta.tree)}: entry range {start}-{stop} is outside "
+                    f"0-{meta.entries}"
+                )
+            ranges.append((start, stop))
+        if nevts is None or (isinstance(nevts, int) and nevts < 0):
+            return ranges
+        sizes = [stop - start for start, stop in ranges]
+        if isinstance(nevts, int):
+            counts = split_nevts(sizes, nevts)
+        else:
+            counts = [
+                size if n is None or int(n) < 0 else min(int(n), size)
+                for n, size in zip(self._per_file(nevts, "nevts", None, lambda v: v), sizes)
+            ]
+        return [(start, start + n) for (start, _), n in zip(ranges, counts)]
+
+    def _balance_weights(self, ranges: Sequence[tuple[int, int]]) -> list[float]:
+        if self.label_branch:
+            raise ValueError("balance='class' needs per-file labels, not label_branch")
+        per_class = Counter()
+        for label, (start, stop) in zip(self._file_labels, ranges):
+            per_class[label] += stop - start
+        total = sum(per_class.values())
+        return [total / (len(per_class) * per_class[label]) for label in self._file_labels]
+
+    def _fit_pad(self, specs: Specs | None, reuse: bool, max_len: Any) -> Specs:
+        if specs is not None:
+            if not reuse:
+                specs.check(self.fingerprint())
+            missing = set(self.branch_info) - set(specs.branches)
+            if missing:
+                raise SchemaError(f"the Specs have no statistics for branches {sorted(missing)}")
+            return specs
+        from rootml.datasets._multiplicity import multiplicity_specs
+
+        return multiplicity_specs(self, max_len)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_hook(spec: str | Callable) -> Callable:
+    """Load "path/to/module.py:function" (the user's preprocessing hook) at run time."""
+    import importlib.util
+
+    if callable(spec):
+        return spec
+    path, _, name = spec.rpartition(":")
+    if not path or not os.path.isfile(path):
+        raise FileAccessError(f"preprocess hook {spec!r}: expected an existing module.py:function")
+    module_spec = importlib.util.spec_from_file_location(f"rootml_hook_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, name, None)):
+        raise FileAccessError(f"preprocess hook {spec!r}: {path} defines no function {name!r}")
+    return getattr(module, name)
