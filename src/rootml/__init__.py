@@ -23,5 +23,6 @@ __all__ = [
     "RootmlError",
     "SchemaError",
     "Specs",
+    "SpecsMismatch",
     "__version__",
 ]

@@ -39,7 +39,7 @@ def multiplicity_specs(ds: Any, max_len: Any) -> Specs:
         histograms, alias_kinds = _pass(ds, list(leaders.values()))
         for name in aliases:
             kinds[name] = alias_kinds[name]
-    for name, (kind, width, collection) in list(kinds.items()):
+    for name, (kind, _, _) in list(kinds.items()):
         if kind == "alias":  # not read: only possible when the pass was skipped
             kinds[name] = ("flat", 1, None)
     specs = Specs.empty(kinds, ds.fingerprint())

@@ -336,15 +336,16 @@ def add_onnx_model(
     staging = Path(tempfile.mkdtemp(dir=folder, prefix="~version-"))
     try:
         (staging / MODEL_FILE).write_bytes(data)
-        while True:
+        for _ in range(100):
             version = next_version(repo, name)
             try:
                 os.rename(staging, folder / str(version))
                 return version
             except OSError:
                 # Another writer took this number first (non-empty target); try the next one.
-                if not (folder / str(version) / MODEL_FILE).exists():
+                if not (folder / str(version)).exists():
                     raise
+        raise ModelError(f"cannot claim a new version folder in {folder}")
     finally:
         if staging.exists():
             (staging / MODEL_FILE).unlink(missing_ok=True)

@@ -1,0 +1,38 @@
+"""Export: ONNX models in a Triton-layout model repository, and the loader the server uses."""
+
+from rootml.export.pbtxt import format_config, parse_config
+from rootml.export.repository import (
+    LoadedModel,
+    TensorSpec,
+    add_onnx_model,
+    check_model_name,
+    graph_io,
+    list_models,
+    list_versions,
+    load_model,
+    make_config,
+    model_dir,
+    next_version,
+    read_config,
+    read_metadata,
+    validate_onnx,
+)
+
+__all__ = [
+    "LoadedModel",
+    "TensorSpec",
+    "add_onnx_model",
+    "check_model_name",
+    "format_config",
+    "graph_io",
+    "list_models",
+    "list_versions",
+    "load_model",
+    "make_config",
+    "model_dir",
+    "next_version",
+    "parse_config",
+    "read_config",
+    "read_metadata",
+    "validate_onnx",
+]
