@@ -1,0 +1,87 @@
+"""Shared fixtures: the real test files and a real XRootD server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+HZZ = DATA / "uproot-HZZ.root"
+ZMUMU = DATA / "uproot-Zmumu.root"
+RNTUPLE = DATA / "Run2012BC_DoubleMuParked_Muons_1000evts_rntuple_v1-0-0-0.root"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class XRootDServer:
+    """xrootd-server exporting `folder` on a loopback port; can be stopped and restarted."""
+
+    def __init__(self, folder: Path, workdir: Path):
+        self.folder, self.workdir = folder, workdir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def url(self, name: str) -> str:
+        return f"root://127.0.0.1:{self.port}/{self.folder}/{name}"
+
+    def start(self) -> None:
+        config = self.workdir / "xrootd.cfg"
+        config.write_text(f"xrd.port {self.port}\nall.export {self.folder}\nall.adminpath {self.workdir}\n")
+        command = ["xrootd", "-c", str(config), "-l", str(self.workdir / "xrootd.log")]
+        if os.geteuid() == 0:
+            command[1:1] = ["-R", "nobody"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        log = (self.workdir / "xrootd.log").read_text() if (self.workdir / "xrootd.log").exists() else ""
+        self.stop()
+        raise RuntimeError(f"xrootd did not start on port {self.port}:\n{log[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def xrootd_server():
+    """A real xrootd-server serving a copy of tests/data. Skips without the binary, unless
+    ROOTML_REQUIRE_XROOTD=1 (CI), where a missing binary fails."""
+    if shutil.which("xrootd") is None:
+        if os.environ.get("ROOTML_REQUIRE_XROOTD") == "1":
+            pytest.fail("ROOTML_REQUIRE_XROOTD=1 but no xrootd binary (apt-get install xrootd-server)")
+        pytest.skip("no xrootd binary: apt-get install xrootd-server (set ROOTML_REQUIRE_XROOTD=1 to fail)")
+    # Not under pytest's tmp folder: that one is private to root, and xrootd runs as nobody.
+    base = Path(tempfile.mkdtemp(prefix="rootml-xrootd-"))
+    folder, workdir = base / "export", base / "work"
+    folder.mkdir()
+    workdir.mkdir()
+    for source in DATA.glob("*.root"):
+        shutil.copy(source, folder / source.name)
+    for path in (base, folder, workdir, *folder.iterdir()):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "nobody")
+    server = XRootDServer(folder, workdir)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
