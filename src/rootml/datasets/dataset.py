@@ -104,7 +104,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             drop_last,
         )
         self.shuffle, self.seed, self.pad_value = shuffle, int(seed), float(pad_value)
-        self.shuffle_buffer = self.chunk_size if shuffle_buffer is None else int(shuffle_buffer)
+        self.shuffle_buffer = 2 * self.chunk_size if shuffle_buffer is None else int(shuffle_buffer)
         self.prefetch, self.on_error, self.retries, self.backoff = (
             max(int(prefetch), 1),
             on_error,
