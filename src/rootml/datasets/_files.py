@@ -160,7 +160,8 @@ def match_names(patterns: Sequence[str], available: Sequence[str], context: str)
     for pattern in patterns:
         hits = fnmatch.filter(available, pattern)
         if not hits:
-            close = difflib.get_close_matches(pattern, available, n=3)
+            lower = {name.lower(): name for name in available}
+            close = [lower[n] for n in difflib.get_close_matches(pattern.lower(), list(lower), n=3)]
             hint = f"; closest: {close}" if close else ""
             raise SchemaError(f"{context}: no branch matches {pattern!r}{hint}")
         chosen.update(hits)

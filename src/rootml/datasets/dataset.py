@@ -49,7 +49,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     preprocess: callable (or "module.py:function") taking and returning a chunk (dict of awkward
         arrays) before padding; transform: callable on the padded block (dict of numpy arrays).
     shuffle: permute units per epoch (seed + epoch) and mix rows in a buffer of `shuffle_buffer`
-        rows (default chunk_size). balance="class" multiplies weights so classes weigh the same.
+        rows (default 2 x chunk_size: files mix in proportion once it spans several units).
+        balance="class" multiplies weights so classes weigh the same.
     rank / world_size: default from torch.distributed when initialised, else 0 / 1.
     on_error: "raise" (default) or "skip" unreadable units; skipped entries are in `report`.
     Raises FileAccessError / SchemaError / SpecsMismatch with the file URL, tree and branch.

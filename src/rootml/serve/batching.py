@@ -1,0 +1,169 @@
+"""Dynamic batching: concurrent requests of one model version coalesced into one onnxruntime run.
+
+A request waits at most `max_delay_s` after it was queued for others to join it; a batch is sent
+as soon as it holds `max_batch_size` rows or the delay of its first request is over. While every
+run slot is busy, requests keep queuing, so batches grow with load. The queue is bounded: a request
+that finds it full is refused with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rootml.errors import ModelError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+ObserveFn = Callable[[int, list[float]], None]
+
+
+@dataclass
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    signature: tuple
+    queued_at: float
+    future: asyncio.Future = field(repr=False)
+
+
+def _signature(feeds: dict[str, np.ndarray]) -> tuple:
+    # Requests can share a run only when all their non-batch dims agree.
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feeds.items()))
+
+
+class DynamicBatcher:
+    """Queue of requests for one model version, run in batches on `executor`.
+
+    `run` maps input arrays (B, ...) to output arrays (B, ...) and is called in the executor;
+    `observe(rows, queue_times)` is told about every run. At most `slots` runs are in flight.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        slots: int = 1,
+        observe: ObserveFn | None = None,
+    ):
+        if max_batch_size < 1:
+            raise ModelError("dynamic batching needs max_batch_size > 0 in config.pbtxt")
+        self._run_fn, self._executor = run, executor
+        self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
+        self._observe = observe
+        self._items: collections.deque[_Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(slots)
+        self._closed = False
+        self._runs: set[asyncio.Task] = set()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def submit(self, feeds: dict[str, np.ndarray]) -> asyncio.Future:
+        """Queue one request (inputs with the batch as first dim); the future gets its outputs.
+
+        Raises ProtocolError(503) when the queue is full or the batcher is closed.
+        """
+        if self._closed:
+            raise ProtocolError("model version is being unloaded", 503)
+        if len(self._items) >= self.max_queue:
+            raise ProtocolError(f"queue full ({self.max_queue} requests waiting); retry later", 503)
+        future = asyncio.get_running_loop().create_future()
+        rows = next(iter(feeds.values())).shape[0]
+        self._items.append(_Pending(feeds, rows, _signature(feeds), time.perf_counter(), future))
+        self._wake.set()
+        return future
+
+    async def close(self) -> None:
+        """Stop taking requests, finish the queued ones and the runs in flight."""
+        self._closed = True
+        self._wake.set()
+        await self._task
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _wait(self, timeout: float | None) -> bool:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._items:
+                if self._closed:
+                    return
+                await self._wait(None)
+            await self._slots.acquire()
+            batch = self._collect_first()
+            if not batch:
+                self._slots.release()
+                continue
+            deadline = batch[0].queued_at + self.max_delay_s
+            rows = sum(p.rows for p in batch)
+            while rows < self.max_batch_size:
+                if not self._items:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or self._closed or not await self._wait(remaining):
+                        break
+                    continue
+                item = self._items[0]
+                if rows + item.rows > self.max_batch_size or item.signature != batch[0].signature:
+                    break
+                batch.append(self._items.popleft())
+                rows += item.rows
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
+
+    def _collect_first(self) -> list[_Pending]:
+        # Requests whose client gave up (deadline) are dropped instead of run.
+        while self._items and self._items[0].future.done():
+            self._items.popleft()
+        return [self._items.popleft()] if self._items else []
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                return
+            rows = sum(p.rows for p in batch)
+            names = list(batch[0].feeds)
+            feeds = (
+                batch[0].feeds
+                if len(batch) == 1
+                else {n: np.concatenate([p.feeds[n] for p in batch]) for n in names}
+            )
+            started = time.perf_counter()
+            if self._observe is not None:
+                self._observe(rows, [started - p.queued_at for p in batch])
+            loop = asyncio.get_running_loop()
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run_fn, feeds)
+                for name, array in outputs.items():
+                    if array.ndim == 0 or array.shape[0] != rows:
+                        raise ModelError(f"output {name!r} of shape {list(array.shape)} has no batch dim of {rows}")
+            except Exception as err:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                return
+            offset = 0
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result({n: a[offset : offset + p.rows] for n, a in outputs.items()})
+                offset += p.rows
+        finally:
+            self._slots.release()

@@ -1,0 +1,287 @@
+"""Model management: which versions of which models are loaded, and running them.
+
+Loading builds the new set of versions of a model off to the side (sessions are created in a
+thread, so serving goes on) and then replaces the old set in one assignment: a request either got
+the old version object, which finishes its run, or the new one. Never a half-loaded model.
+
+Each loaded version keeps its rootml.json (`ServedVersion.metadata`) for the layers that turn raw
+physics columns into model inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rootml.errors import ModelError, ProtocolError
+from rootml.export import repository as repo_mod
+from rootml.serve.batching import DynamicBatcher
+from rootml.serve.metrics import ServeMetrics
+from rootml.serve.upload import read_upload
+
+log = logging.getLogger(__name__)
+
+
+def _batching_settings(model: repo_mod.LoadedModel) -> tuple[float, int] | None:
+    """(max delay in s, max queue size) when dynamic batching is on for `model`, else None."""
+    settings = model.config.get("dynamic_batching")
+    if settings is None and model.metadata:
+        settings = model.metadata.get("dynamic_batching")
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise ModelError(f"model {model.name!r}: dynamic_batching must be a message/object")
+    delay_us = settings.get("max_queue_delay_microseconds", 0)
+    queue = settings.get("max_queue_size") or (settings.get("default_queue_policy") or {}).get(
+        "max_queue_size", 0
+    )
+    return float(delay_us) / 1e6, int(queue)
+
+
+def select_versions(available: list[int], config: dict[str, Any]) -> list[int]:
+    """The versions to load under config.pbtxt's version_policy (Triton's); all when it has none."""
+    policy = config.get("version_policy")
+    if not policy or "all" in policy:
+        return list(available)
+    if "latest" in policy:
+        n = int((policy["latest"] or {}).get("num_versions", 1))
+        return list(available[-n:]) if n > 0 else []
+    if "specific" in policy:
+        wanted = {int(v) for v in (policy["specific"] or {}).get("versions", [])}
+        return [v for v in available if v in wanted]
+    raise ModelError(f"unknown version_policy {policy}")
+
+
+class ServedVersion:
+    """One loaded version of a model: its session, signature, metadata and optional batcher."""
+
+    def __init__(self, model: repo_mod.LoadedModel, batcher: DynamicBatcher | None = None):
+        self.model = model
+        self.batcher = batcher
+        self.output_names = [t.name for t in model.outputs]
+
+    name = property(lambda self: self.model.name)
+    version = property(lambda self: self.model.version)
+    inputs = property(lambda self: self.model.inputs)
+    outputs = property(lambda self: self.model.outputs)
+    max_batch_size = property(lambda self: self.model.max_batch_size)
+    metadata = property(lambda self: self.model.metadata)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session on `feeds` (input name -> array); blocking, thread-safe."""
+        return dict(zip(self.output_names, self.model.session.run(self.output_names, feeds)))
+
+
+class ModelManager:
+    """The models of one repository as served: load, unload, upload, look up, run.
+
+    At most `run_slots` onnxruntime runs are in flight, each with `threads_per_run` intra-op
+    threads: run_slots x threads_per_run should not exceed the cores, so runs never fight over
+    them. Beyond `max_queue` waiting requests, requests are refused with 503.
+    """
+
+    def __init__(self, repo: str | Path, *, run_slots: int = 1, threads_per_run: int = 1,
+                 max_queue: int = 1024, metrics: ServeMetrics | None = None):
+        self.repo = Path(repo)
+        if not self.repo.is_dir():
+            raise ModelError(f"model repository {self.repo} is not a directory")
+        self.run_slots, self.threads_per_run, self.max_queue = run_slots, threads_per_run, max_queue
+        self.metrics = metrics or ServeMetrics()
+        self.executor = ThreadPoolExecutor(run_slots, thread_name_prefix="rootml-run")
+        self._models: dict[str, dict[int, ServedVersion]] = {}
+        self._status: dict[str, tuple[str, str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cache: dict[tuple[str, int], tuple[tuple, repo_mod.LoadedModel]] = {}
+        self._waiting = 0
+
+    # Loading -------------------------------------------------------------------------------
+    def _load_versions(self, name: str) -> dict[int, repo_mod.LoadedModel]:
+        folder = repo_mod.model_dir(self.repo, name)
+        config = repo_mod.read_config(folder)
+        metadata = repo_mod.read_metadata(folder)
+        wanted = select_versions(repo_mod.list_versions(self.repo, name), config)
+        if not wanted:
+            raise ModelError(f"model {name!r}: no version to load in {folder}")
+        loaded = {}
+        for version in wanted:
+            info = (folder / str(version) / repo_mod.MODEL_FILE).stat()
+            key = (info.st_mtime_ns, info.st_size, info.st_ino)
+            cached = self._cache.get((name, version))
+            if cached is not None and cached[0] == key:
+                model = cached[1]  # unchanged file: keep the session, take the new config
+                model = dataclasses.replace(
+                    model, config=config or repo_mod.make_config(name, model.inputs, model.outputs),
+                    metadata=metadata,
+                )
+            else:
+                model = repo_mod.load_model(self.repo, name, version, threads=self.threads_per_run)
+            self._cache[(name, version)] = (key, model)
+            loaded[version] = model
+        for stale in [k for k in self._cache if k[0] == name and k[1] not in loaded]:
+            del self._cache[stale]
+        return loaded
+
+    def _serve(self, model: repo_mod.LoadedModel) -> ServedVersion:
+        served = ServedVersion(model)
+        settings = _batching_settings(model)
+        if settings is not None:
+            delay, queue = settings
+            served.batcher = DynamicBatcher(
+                served.run, self.executor, model.max_batch_size, delay, queue or self.max_queue,
+                slots=self.run_slots,
+                observe=lambda rows, waits: self.metrics.observe_run(model.name, model.version, rows, waits),
+            )
+        return served
+
+    async def load(self, name: str) -> None:
+        """(Re)load model `name` from the repository, then swap it in; the old set serves until then.
+
+        Raises ProtocolError(404) for a model not in the repository, ModelError if it cannot load
+        (the versions already loaded, if any, keep serving).
+        """
+        if not self._exists(name):
+            raise ProtocolError(f"model {name!r} is not in the repository", 404)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if name not in self._models:
+                self._status[name] = ("LOADING", "")
+            try:
+                loaded = await asyncio.to_thread(self._load_versions, name)
+                new = {v: self._serve(m) for v, m in loaded.items()}
+            except (ModelError, OSError) as err:
+                if name not in self._models:
+                    self._status[name] = ("UNAVAILABLE", str(err))
+                raise ModelError(str(err)) from err
+            old, self._models[name] = self._models.get(name, {}), new
+            self._status.pop(name, None)
+            log.info("model %s: serving versions %s", name, sorted(new))
+            await self._retire(old)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving model `name` (requests already queued finish). ProtocolError(404) if unknown."""
+        if name not in self._models and not self._exists(name):
+            raise ProtocolError(f"model {name!r} is not in the repository", 404)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            old = self._models.pop(name, {})
+            self._status[name] = ("UNAVAILABLE", "unloaded")
+            for key in [k for k in self._cache if k[0] == name]:
+                del self._cache[key]
+            await self._retire(old)
+
+    async def upload(self, name: str, body: bytes, max_bytes: int) -> int:
+        """Add an uploaded model (see serve.upload) as a new version of `name`, then serve it.
+
+        The model is opened by onnxruntime before anything is written, so a model that cannot
+        run never reaches the repository. Returns the new version. Raises ProtocolError/ModelError.
+        """
+        try:
+            repo_mod.check_model_name(name)
+        except ModelError as err:
+            raise ProtocolError(str(err)) from None
+        files = read_upload(body, max_bytes)
+
+        def add() -> int:
+            proto = repo_mod.validate_onnx(files.onnx)
+            del proto
+            import onnxruntime as ort
+
+            try:
+                ort.InferenceSession(files.onnx, providers=["CPUExecutionProvider"])
+            except Exception as err:
+                raise ModelError(f"onnxruntime cannot load the uploaded model: {err}") from err
+            return repo_mod.add_onnx_model(self.repo, name, files.onnx, files.metadata, config=files.config)
+
+        version = await asyncio.to_thread(add)
+        await self.load(name)
+        return version
+
+    async def load_all(self) -> None:
+        """Load every model of the repository; a model that fails is logged and marked UNAVAILABLE."""
+        for name in repo_mod.list_models(self.repo):
+            try:
+                await self.load(name)
+            except (ModelError, ProtocolError) as err:
+                log.warning("model %s not loaded: %s", name, err)
+
+    async def close(self) -> None:
+        """Unload everything and stop the run threads."""
+        for name in list(self._models):
+            await self._retire(self._models.pop(name))
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _retire(self, versions: dict[int, ServedVersion]) -> None:
+        for served in versions.values():
+            if served.batcher is not None:
+                await served.batcher.close()
+
+    def _exists(self, name: str) -> bool:
+        try:
+            return repo_mod.model_dir(self.repo, name).is_dir()
+        except ModelError:
+            return False
+
+    # Serving -------------------------------------------------------------------------------
+    def get(self, name: str, version: str | int | None = None) -> ServedVersion:
+        """The loaded version `version` (default: highest) of `name`.
+
+        Raises ProtocolError: 404 unknown model or version, 503 a model not (yet) loaded.
+        """
+        versions = self._models.get(name)
+        if versions is None:
+            if self._exists(name):
+                state, reason = self._status.get(name, ("UNAVAILABLE", "not loaded"))
+                raise ProtocolError(f"model {name!r} is not ready ({state.lower()}: {reason})", 503)
+            raise ProtocolError(f"unknown model {name!r}", 404)
+        if version is None or version == "":
+            return versions[max(versions)]
+        try:
+            return versions[int(version)]
+        except (KeyError, ValueError):
+            raise ProtocolError(
+                f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})", 404
+            ) from None
+
+    def loaded(self) -> dict[str, list[int]]:
+        """Loaded models and their versions."""
+        return {name: sorted(versions) for name, versions in self._models.items()}
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The repository index: one entry per loaded version, one per model not loaded."""
+        names = sorted(set(repo_mod.list_models(self.repo)) | set(self._models) | set(self._status))
+        entries = []
+        for name in names:
+            if name in self._models:
+                entries += [{"name": name, "version": str(v), "state": "READY", "reason": ""}
+                            for v in sorted(self._models[name])]
+            elif not ready_only:
+                state, reason = self._status.get(name, ("UNAVAILABLE", "not loaded"))
+                entries.append({"name": name, "version": "", "state": state, "reason": reason})
+        return entries
+
+    async def infer(self, served: ServedVersion, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one request through the batcher of `served`, or directly when it has none.
+
+        Raises ProtocolError(503) when too many requests wait.
+        """
+        if served.batcher is not None:
+            return await served.batcher.submit(feeds)
+        if self._waiting >= self.max_queue + self.run_slots:
+            raise ProtocolError(f"too many requests waiting ({self._waiting}); retry later", 503)
+        queued = time.perf_counter()
+        rows = next(iter(feeds.values())).shape[0] if feeds and served.max_batch_size > 0 else 1
+
+        def job() -> dict[str, np.ndarray]:
+            self.metrics.observe_run(served.name, served.version, rows, [time.perf_counter() - queued])
+            return served.run(feeds)
+
+        self._waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, job)
+        finally:
+            self._waiting -= 1
