@@ -60,7 +60,11 @@ class DynamicBatcher:
         if max_batch_size < 1:
             raise ModelError("dynamic batching needs max_batch_size > 0 in config.pbtxt")
         self._run_fn, self._executor = run, executor
-        self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
+        self.max_batch_size, self.max_delay_s, self.max_queue = (
+            max_batch_size,
+            max_delay_s,
+            max_queue,
+        )
         self._observe = observe
         self._items: collections.deque[_Pending] = collections.deque()
         self._wake = asyncio.Event()
@@ -154,7 +158,9 @@ class DynamicBatcher:
                 outputs = await loop.run_in_executor(self._executor, self._run_fn, feeds)
                 for name, array in outputs.items():
                     if array.ndim == 0 or array.shape[0] != rows:
-                        raise ModelError(f"output {name!r} of shape {list(array.shape)} has no batch dim of {rows}")
+                        raise ModelError(
+                            f"output {name!r} of shape {list(array.shape)} has no batch dim of {rows}"
+                        )
             except Exception as err:
                 for p in batch:
                     if not p.future.done():
@@ -163,7 +169,9 @@ class DynamicBatcher:
             offset = 0
             for p in batch:
                 if not p.future.done():
-                    p.future.set_result({n: a[offset : offset + p.rows] for n, a in outputs.items()})
+                    p.future.set_result(
+                        {n: a[offset : offset + p.rows] for n, a in outputs.items()}
+                    )
                 offset += p.rows
         finally:
             self._slots.release()

@@ -6,10 +6,33 @@ as in tests, do not share counters. With ``--workers N`` each worker process cou
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 
 _LABELS = ("model", "version")
-_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SECONDS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 _ROWS = tuple(float(2**k) for k in range(14))
 
 
@@ -21,8 +44,12 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("rootml_inference_requests", "Infer requests received", _LABELS, registry=r)
-        self.failures = Counter("rootml_inference_failures", "Infer requests that failed", _LABELS, registry=r)
+        self.requests = Counter(
+            "rootml_inference_requests", "Infer requests received", _LABELS, registry=r
+        )
+        self.failures = Counter(
+            "rootml_inference_failures", "Infer requests that failed", _LABELS, registry=r
+        )
         self.latency = Histogram(
             "rootml_inference_latency_seconds",
             "Time from request body read to response encoded",

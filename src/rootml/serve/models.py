@@ -87,8 +87,15 @@ class ModelManager:
     them. Beyond `max_queue` waiting requests, requests are refused with 503.
     """
 
-    def __init__(self, repo: str | Path, *, run_slots: int = 1, threads_per_run: int = 1,
-                 max_queue: int = 1024, metrics: ServeMetrics | None = None):
+    def __init__(
+        self,
+        repo: str | Path,
+        *,
+        run_slots: int = 1,
+        threads_per_run: int = 1,
+        max_queue: int = 1024,
+        metrics: ServeMetrics | None = None,
+    ):
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise ModelError(f"model repository {self.repo} is not a directory")
@@ -117,7 +124,8 @@ class ModelManager:
             if cached is not None and cached[0] == key:
                 model = cached[1]  # unchanged file: keep the session, take the new config
                 model = dataclasses.replace(
-                    model, config=config or repo_mod.make_config(name, model.inputs, model.outputs),
+                    model,
+                    config=config or repo_mod.make_config(name, model.inputs, model.outputs),
                     metadata=metadata,
                 )
             else:
@@ -134,9 +142,15 @@ class ModelManager:
         if settings is not None:
             delay, queue = settings
             served.batcher = DynamicBatcher(
-                served.run, self.executor, model.max_batch_size, delay, queue or self.max_queue,
+                served.run,
+                self.executor,
+                model.max_batch_size,
+                delay,
+                queue or self.max_queue,
                 slots=self.run_slots,
-                observe=lambda rows, waits: self.metrics.observe_run(model.name, model.version, rows, waits),
+                observe=lambda rows, waits: self.metrics.observe_run(
+                    model.name, model.version, rows, waits
+                ),
             )
         return served
 
@@ -195,7 +209,9 @@ class ModelManager:
                 ort.InferenceSession(files.onnx, providers=["CPUExecutionProvider"])
             except Exception as err:
                 raise ModelError(f"onnxruntime cannot load the uploaded model: {err}") from err
-            return repo_mod.add_onnx_model(self.repo, name, files.onnx, files.metadata, config=files.config)
+            return repo_mod.add_onnx_model(
+                self.repo, name, files.onnx, files.metadata, config=files.config
+            )
 
         version = await asyncio.to_thread(add)
         await self.load(name)
@@ -244,7 +260,8 @@ class ModelManager:
             return versions[int(version)]
         except (KeyError, ValueError):
             raise ProtocolError(
-                f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})", 404
+                f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})",
+                404,
             ) from None
 
     def loaded(self) -> dict[str, list[int]]:
@@ -257,14 +274,18 @@ class ModelManager:
         entries = []
         for name in names:
             if name in self._models:
-                entries += [{"name": name, "version": str(v), "state": "READY", "reason": ""}
-                            for v in sorted(self._models[name])]
+                entries += [
+                    {"name": name, "version": str(v), "state": "READY", "reason": ""}
+                    for v in sorted(self._models[name])
+                ]
             elif not ready_only:
                 state, reason = self._status.get(name, ("UNAVAILABLE", "not loaded"))
                 entries.append({"name": name, "version": "", "state": state, "reason": reason})
         return entries
 
-    async def infer(self, served: ServedVersion, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, served: ServedVersion, feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Run one request through the batcher of `served`, or directly when it has none.
 
         Raises ProtocolError(503) when too many requests wait.
@@ -277,7 +298,9 @@ class ModelManager:
         rows = next(iter(feeds.values())).shape[0] if feeds and served.max_batch_size > 0 else 1
 
         def job() -> dict[str, np.ndarray]:
-            self.metrics.observe_run(served.name, served.version, rows, [time.perf_counter() - queued])
+            self.metrics.observe_run(
+                served.name, served.version, rows, [time.perf_counter() - queued]
+            )
             return served.run(feeds)
 
         self._waiting += 1

@@ -99,12 +99,18 @@ def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
         paths = [(p[1:], data) for p, data in paths]
     found: dict[str, bytes] = {}
     for parts, data in paths:
-        if parts and parts[-1] == "model.onnx" and (len(parts) == 1 or (len(parts) == 2 and parts[0].isdigit())):
+        if (
+            parts
+            and parts[-1] == "model.onnx"
+            and (len(parts) == 1 or (len(parts) == 2 and parts[0].isdigit()))
+        ):
             key = "model.onnx"
         elif len(parts) == 1 and parts[0] in _KNOWN:
             key = parts[0]
         else:
-            raise ProtocolError(f"unexpected file {'/'.join(parts)!r} in archive; allowed: {', '.join(_KNOWN)}")
+            raise ProtocolError(
+                f"unexpected file {'/'.join(parts)!r} in archive; allowed: {', '.join(_KNOWN)}"
+            )
         if key in found:
             raise ProtocolError(f"archive holds more than one {key}; upload one version at a time")
         found[key] = data

@@ -1,0 +1,437 @@
+"""The HTTP server: KServe V2 REST over FastAPI, the tensor path kept off pydantic.
+
+Infer bodies are read as bytes (size-capped before and after decompression), decoded by
+`serve.codec` with orjson and checked against the model's signature by hand; FastAPI and pydantic
+serve the metadata, repository and OpenAPI routes. Every error is ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import time
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rootml.errors import ModelError, ProtocolError
+from rootml.serve.codec import check_inputs, encode_infer_response, parse_infer_request
+from rootml.serve.metrics import ServeMetrics
+from rootml.serve.models import ModelManager
+from rootml.serve.tfaas import tfaas_output, tfaas_request
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+_SETTINGS_ENV = "ROOTML_SERVE_SETTINGS"
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """Everything `rootml serve` configures. `token` None turns load/unload/upload off."""
+
+    repo: str
+    token: str | None = None
+    max_body_bytes: int = 64 * MiB
+    max_upload_bytes: int = 256 * MiB
+    request_timeout_s: float = 30.0
+    max_queue: int = 1024
+    workers: int = 1
+    threads_per_run: int = 1
+    run_slots: int | None = None  # default: the cores of this worker
+
+    def slots(self) -> int:
+        if self.run_slots:
+            return self.run_slots
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // (max(1, self.workers) * max(1, self.threads_per_run)))
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class IndexEntry(BaseModel):
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (400, 401, 403, 404, 413, 503)
+}
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header of Inference-Header-Content-Length bytes, then raw tensors",
+            },
+        },
+    }
+}
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed for Content-Encoding gzip/deflate; 413 beyond `limit` bytes
+    either on the wire or decompressed, 400 for a bad or unknown encoding."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"body of {declared} bytes is over the limit of {limit} bytes", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"body is over the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
+    # gzip, or deflate in its zlib wrapper (what tritonclient sends); 32 makes zlib detect which.
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise ProtocolError(f"cannot decompress the {encoding} body: {err}") from None
+    if len(out) > limit:
+        raise ProtocolError(f"body decompresses to more than the limit of {limit} bytes", 413)
+    if not inflater.eof:
+        raise ProtocolError(f"the {encoding} body is truncated")
+    return out
+
+
+def _json_body(body: bytes) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ProtocolError(f"body is not valid JSON: {err}") from None
+
+
+def _run_error(err: Exception) -> ProtocolError:
+    # onnxruntime's own exception types; InvalidArgument is the caller's fault.
+    bad_input = type(err).__name__ in ("InvalidArgument", "InvalidProtobuf")
+    return ProtocolError(f"inference failed: {err}", 400 if bad_input else 500)
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The server app for `settings`; models load at startup (ready once they have)."""
+    from rootml import __version__
+
+    metrics = ServeMetrics()
+    manager = ModelManager(
+        settings.repo,
+        run_slots=settings.slots(),
+        threads_per_run=settings.threads_per_run,
+        max_queue=settings.max_queue,
+        metrics=metrics,
+    )
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await manager.load_all()
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await manager.close()
+
+    app = FastAPI(
+        title="rootml inference server",
+        version=__version__,
+        lifespan=lifespan,
+        description="KServe V2 / Open Inference Protocol over onnxruntime",
+    )
+    app.state.manager = manager
+    app.state.metrics = metrics
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(request: Request, err: ProtocolError):
+        return _error(str(err), err.status)
+
+    @app.exception_handler(ModelError)
+    async def _model_error(request: Request, err: ModelError):
+        return _error(str(err), 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError):
+        return _error(f"invalid request: {err.errors()}", 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        return _error(str(err.detail), err.status_code)
+
+    def authorize(request: Request) -> None:
+        if settings.workers > 1:
+            raise ProtocolError(
+                "model control is off with --workers > 1 (each worker would "
+                "differ); run one worker",
+                403,
+            )
+        if settings.token is None:
+            raise ProtocolError("model control is off: start the server with --token-file", 403)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), settings.token.encode()
+        ):
+            raise ProtocolError("missing or wrong bearer token", 401)
+
+    # Health and metadata ---------------------------------------------------------------------
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"], responses=_ERRORS)
+    async def ready():
+        if not state["ready"]:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/v2", tags=["metadata"], response_model=ServerMetadata)
+    async def server_metadata():
+        return {
+            "name": "rootml",
+            "version": __version__,
+            "extensions": ["binary_tensor_data", "model_repository", "model_configuration"],
+        }
+
+    @app.get(
+        "/v2/models/{model_name}",
+        tags=["metadata"],
+        response_model=ModelMetadata,
+        responses=_ERRORS,
+    )
+    @app.get(
+        "/v2/models/{model_name}/versions/{model_version}",
+        tags=["metadata"],
+        response_model=ModelMetadata,
+        responses=_ERRORS,
+    )
+    async def model_metadata(model_name: str, model_version: str | None = None):
+        served = manager.get(model_name, model_version)
+        versions = (
+            [str(served.version)]
+            if model_version
+            else [str(v) for v in manager.loaded()[model_name]]
+        )
+        return {
+            "name": served.name,
+            "versions": versions,
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.to_dict() for t in served.inputs],
+            "outputs": [t.to_dict() for t in served.outputs],
+        }
+
+    @app.get("/v2/models/{model_name}/ready", tags=["health"], responses=_ERRORS)
+    @app.get(
+        "/v2/models/{model_name}/versions/{model_version}/ready", tags=["health"], responses=_ERRORS
+    )
+    async def model_ready(model_name: str, model_version: str | None = None):
+        manager.get(model_name, model_version)
+        return {"name": model_name, "ready": True}
+
+    @app.get("/v2/models/{model_name}/config", tags=["metadata"], responses=_ERRORS)
+    @app.get(
+        "/v2/models/{model_name}/versions/{model_version}/config",
+        tags=["metadata"],
+        responses=_ERRORS,
+    )
+    async def model_config(model_name: str, model_version: str | None = None) -> dict[str, Any]:
+        return manager.get(model_name, model_version).model.config
+
+    @app.get("/v2/models/{model_name}/rootml", tags=["metadata"], responses=_ERRORS)
+    async def model_rootml(model_name: str) -> dict[str, Any]:
+        """The model's rootml.json (feature names, Specs, labels); 404 for a plain ONNX model."""
+        metadata = manager.get(model_name).metadata
+        if metadata is None:
+            raise ProtocolError(f"model {model_name!r} has no rootml.json", 404)
+        return metadata
+
+    # Inference -------------------------------------------------------------------------------
+    async def run(served, feeds):
+        try:
+            return await asyncio.wait_for(manager.infer(served, feeds), settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ProtocolError(
+                f"deadline of {settings.request_timeout_s} s exceeded", 503
+            ) from None
+        except (ProtocolError, ModelError):
+            raise
+        except Exception as err:
+            raise _run_error(err) from err
+
+    @app.post(
+        "/v2/models/{model_name}/infer",
+        tags=["inference"],
+        responses=_ERRORS,
+        openapi_extra=_INFER_BODY,
+    )
+    @app.post(
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+        tags=["inference"],
+        responses=_ERRORS,
+        openapi_extra=_INFER_BODY,
+    )
+    async def infer(request: Request, model_name: str, model_version: str | None = None):
+        started = time.perf_counter()
+        body = await read_body(request, settings.max_body_bytes)
+        served = manager.get(model_name, model_version)
+        ok = False
+        try:
+            parsed = parse_infer_request(
+                body, request.headers.get("inference-header-content-length")
+            )
+            check_inputs(parsed, served.inputs, served.outputs, served.max_batch_size)
+            results = await run(served, {i.name: i.array for i in parsed.inputs})
+            wanted = parsed.outputs
+            if wanted is None:
+                wanted = [(name, parsed.binary_output) for name in served.output_names]
+            content, header_length = encode_infer_response(
+                served.name, str(served.version), [(n, results[n], b) for n, b in wanted], parsed.id
+            )
+            ok = True
+        finally:
+            metrics.observe_request(served.name, served.version, time.perf_counter() - started, ok)
+        if header_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(header_length)},
+        )
+
+    @app.post("/json", tags=["inference"], responses=_ERRORS)
+    async def tfaas_json(request: Request):
+        """TFaaS: {"keys": [...], "values": [...], "model": name} -> list of probabilities."""
+        started = time.perf_counter()
+        doc = _json_body(await read_body(request, settings.max_body_bytes))
+        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
+            raise ProtocolError("TFaaS request needs a 'model' name")
+        served = manager.get(doc["model"])
+        ok = False
+        try:
+            feeds, single = tfaas_request(doc, served.inputs, served.metadata)
+            if served.max_batch_size and len(next(iter(feeds.values()))) > served.max_batch_size:
+                raise ProtocolError(f"more rows than max_batch_size {served.max_batch_size}")
+            answer = tfaas_output(await run(served, feeds), single)
+            ok = True
+        finally:
+            metrics.observe_request(served.name, served.version, time.perf_counter() - started, ok)
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    @app.get("/metrics", tags=["metadata"])
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    # Repository ------------------------------------------------------------------------------
+    @app.post(
+        "/v2/repository/index",
+        tags=["repository"],
+        response_model=list[IndexEntry],
+        responses=_ERRORS,
+    )
+    async def repository_index(request: Request):
+        doc = _json_body(await read_body(request, settings.max_body_bytes))
+        ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
+        return manager.index(ready_only)
+
+    @app.post("/v2/repository/models/{model_name}/load", tags=["repository"], responses=_ERRORS)
+    async def repository_load(request: Request, model_name: str) -> dict:
+        authorize(request)
+        await read_body(request, settings.max_body_bytes)
+        await manager.load(model_name)
+        return {}
+
+    @app.post("/v2/repository/models/{model_name}/unload", tags=["repository"], responses=_ERRORS)
+    async def repository_unload(request: Request, model_name: str) -> dict:
+        authorize(request)
+        await read_body(request, settings.max_body_bytes)
+        await manager.unload(model_name)
+        return {}
+
+    @app.post(
+        "/v2/repository/models/{model_name}/upload",
+        tags=["repository"],
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"},
+                        "description": "a single .onnx file, or a model folder as .tar.gz or .zip",
+                    }
+                },
+            }
+        },
+    )
+    async def repository_upload(request: Request, model_name: str) -> dict[str, str]:
+        """Add a new version of `model_name` and serve it once loaded (needs the token)."""
+        authorize(request)
+        body = await read_body(request, settings.max_upload_bytes)
+        version = await manager.upload(model_name, body, settings.max_upload_bytes)
+        return {"name": model_name, "version": str(version)}
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for uvicorn workers: settings come as JSON in ROOTML_SERVE_SETTINGS."""
+    return create_app(ServeSettings(**json.loads(os.environ[_SETTINGS_ENV])))
+
+
+def run_server(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted: one process, or `settings.workers` uvicorn worker processes."""
+    import uvicorn
+
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if settings.workers <= 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Workers refuse model control anyway, so the token is not handed to them.
+    worker_settings = dataclasses.replace(settings, token=None)
+    os.environ[_SETTINGS_ENV] = json.dumps(dataclasses.asdict(worker_settings))
+    uvicorn.run("rootml.serve.app:app_from_env", factory=True, workers=settings.workers, **options)
