@@ -199,3 +199,38 @@ def test_command_line(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         generate.main(["--help"])
     assert exit_.value.code == 0
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tth_example_writes_files_labels_and_builds_the_seed_model(tmp_path):
+    import json
+
+    import torch
+
+    example = SCRIPT.parents[1] / "examples" / "tth"
+    written = _load(example / "make_data.py").make_data(tmp_path / "data", events=500, seed=1)
+    files = written["files"].read_text().split()
+    labels = written["labels"].read_text().split()
+    assert files == [str(written["signal"]), str(written["background"])]
+    assert labels == ["1", "0"]
+    signal = uproot.open(files[0])["Events"].arrays()
+    assert len(signal) == 500
+    expected = generate.generate_events(0, 500, kind="signal", seed=1)
+    assert ak.array_equal(signal["nJet"], expected["nJet"])
+
+    params = json.loads((example / "params.json").read_text())
+    assert params["identifier"] == ["run", "luminosityBlock", "event"]
+    assert set(params["exclude_branches"]) <= set(generate.branch_names())
+    net = _load(example / "model.py").model(7)
+    linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(7, 128), (128, 64), (64, 1)]
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    net.eval()
+    scores = net(torch.randn(16, 7))
+    assert scores.shape == (16, 1) and bool(((scores >= 0) & (scores <= 1)).all())
