@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -37,11 +38,15 @@ class XRootDServer:
 
     def start(self) -> None:
         config = self.workdir / "xrootd.cfg"
-        config.write_text(f"xrd.port {self.port}\nall.export {self.folder}\nall.adminpath {self.workdir}\n")
+        config.write_text(
+            f"xrd.port {self.port}\nall.export {self.folder}\nall.adminpath {self.workdir}\n"
+        )
         command = ["xrootd", "-c", str(config), "-l", str(self.workdir / "xrootd.log")]
         if os.geteuid() == 0:
             command[1:1] = ["-R", "nobody"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with socket.socket() as sock:
@@ -50,7 +55,11 @@ class XRootDServer:
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
-        log = (self.workdir / "xrootd.log").read_text() if (self.workdir / "xrootd.log").exists() else ""
+        log = (
+            (self.workdir / "xrootd.log").read_text()
+            if (self.workdir / "xrootd.log").exists()
+            else ""
+        )
         self.stop()
         raise RuntimeError(f"xrootd did not start on port {self.port}:\n{log[-2000:]}")
 
@@ -61,27 +70,44 @@ class XRootDServer:
             self.process = None
 
 
-@pytest.fixture(scope="session")
-def xrootd_server():
-    """A real xrootd-server serving a copy of tests/data. Skips without the binary, unless
-    ROOTML_REQUIRE_XROOTD=1 (CI), where a missing binary fails."""
+def _require_xrootd() -> None:
     if shutil.which("xrootd") is None:
         if os.environ.get("ROOTML_REQUIRE_XROOTD") == "1":
-            pytest.fail("ROOTML_REQUIRE_XROOTD=1 but no xrootd binary (apt-get install xrootd-server)")
-        pytest.skip("no xrootd binary: apt-get install xrootd-server (set ROOTML_REQUIRE_XROOTD=1 to fail)")
+            pytest.fail(
+                "ROOTML_REQUIRE_XROOTD=1 but no xrootd binary (apt-get install xrootd-server)"
+            )
+        pytest.skip(
+            "no xrootd binary: apt-get install xrootd-server (set ROOTML_REQUIRE_XROOTD=1 to fail)"
+        )
+
+
+@contextlib.contextmanager
+def running_xrootd(files):
+    """A real xrootd-server serving copies of `files`, stopped (and cleaned up) on exit."""
+    _require_xrootd()
     # Not under pytest's tmp folder: that one is private to root, and xrootd runs as nobody.
     base = Path(tempfile.mkdtemp(prefix="rootml-xrootd-"))
     folder, workdir = base / "export", base / "work"
     folder.mkdir()
     workdir.mkdir()
-    for source in DATA.glob("*.root"):
-        shutil.copy(source, folder / source.name)
+    for source in files:
+        shutil.copy(source, folder / Path(source).name)
     for path in (base, folder, workdir, *folder.iterdir()):
         path.chmod(0o777 if path.is_dir() else 0o644)
     if os.geteuid() == 0:
         shutil.chown(workdir, "nobody")
     server = XRootDServer(folder, workdir)
     server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def xrootd_server():
+    """A real xrootd-server serving a copy of tests/data. Skips without the binary, unless
+    ROOTML_REQUIRE_XROOTD=1 (CI), where a missing binary fails."""
+    with running_xrootd(sorted(DATA.glob("*.root"))) as server:
+        yield server

@@ -27,11 +27,24 @@ def padded_reference(array, length, pad_value=0.0):
     return ak.to_numpy(ak.fill_none(clipped, pad_value)).astype(np.float32), mask
 
 
-@pytest.mark.parametrize("name", ["uproot-HZZ.root", "uproot-HZZ-lz4.root", "uproot-HZZ-lzma.root",
-                                  "uproot-HZZ-zstd.root", "uproot-HZZ-uncompressed.root"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "uproot-HZZ.root",
+        "uproot-HZZ-lz4.root",
+        "uproot-HZZ-lzma.root",
+        "uproot-HZZ-zstd.root",
+        "uproot-HZZ-uncompressed.root",
+    ],
+)
 def test_ttree_values_equal_uproot(name):
-    ds = RootIterableDataset(DATA / name, branches=["MET_px", "NJet", "Jet_*", "Muon_Px"],
-                             exclude=["Jet_ID"], batch_size=333, chunk_size=700)
+    ds = RootIterableDataset(
+        DATA / name,
+        branches=["MET_px", "NJet", "Jet_*", "Muon_Px"],
+        exclude=["Jet_ID"],
+        batch_size=333,
+        chunk_size=700,
+    )
     got = collect(ds)
     tree = uproot.open(DATA / name)["events"]
     assert np.array_equal(got["entry"], np.arange(tree.num_entries))
@@ -67,20 +80,38 @@ def test_rntuple_values_equal_uproot():
 
 def test_ttree_and_rntuple_with_the_same_content_give_identical_batches(tmp_path):
     arrays = uproot.open(HZZ)["events"].arrays(["MET_px", "NJet", "Jet_Px", "Jet_E"])
-    columns = {"MET_px": arrays["MET_px"], "NJet": arrays["NJet"],
-               "Jet_Px": arrays["Jet_Px"], "Jet_E": arrays["Jet_E"]}
+    columns = {
+        "MET_px": arrays["MET_px"],
+        "NJet": arrays["NJet"],
+        "Jet_Px": arrays["Jet_Px"],
+        "Jet_E": arrays["Jet_E"],
+    }
     jets = ak.zip({"Px": columns["Jet_Px"], "E": columns["Jet_E"]})
     with uproot.recreate(tmp_path / "ttree.root") as out:
         out.mktree("events", {"MET_px": np.float32, "Jet": jets.type}).extend(
-            {"MET_px": ak.to_numpy(columns["MET_px"]), "Jet": jets})
+            {"MET_px": ak.to_numpy(columns["MET_px"]), "Jet": jets}
+        )
     with uproot.recreate(tmp_path / "rntuple.root") as out:
-        out.mkrntuple("events", ak.Array({"MET_px": columns["MET_px"], "nJet": columns["NJet"],
-                                          "Jet_Px": columns["Jet_Px"], "Jet_E": columns["Jet_E"]}))
+        out.mkrntuple(
+            "events",
+            ak.Array(
+                {
+                    "MET_px": columns["MET_px"],
+                    "nJet": columns["NJet"],
+                    "Jet_Px": columns["Jet_Px"],
+                    "Jet_E": columns["Jet_E"],
+                }
+            ),
+        )
     kwargs = dict(batch_size=500, chunk_size=1000, shuffle=True, seed=3)
     assert "TTree" in uproot.open(tmp_path / "ttree.root").classnames().values()
     assert "ROOT::RNTuple" in uproot.open(tmp_path / "rntuple.root").classnames().values()
-    tree = RootIterableDataset(tmp_path / "ttree.root", branches=["MET_px", "Jet_Px", "Jet_E"], **kwargs)
-    ntuple = RootIterableDataset(tmp_path / "rntuple.root", branches=["MET_px", "Jet_Px", "Jet_E"], **kwargs)
+    tree = RootIterableDataset(
+        tmp_path / "ttree.root", branches=["MET_px", "Jet_Px", "Jet_E"], **kwargs
+    )
+    ntuple = RootIterableDataset(
+        tmp_path / "rntuple.root", branches=["MET_px", "Jet_Px", "Jet_E"], **kwargs
+    )
     assert tree.feature_names == ntuple.feature_names
     for a, b in zip(iter(tree), iter(ntuple), strict=True):
         for key in ("features", "mask", "entry"):
@@ -89,8 +120,16 @@ def test_ttree_and_rntuple_with_the_same_content_give_identical_batches(tmp_path
 
 def test_labels_weights_ids_nevts_and_cut(tmp_path):
     files = {str(HZZ): 1, str(DATA / "uproot-HZZ-zstd.root"): 0}
-    ds = RootIterableDataset(files, branches=["MET_px"], identifiers=["NJet"], weights=[2.0, 0.5],
-                             weight_branch="EventWeight", cut="NMuon >= 1", nevts=3000, batch_size=128)
+    ds = RootIterableDataset(
+        files,
+        branches=["MET_px"],
+        identifiers=["NJet"],
+        weights=[2.0, 0.5],
+        weight_branch="EventWeight",
+        cut="NMuon >= 1",
+        nevts=3000,
+        batch_size=128,
+    )
     got = collect(ds)
     tree = uproot.open(HZZ)["events"]
     full = tree.arrays(["MET_px", "NJet", "NMuon", "EventWeight"], library="np")
@@ -130,7 +169,9 @@ def test_fixed_size_arrays_become_columns():
     tree = uproot.open(path)["sample"]
     assert ds.feature_names[:3] == ["i4", "af8[0]", "af8[1]"] or "af8[0]" in ds.feature_names
     start = ds.feature_names.index("af8[0]")
-    assert np.array_equal(got["features"][:, start : start + 3], tree["af8"].array(library="np").astype(np.float32))
+    assert np.array_equal(
+        got["features"][:, start : start + 3], tree["af8"].array(library="np").astype(np.float32)
+    )
     values, mask = padded_reference(tree["Ai4"].array(), int(ak.max(ak.num(tree["Ai4"].array()))))
     start = ds.feature_names.index("Ai4[0]")
     assert np.array_equal(got["features"][:, start : start + values.shape[1]], values)

@@ -100,7 +100,9 @@ def test_refused_connection_fails_fast_naming_the_url():
 
 def test_preprocess_hook_from_a_module_file(tmp_path):
     hook = tmp_path / "hook.py"
-    hook.write_text("def double(chunk):\n    chunk['MET_px'] = chunk['MET_px'] * 2\n    return chunk\n")
+    hook.write_text(
+        "def double(chunk):\n    chunk['MET_px'] = chunk['MET_px'] * 2\n    return chunk\n"
+    )
     ds = RootIterableDataset(HZZ, branches=["MET_px"], preprocess=f"{hook}:double")
     got = np.concatenate([b["features"][:, 0].numpy() for b in ds])
     assert np.array_equal(got, 2 * uproot.open(HZZ)["events"]["MET_px"].array(library="np"))

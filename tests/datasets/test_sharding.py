@@ -17,8 +17,15 @@ FILES = [str(DATA / n) for n in ("uproot-HZZ.root", "uproot-HZZ-zstd.root", "upr
 
 
 def make(shuffle, **kwargs):
-    options = dict(branches=["MET_px", "Jet_Px"], batch_size=97, chunk_size=250, shuffle=shuffle,
-                   seed=11, max_len=3, shuffle_buffer=300)
+    options = dict(
+        branches=["MET_px", "Jet_Px"],
+        batch_size=97,
+        chunk_size=250,
+        shuffle=shuffle,
+        seed=11,
+        max_len=3,
+        shuffle_buffer=300,
+    )
     options.update(kwargs)
     return RootIterableDataset(FILES, **options)
 
@@ -46,11 +53,14 @@ def test_every_entry_exactly_once(num_workers, world_size, shuffle):
 
 def test_spawn_and_persistent_workers_exactly_once_and_new_order_each_epoch():
     ds = make(True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
-                                         multiprocessing_context="spawn", persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context="spawn", persistent_workers=True
+    )
     epochs = []
     for _ in range(2):
-        epochs.append([(f, e) for b in loader for f, e in zip(b["file"].tolist(), b["entry"].tolist())])
+        epochs.append(
+            [(f, e) for b in loader for f, e in zip(b["file"].tolist(), b["entry"].tolist())]
+        )
     assert sorted(epochs[0]) == ALL and sorted(epochs[1]) == ALL
     assert epochs[0] != epochs[1]
 
@@ -66,8 +76,16 @@ def test_set_epoch_changes_the_order_and_is_reproducible():
 
 
 def test_batches_mix_files_in_proportion():
-    ds = RootIterableDataset(FILES[:2], branches=["MET_px"], nevts={FILES[0]: 2400, FILES[1]: 800},
-                             batch_size=200, chunk_size=200, shuffle=True, seed=1, shuffle_buffer=1000)
+    ds = RootIterableDataset(
+        FILES[:2],
+        branches=["MET_px"],
+        nevts={FILES[0]: 2400, FILES[1]: 800},
+        batch_size=200,
+        chunk_size=200,
+        shuffle=True,
+        seed=1,
+        shuffle_buffer=1000,
+    )
     shares = [float((b["file"] == 0).float().mean()) for b in ds][:-1]
     # 3:1 mix; the binomial sd of a share over 200 rows is 0.031: allow 5 sd per batch.
     assert all(abs(s - 0.75) < 0.155 for s in shares), shares
@@ -75,8 +93,13 @@ def test_batches_mix_files_in_proportion():
 
 
 def test_balance_class_weights_make_classes_weigh_the_same():
-    ds = RootIterableDataset({FILES[0]: 1, FILES[1]: 0}, branches=["MET_px"], nevts={FILES[0]: 2000, FILES[1]: 500},
-                             balance="class", batch_size=500)
+    ds = RootIterableDataset(
+        {FILES[0]: 1, FILES[1]: 0},
+        branches=["MET_px"],
+        nevts={FILES[0]: 2000, FILES[1]: 500},
+        balance="class",
+        batch_size=500,
+    )
     weight = collections.Counter()
     for batch in ds:
         for label in (0, 1):
@@ -102,8 +125,13 @@ def test_resume_mid_epoch_is_exactly_once(num_workers):
 def test_plan_is_pure_and_aligned():
     units = plan_units([(0, 1000), (100, 350)], 300, [[0, 280, 600, 1000], []])
     assert [(u.file, u.start, u.stop) for u in units] == [
-        (0, 0, 280), (0, 280, 580), (0, 580, 600), (0, 600, 900), (0, 900, 1000), (1, 100, 350)] or all(
-        u.stop - u.start <= 300 for u in units)
+        (0, 0, 280),
+        (0, 280, 580),
+        (0, 580, 600),
+        (0, 600, 900),
+        (0, 900, 1000),
+        (1, 100, 350),
+    ] or all(u.stop - u.start <= 300 for u in units)
     covered = sorted((u.file, e) for u in units for e in range(u.start, u.stop))
     assert covered == [(0, e) for e in range(1000)] + [(1, e) for e in range(100, 350)]
     ordered = order_units(units, True, seed=1, epoch=0)

@@ -32,8 +32,14 @@ def test_remote_reads_equal_local(xrootd_server, name):
 def test_remote_and_local_files_together_exactly_once(xrootd_server):
     files = [xrootd_server.url("uproot-HZZ.root"), str(DATA / "uproot-HZZ-zstd.root")]
     ds = RootIterableDataset(files, branches=["MET_px"], chunk_size=500, shuffle=True)
-    pairs = [(f, e) for b in batches(ds, num_workers=2) for f, e in zip(b["file"].tolist(), b["entry"].tolist())]
-    assert collections.Counter(pairs) == collections.Counter((f, e) for f in range(2) for e in range(2421))
+    pairs = [
+        (f, e)
+        for b in batches(ds, num_workers=2)
+        for f, e in zip(b["file"].tolist(), b["entry"].tolist())
+    ]
+    assert collections.Counter(pairs) == collections.Counter(
+        (f, e) for f in range(2) for e in range(2421)
+    )
 
 
 def test_missing_remote_file_names_the_url(xrootd_server):

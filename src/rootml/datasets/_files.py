@@ -26,6 +26,7 @@ _XRD_DEFAULTS = {
     "XRD_REQUESTTIMEOUT": "20",
     "XRD_STREAMTIMEOUT": "20",
     "XRD_TIMEOUTRESOLUTION": "1",
+    "XRD_STREAMERRORWINDOW": "1",
     "XRD_RUNFORKHANDLER": "1",
 }
 for _key, _value in _XRD_DEFAULTS.items():
@@ -35,6 +36,9 @@ import uproot  # noqa: E402  (after the XRD_* defaults, which the client reads a
 
 _REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "gs://", "simplecache::")
 T = TypeVar("T")
+# A fresh fsspec filesystem per open: fsspec-xrootd caches file handles per filesystem instance,
+# and a handle that died with its connection would otherwise be reused by every retry.
+_REMOTE_OPTIONS = {"timeout": 30, "skip_instance_cache": True}
 
 
 def is_remote(url: str) -> bool:
@@ -111,18 +115,22 @@ def with_retries(
 
 def open_file(url: str, retries: int = 3, backoff: float = 0.5) -> Any:
     """Open a ROOT file through uproot (fsspec for remote URLs), with bounded retries."""
+    return with_retries(lambda: open_once(url), url, retries, backoff)
+
+
+def open_once(url: str) -> Any:
+    """Open a ROOT file once. Transport failures raise OSError (for the caller to retry); a
+    missing local file or a file that is not ROOT raises FileAccessError."""
     if not is_remote(url) and not os.path.exists(url):
         raise FileAccessError(f"file not found: {url}")
-
-    def attempt() -> Any:
-        try:
-            return uproot.open(url, timeout=30) if is_remote(url) else uproot.open(url)
-        except (OSError, TimeoutError):
-            raise
-        except Exception as err:  # uproot raises ValueError & co for non-ROOT or truncated files
-            raise FileAccessError(f"not a readable ROOT file: {url}: {err}") from err
-
-    return with_retries(attempt, url, retries, backoff)
+    try:
+        return uproot.open(url, **_REMOTE_OPTIONS) if is_remote(url) else uproot.open(url)
+    except (OSError, TimeoutError):
+        raise
+    except Exception as err:
+        if is_remote(url):  # a half-dead connection surfaces as ValueError & co: retry it
+            raise OSError(f"{type(err).__name__}: {err}") from err
+        raise FileAccessError(f"not a readable ROOT file: {url}: {err}") from err
 
 
 def list_trees(file: Any) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rootml.datasets._files import find_tree, open_file, with_retries
+from rootml.datasets._files import find_tree, open_once, with_retries
 from rootml.datasets._plan import Unit
 from rootml.datasets._schema import is_rntuple
 from rootml.errors import FileAccessError, RootmlError, SchemaError, where
@@ -74,7 +74,7 @@ class UnitReader:
             self._open.move_to_end(index)
             return self._open[index][1]
         url = self.urls[index]
-        file = open_file(url, self.retries, self.backoff)
+        file = open_once(url)  # inside read()'s retries
         _, tree = find_tree(file, self.tree, url)
         self._open[index] = (file, tree)
         while len(self._open) > self.max_open:

@@ -28,8 +28,12 @@ def inspect_file(url: str) -> dict[str, Any]:
         for name, classname in list_trees(file).items():
             tree = file[name]
             report["trees"].append(
-                {"name": name, "class": classname, "entries": int(tree.num_entries),
-                 "branches": _branches(tree)}
+                {
+                    "name": name,
+                    "class": classname,
+                    "entries": int(tree.num_entries),
+                    "branches": _branches(tree),
+                }
             )
         return report
     finally:
@@ -43,11 +47,17 @@ def _branches(tree: Any) -> list[dict[str, Any]]:
         if not is_rntuple(tree):
             branch = tree[name]
             sizes = (int(branch.compressed_bytes), int(branch.uncompressed_bytes))
-        rows.append({
-            "name": name, "type": info.typename, "kind": info.kind, "jagged": info.kind == "jagged",
-            "counter": info.collection if not is_rntuple(tree) else None,
-            "compressed_bytes": sizes[0], "uncompressed_bytes": sizes[1],
-        })
+        rows.append(
+            {
+                "name": name,
+                "type": info.typename,
+                "kind": info.kind,
+                "jagged": info.kind == "jagged",
+                "counter": info.collection if not is_rntuple(tree) else None,
+                "compressed_bytes": sizes[0],
+                "uncompressed_bytes": sizes[1],
+            }
+        )
     return rows
 
 
@@ -58,7 +68,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {tree['class']} {tree['name']!r}: {tree['entries']} entries")
         width = max((len(b["name"]) for b in tree["branches"]), default=4)
         for b in tree["branches"]:
-            size = f"{b['compressed_bytes']:>10} B" if b["compressed_bytes"] is not None else " " * 12
+            size = (
+                f"{b['compressed_bytes']:>10} B" if b["compressed_bytes"] is not None else " " * 12
+            )
             extra = f" [counter {b['counter']}]" if b["counter"] else ""
             lines.append(f"    {b['name']:<{width}}  {b['kind']:<11} {size}  {b['type']}{extra}")
     return "\n".join(lines)

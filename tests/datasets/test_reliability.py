@@ -1,0 +1,118 @@
+"""Faults on the data path: an XRootD server killed and restarted mid-epoch, gone for good, a
+DataLoader worker killed. Bounded in count and time; loopback only."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from rootml import FileAccessError, RootIterableDataset
+from tests.conftest import DATA, HZZ, running_xrootd
+
+pytestmark = pytest.mark.xrootd
+
+ALL = collections.Counter((0, e) for e in range(2421))
+
+
+def pairs(batch):
+    return list(zip(batch["file"].tolist(), batch["entry"].tolist()))
+
+
+def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once():
+    with running_xrootd([HZZ]) as server:
+        ds = RootIterableDataset(
+            server.url(HZZ.name),
+            branches=["MET_px", "Jet_Px"],
+            max_len=2,
+            chunk_size=60,
+            batch_size=50,
+            shuffle=True,
+            backoff=0.3,
+            retries=4,
+        )
+        seen, restarts = [], 0
+        for i, batch in enumerate(ds):
+            seen += pairs(batch)
+            if i % 4 == 2 and restarts < 10:
+                server.stop()
+                threading.Timer(0.3, server.start).start()
+                restarts += 1
+        assert restarts == 10
+        assert collections.Counter(seen) == ALL
+
+
+def test_server_gone_for_good_names_the_url_and_state_resumes_later():
+    with running_xrootd([HZZ]) as server:
+        url = server.url(HZZ.name)
+        options = dict(
+            branches=["MET_px"],
+            chunk_size=100,
+            batch_size=100,
+            shuffle=True,
+            retries=2,
+            backoff=0.2,
+        )
+        ds = RootIterableDataset(url, **options)
+        seen = []
+        begin = time.monotonic()
+        with pytest.raises(
+            FileAccessError, match=f"cannot read in file {url}, tree 'events', entries"
+        ):
+            for i, batch in enumerate(ds):
+                seen += pairs(batch)
+                if i == 5:
+                    server.stop()
+        assert time.monotonic() - begin < 60
+        state = ds.state_dict()
+        server.start()
+        resumed = RootIterableDataset(url, **options)
+        resumed.load_state_dict(state)
+        rest = [p for batch in resumed for p in pairs(batch)]
+        assert collections.Counter(seen + rest) == ALL
+
+
+def test_killed_worker_surfaces_promptly_and_the_run_resumes_from_state():
+    options = dict(
+        branches=["MET_px", "Jet_Px"], max_len=3, chunk_size=100, batch_size=100, shuffle=True
+    )
+    loader = StatefulDataLoader(
+        RootIterableDataset(HZZ, **options), batch_size=None, num_workers=2, timeout=60
+    )
+    seen, state = [], None
+    begin = time.monotonic()
+    with pytest.raises(RuntimeError, match="(?i)worker"):
+        for i, batch in enumerate(loader):
+            seen += pairs(batch)
+            state = loader.state_dict()
+            if i == 3:
+                for pid in loader._iterator._workers:  # noqa: SLF001  (the test kills a worker)
+                    os.kill(pid.pid, signal.SIGKILL)
+                    break
+    assert time.monotonic() - begin < 30
+    resumed = StatefulDataLoader(
+        RootIterableDataset(HZZ, **options), batch_size=None, num_workers=2
+    )
+    resumed.load_state_dict(state)
+    rest = [p for batch in resumed for p in pairs(batch)]
+    assert collections.Counter(seen + rest) == ALL
+
+
+def test_remote_file_opened_in_the_parent_before_fork_does_not_hang_workers():
+    with running_xrootd([HZZ]) as server:
+        url = server.url(HZZ.name)
+        import uproot
+
+        with uproot.open(url, timeout=10) as parent_file:  # the parent holds a live connection
+            assert parent_file["events"].num_entries == 2421
+            ds = RootIterableDataset(url, branches=["MET_px"], chunk_size=300)
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, timeout=60)
+            seen = [p for batch in loader for p in pairs(batch)]
+        assert collections.Counter(seen) == ALL
+    assert DATA.exists()
