@@ -133,7 +133,13 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], what: str) -> n
         raise ProtocolError(
             f"{what}: shape {list(shape)} needs {count} values, 'data' has {values.size}"
         )
-    if count and values.dtype.kind not in _JSON_KINDS[dtype.kind]:
+    kinds = _JSON_KINDS[dtype.kind]
+    if dtype.kind in "iu" and values.dtype.kind == "f":
+        # numpy reads integers beyond int64 as floats; keep them exact if they are all integers.
+        exact = np.asarray(data, dtype=object).reshape(-1)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in exact):
+            values, kinds = exact, "O"
+    if count and values.dtype.kind not in kinds:
         raise ProtocolError(f"{what}: 'data' holds {values.dtype} values, not {datatype}")
     if dtype.kind in "iu" and count:
         info = np.iinfo(dtype)
