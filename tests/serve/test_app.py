@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 import httpx
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from rootml.errors import ProtocolError
 from tests.serve.conftest import N_FEATURES, Server, make_inputs
 
 
@@ -336,3 +338,39 @@ def test_metrics_openapi_config_index(server, client):
     assert config["max_batch_size"] == 1024 and config["input"][0]["dims"] == [N_FEATURES]
     index = client.get_model_repository_index()
     assert {"name": "mlp", "version": "2", "state": "READY", "reason": ""} in index
+
+
+def test_deadline_and_full_queue_are_503(repo):
+    """In process, with a run slowed down on purpose: the deadline and the bounded queue."""
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from rootml.serve.app import ServeSettings, create_app
+
+    app = create_app(ServeSettings(repo=str(repo), request_timeout_s=0.2, max_queue=0, run_slots=1))
+    body = orjson.dumps(_json_doc())
+    with TestClient(app) as client:
+        manager = app.state.manager
+        assert client.post("/v2/models/fixed/infer", content=body).status_code == 200
+        served = manager.get("fixed")
+        real_run = served.run
+        served.run = lambda feeds: (time.sleep(0.5), real_run(feeds))[1]
+        assert_error(client.post("/v2/models/fixed/infer", content=body), 503, "deadline")
+
+        async def two_at_once():
+            feeds = {
+                i["name"]: np.asarray(
+                    i["data"], np.float32 if i["datatype"] == "FP32" else bool
+                ).reshape(i["shape"])
+                for i in _json_doc()["inputs"]
+            }
+            return await asyncio.gather(
+                manager.infer(served, feeds), manager.infer(served, feeds), return_exceptions=True
+            )
+
+        results = client.portal.call(two_at_once)
+        assert isinstance(results[0], dict)
+        assert isinstance(results[1], ProtocolError) and results[1].status == 503
+        served.run = real_run
+        assert client.post("/v2/models/fixed/infer", content=body).status_code == 200
