@@ -119,6 +119,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads_per_run=args.threads_per_run,
     )
+    control = "on" if token else "off (no --token-file)"
+    print(
+        f"rootml serve: {args.repo} on http://{args.host}:{args.port}, model control {control}",
+        file=sys.stderr,
+    )
     run_server(settings, host=args.host, port=args.port)
     return 0
 

@@ -318,18 +318,40 @@ def test_tfaas_json(server, reference):
     )
 
 
-def test_metrics_openapi_config_index(server, client):
-    client.infer("mlp", triton_inputs(make_inputs(2), True))
-    text = httpx.get(f"{server.url}/metrics").text
-    for name in (
-        "rootml_inference_requests_total",
-        "rootml_inference_failures_total",
-        "rootml_inference_latency_seconds_bucket",
-        "rootml_queue_time_seconds_bucket",
-        "rootml_batch_size_bucket",
-        "rootml_session_runs_total",
-    ):
-        assert f'{name}{{model="mlp"' in text or f"{name}{{le=" in text, name
+def _samples(server) -> dict[tuple[str, str], float]:
+    """(sample name, version) -> value of model "mlp" from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("model") == "mlp" and "le" not in sample.labels:
+                out[(sample.name, sample.labels["version"])] = sample.value
+    return out
+
+
+def test_metrics_count_requests_failures_runs_and_rows(server, client):
+    before = _samples(server)
+    client.infer("mlp", triton_inputs(make_inputs(3), True), model_version="1")
+    response = httpx.post(
+        f"{server.url}/v2/models/mlp/versions/1/infer", content=orjson.dumps(_json_doc(name="x"))
+    )
+    assert response.status_code == 400
+    after = _samples(server)
+    expected = {
+        "rootml_inference_requests_total": 2,
+        "rootml_inference_failures_total": 1,
+        "rootml_inference_latency_seconds_count": 2,
+        "rootml_session_runs_total": 1,
+        "rootml_batch_size_count": 1,
+        "rootml_batch_size_sum": 3,
+        "rootml_queue_time_seconds_count": 1,
+    }
+    for name, delta in expected.items():
+        assert after[(name, "1")] - before.get((name, "1"), 0.0) == delta, name
+
+
+def test_openapi_config_index(server, client):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert (
         "/v2/models/{model_name}/infer" in spec["paths"] and "/v2/repository/index" in spec["paths"]

@@ -15,17 +15,26 @@ import json
 import logging
 import os
 import time
-import zlib
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rootml.errors import ModelError, ProtocolError
+from rootml.serve._http import (
+    ERRORS,
+    INFER_BODY,
+    IndexEntry,
+    ModelMetadata,
+    ServerMetadata,
+    error_response,
+    json_body,
+    read_body,
+    run_error,
+)
 from rootml.serve.codec import check_inputs, encode_infer_response, parse_infer_request
 from rootml.serve.metrics import ServeMetrics
 from rootml.serve.models import ModelManager
@@ -52,109 +61,11 @@ class ServeSettings:
     run_slots: int | None = None  # default: the cores of this worker
 
     def slots(self) -> int:
+        """onnxruntime runs in flight per worker: its share of the cores / threads per run."""
         if self.run_slots:
             return self.run_slots
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // (max(1, self.workers) * max(1, self.threads_per_run)))
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class IndexEntry(BaseModel):
-    name: str
-    version: str
-    state: str
-    reason: str
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorBody} for s in (400, 401, 403, 404, 413, 503)
-}
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "JSON header of Inference-Header-Content-Length bytes, then raw tensors",
-            },
-        },
-    }
-}
-
-
-def _error(message: str, status: int) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed for Content-Encoding gzip/deflate; 413 beyond `limit` bytes
-    either on the wire or decompressed, 400 for a bad or unknown encoding."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"body of {declared} bytes is over the limit of {limit} bytes", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"body is over the limit of {limit} bytes", 413)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
-    # gzip, or deflate in its zlib wrapper (what tritonclient sends); 32 makes zlib detect which.
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise ProtocolError(f"cannot decompress the {encoding} body: {err}") from None
-    if len(out) > limit:
-        raise ProtocolError(f"body decompresses to more than the limit of {limit} bytes", 413)
-    if not inflater.eof:
-        raise ProtocolError(f"the {encoding} body is truncated")
-    return out
-
-
-def _json_body(body: bytes) -> Any:
-    if not body.strip():
-        return {}
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise ProtocolError(f"body is not valid JSON: {err}") from None
-
-
-def _run_error(err: Exception) -> ProtocolError:
-    # onnxruntime's own exception types; InvalidArgument is the caller's fault.
-    bad_input = type(err).__name__ in ("InvalidArgument", "InvalidProtobuf")
-    return ProtocolError(f"inference failed: {err}", 400 if bad_input else 500)
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -190,19 +101,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(request: Request, err: ProtocolError):
-        return _error(str(err), err.status)
+        return error_response(str(err), err.status)
 
     @app.exception_handler(ModelError)
     async def _model_error(request: Request, err: ModelError):
-        return _error(str(err), 400)
+        return error_response(str(err), 400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
-        return _error(f"invalid request: {err.errors()}", 400)
+        return error_response(f"invalid request: {err.errors()}", 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):
-        return _error(str(err.detail), err.status_code)
+        return error_response(str(err.detail), err.status_code)
 
     def authorize(request: Request) -> None:
         if settings.workers > 1:
@@ -224,7 +135,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"], responses=_ERRORS)
+    @app.get("/v2/health/ready", tags=["health"], responses=ERRORS)
     async def ready():
         if not state["ready"]:
             return JSONResponse({"ready": False}, status_code=503)
@@ -242,13 +153,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v2/models/{model_name}",
         tags=["metadata"],
         response_model=ModelMetadata,
-        responses=_ERRORS,
+        responses=ERRORS,
     )
     @app.get(
         "/v2/models/{model_name}/versions/{model_version}",
         tags=["metadata"],
         response_model=ModelMetadata,
-        responses=_ERRORS,
+        responses=ERRORS,
     )
     async def model_metadata(model_name: str, model_version: str | None = None):
         served = manager.get(model_name, model_version)
@@ -265,24 +176,24 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "outputs": [t.to_dict() for t in served.outputs],
         }
 
-    @app.get("/v2/models/{model_name}/ready", tags=["health"], responses=_ERRORS)
+    @app.get("/v2/models/{model_name}/ready", tags=["health"], responses=ERRORS)
     @app.get(
-        "/v2/models/{model_name}/versions/{model_version}/ready", tags=["health"], responses=_ERRORS
+        "/v2/models/{model_name}/versions/{model_version}/ready", tags=["health"], responses=ERRORS
     )
     async def model_ready(model_name: str, model_version: str | None = None):
         manager.get(model_name, model_version)
         return {"name": model_name, "ready": True}
 
-    @app.get("/v2/models/{model_name}/config", tags=["metadata"], responses=_ERRORS)
+    @app.get("/v2/models/{model_name}/config", tags=["metadata"], responses=ERRORS)
     @app.get(
         "/v2/models/{model_name}/versions/{model_version}/config",
         tags=["metadata"],
-        responses=_ERRORS,
+        responses=ERRORS,
     )
     async def model_config(model_name: str, model_version: str | None = None) -> dict[str, Any]:
         return manager.get(model_name, model_version).model.config
 
-    @app.get("/v2/models/{model_name}/rootml", tags=["metadata"], responses=_ERRORS)
+    @app.get("/v2/models/{model_name}/rootml", tags=["metadata"], responses=ERRORS)
     async def model_rootml(model_name: str) -> dict[str, Any]:
         """The model's rootml.json (feature names, Specs, labels); 404 for a plain ONNX model."""
         metadata = manager.get(model_name).metadata
@@ -301,19 +212,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
         except (ProtocolError, ModelError):
             raise
         except Exception as err:
-            raise _run_error(err) from err
+            raise run_error(err) from err
 
     @app.post(
         "/v2/models/{model_name}/infer",
         tags=["inference"],
-        responses=_ERRORS,
-        openapi_extra=_INFER_BODY,
+        responses=ERRORS,
+        openapi_extra=INFER_BODY,
     )
     @app.post(
         "/v2/models/{model_name}/versions/{model_version}/infer",
         tags=["inference"],
-        responses=_ERRORS,
-        openapi_extra=_INFER_BODY,
+        responses=ERRORS,
+        openapi_extra=INFER_BODY,
     )
     async def infer(request: Request, model_name: str, model_version: str | None = None):
         started = time.perf_counter()
@@ -343,11 +254,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
 
-    @app.post("/json", tags=["inference"], responses=_ERRORS)
+    @app.post("/json", tags=["inference"], responses=ERRORS)
     async def tfaas_json(request: Request):
         """TFaaS: {"keys": [...], "values": [...], "model": name} -> list of probabilities."""
         started = time.perf_counter()
-        doc = _json_body(await read_body(request, settings.max_body_bytes))
+        doc = json_body(await read_body(request, settings.max_body_bytes))
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
             raise ProtocolError("TFaaS request needs a 'model' name")
         served = manager.get(doc["model"])
@@ -371,21 +282,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v2/repository/index",
         tags=["repository"],
         response_model=list[IndexEntry],
-        responses=_ERRORS,
+        responses=ERRORS,
     )
     async def repository_index(request: Request):
-        doc = _json_body(await read_body(request, settings.max_body_bytes))
+        doc = json_body(await read_body(request, settings.max_body_bytes))
         ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
         return manager.index(ready_only)
 
-    @app.post("/v2/repository/models/{model_name}/load", tags=["repository"], responses=_ERRORS)
+    @app.post("/v2/repository/models/{model_name}/load", tags=["repository"], responses=ERRORS)
     async def repository_load(request: Request, model_name: str) -> dict:
         authorize(request)
         await read_body(request, settings.max_body_bytes)
         await manager.load(model_name)
         return {}
 
-    @app.post("/v2/repository/models/{model_name}/unload", tags=["repository"], responses=_ERRORS)
+    @app.post("/v2/repository/models/{model_name}/unload", tags=["repository"], responses=ERRORS)
     async def repository_unload(request: Request, model_name: str) -> dict:
         authorize(request)
         await read_body(request, settings.max_body_bytes)
@@ -395,7 +306,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post(
         "/v2/repository/models/{model_name}/upload",
         tags=["repository"],
-        responses=_ERRORS,
+        responses=ERRORS,
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,7 +106,10 @@ class ModelManager:
         self._models: dict[str, dict[int, ServedVersion]] = {}
         self._status: dict[str, tuple[str, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Sessions by (name, version), reused while model.onnx is unchanged; loads of different
+        # models run in threads at once, hence the lock.
         self._cache: dict[tuple[str, int], tuple[tuple, repo_mod.LoadedModel]] = {}
+        self._cache_lock = threading.Lock()
         self._waiting = 0
 
     # Loading -------------------------------------------------------------------------------
@@ -116,11 +120,12 @@ class ModelManager:
         wanted = select_versions(repo_mod.list_versions(self.repo, name), config)
         if not wanted:
             raise ModelError(f"model {name!r}: no version to load in {folder}")
-        loaded = {}
+        loaded, keys = {}, {}
         for version in wanted:
             info = (folder / str(version) / repo_mod.MODEL_FILE).stat()
-            key = (info.st_mtime_ns, info.st_size, info.st_ino)
-            cached = self._cache.get((name, version))
+            key = keys[version] = (info.st_mtime_ns, info.st_size, info.st_ino)
+            with self._cache_lock:
+                cached = self._cache.get((name, version))
             if cached is not None and cached[0] == key:
                 model = cached[1]  # unchanged file: keep the session, take the new config
                 model = dataclasses.replace(
@@ -130,10 +135,11 @@ class ModelManager:
                 )
             else:
                 model = repo_mod.load_model(self.repo, name, version, threads=self.threads_per_run)
-            self._cache[(name, version)] = (key, model)
             loaded[version] = model
-        for stale in [k for k in self._cache if k[0] == name and k[1] not in loaded]:
-            del self._cache[stale]
+        with self._cache_lock:
+            for stale in [k for k in self._cache if k[0] == name]:
+                del self._cache[stale]
+            self._cache.update({(name, v): (keys[v], m) for v, m in loaded.items()})
         return loaded
 
     def _serve(self, model: repo_mod.LoadedModel) -> ServedVersion:
@@ -184,8 +190,9 @@ class ModelManager:
         async with self._locks.setdefault(name, asyncio.Lock()):
             old = self._models.pop(name, {})
             self._status[name] = ("UNAVAILABLE", "unloaded")
-            for key in [k for k in self._cache if k[0] == name]:
-                del self._cache[key]
+            with self._cache_lock:
+                for key in [k for k in self._cache if k[0] == name]:
+                    del self._cache[key]
             await self._retire(old)
 
     async def upload(self, name: str, body: bytes, max_bytes: int) -> int:
