@@ -37,14 +37,17 @@ def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once():
             backoff=0.3,
             retries=4,
         )
-        seen, restarts = [], 0
+        seen, timers = [], []
         for i, batch in enumerate(ds):
             seen += pairs(batch)
-            if i % 4 == 2 and restarts < 10:
+            if i % 4 == 2 and len(timers) < 10:
+                timers[-1:] and timers[-1].join()
                 server.stop()
-                threading.Timer(0.3, server.start).start()
-                restarts += 1
-        assert restarts == 10
+                timers.append(threading.Timer(0.3, server.start))
+                timers[-1].start()
+        for timer in timers:
+            timer.join()
+        assert len(timers) == 10
         assert collections.Counter(seen) == ALL
 
 
