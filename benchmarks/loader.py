@@ -1,0 +1,631 @@
+"""Loader benchmark: ROOT files -> padded float32 torch batches, next to the uproot read limit.
+
+Every case reads the same branches of the same NanoAOD-like zlib TTree (benchmarks/generate.py,
+made under bench-data/ when missing) and runs in its own subprocess, so peak RSS is per case:
+
+- reference: `uproot.iterate` of the branches in chunks, in one process doing nothing else (run
+  first and again last: the spread between the two is the noise of this machine);
+- naive: `uproot.iterate` + `ak.pad_none` / `ak.fill_none` / `ak.to_numpy` per branch + `np.stack`,
+  cut into batches of torch tensors;
+- loader: `DataLoader(RootIterableDataset(...), batch_size=None, num_workers=0|1|2)`, flat layout;
+- weaver: weaver-core's `SimpleIterDataset` on the same file and branches (same pad lengths, no
+  standardisation) with its usual `DataLoader(batch_size=1024)`, run by another Python (its own
+  venv, so its pins never touch this environment's torch): `--weaver-python`;
+- root://: the reference and the loader through a real xrootd-server on 127.0.0.1;
+- rss: the loader with 2 workers over 1x and 4x the dataset (the file listed 4 times).
+
+events/s counts events turned into batches per second of iteration (setup excluded and reported
+apart); MB/s is the compressed size of the branches read (what storage delivers) per second.
+Ratios are to the first reference of the same run. The machine's load average is recorded
+around each case: other processes on the machine distort the figures.
+
+Usage:
+    python benchmarks/loader.py                 # full: 2M events, every case, JSON in
+                                                # benchmarks/results/loader.json
+    python benchmarks/loader.py --quick         # 200k events, the main cases (`rootml bench`)
+    python benchmarks/loader.py --cases reference,loader-0 --events 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TREE = "Events"
+BATCH_SIZE = 1024
+CHUNK_SIZE = 100_000
+# The feature branches: everything but identifiers and the generator-level/truth branches (as
+# examples/tth does): 19 flat, 4 counters, 17 jagged fields of Jet/FatJet/Muon/Electron.
+EXCLUDED = (
+    "run",
+    "luminosityBlock",
+    "event",
+    "genWeight",
+    "LHE_HT",
+    "Pileup_nTrueInt",
+    "Pileup_nPU",
+)
+MAX_LEN = {"Jet": 12, "FatJet": 4, "Muon": 4, "Electron": 4}
+PAD_VALUE = 0.0
+FULL_CASES = (
+    "reference,naive,loader-0,loader-1,loader-2,loader-2-shuffle,weaver-0,weaver-2,"
+    "xrootd-reference,xrootd-loader-0,xrootd-loader-2,rss-1x,rss-4x,reference-again"
+)
+QUICK_CASES = "reference,naive,loader-0,loader-1,loader-2,reference-again"
+DEFAULT_WEAVER_PYTHON = "/tmp/rootml-weaver-venv/bin/python"
+WEAVER_VERSION = "0.5.3"
+
+
+# -- the cases (each runs in a fresh subprocess: `loader.py --case JSON`) -----------------------
+def _branches(url: str) -> list[str]:
+    import uproot
+
+    with uproot.open(url) as file:
+        return [name for name in file[TREE].keys() if name not in EXCLUDED]
+
+
+def _reference(spec: dict) -> dict:
+    import uproot
+
+    n, started = 0, time.perf_counter()
+    for url in spec["urls"]:
+        for chunk in uproot.iterate(
+            f"{url}:{TREE}", spec["branches"], step_size=CHUNK_SIZE, entry_stop=spec["events"]
+        ):
+            n += len(chunk)
+    return {"events": n, "seconds": time.perf_counter() - started}
+
+
+def _naive(spec: dict) -> dict:
+    """What one writes without a loader: pad each branch with awkward, stack, cut batches."""
+    import awkward as ak
+    import numpy as np
+    import torch
+    import uproot
+
+    widths = {b: _pad_length(b) for b in spec["branches"]}
+    n, started = 0, time.perf_counter()
+    for chunk in uproot.iterate(
+        f"{spec['urls'][0]}:{TREE}",
+        spec["branches"],
+        step_size=CHUNK_SIZE,
+        entry_stop=spec["events"],
+    ):
+        columns, masks = [], []
+        for branch, width in widths.items():
+            values = chunk[branch]
+            if width is None:
+                columns.append(ak.to_numpy(values).astype(np.float32)[:, None])
+                masks.append(np.ones((len(values), 1), dtype=bool))
+            else:
+                padded = ak.pad_none(values, width, clip=True)
+                masks.append(~ak.to_numpy(ak.is_none(padded, axis=1)))
+                columns.append(ak.to_numpy(ak.fill_none(padded, PAD_VALUE)).astype(np.float32))
+        features, mask = np.concatenate(columns, axis=1), np.concatenate(masks, axis=1)
+        for start in range(0, len(features), BATCH_SIZE):
+            batch = {
+                "features": torch.from_numpy(features[start : start + BATCH_SIZE]),
+                "mask": torch.from_numpy(mask[start : start + BATCH_SIZE]),
+            }
+            n += batch["features"].shape[0]
+    return {"events": n, "seconds": time.perf_counter() - started, "features": features.shape[1]}
+
+
+def _pad_length(branch: str) -> int | None:
+    collection = branch.split("_", 1)[0]
+    return MAX_LEN.get(collection) if "_" in branch else None
+
+
+def _loader(spec: dict) -> dict:
+    import torch
+
+    from rootml import RootIterableDataset
+
+    started = time.perf_counter()
+    dataset = RootIterableDataset(
+        spec["urls"],
+        tree=TREE,
+        branches=spec["branches"],
+        batch_size=BATCH_SIZE,
+        chunk_size=CHUNK_SIZE,
+        max_len=MAX_LEN,
+        pad_value=PAD_VALUE,
+        shuffle=spec.get("shuffle", False),
+        entries=(0, spec["events"]),
+    )
+    setup = time.perf_counter() - started
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=spec["workers"], pin_memory=False
+    )
+    n, started = 0, time.perf_counter()
+    for batch in loader:
+        features = batch["features"]
+        assert features.dtype == torch.float32 and features.shape[1] == len(dataset.feature_names)
+        n += features.shape[0]
+    seconds = time.perf_counter() - started
+    del loader  # joins the workers, so their peak RSS is counted below
+    return {
+        "events": n,
+        "seconds": seconds,
+        "setup_seconds": setup,
+        "features": len(dataset.feature_names),
+    }
+
+
+def _weaver(spec: dict) -> dict:
+    """weaver-core's SimpleIterDataset with the same branches and pad lengths, no standardisation.
+
+    weaver splits work over DataLoader workers by files (one file cannot be split); with one
+    file and W workers it is listed W times and each worker reads 1/W of the events (the first
+    1/W of the file, so the total equals the other cases)."""
+    import tempfile
+
+    import torch
+    import yaml
+    from weaver.utils.dataset import SimpleIterDataset
+
+    events, workers = spec["events"], spec["workers"]
+    total = spec["file_entries"]
+    fraction = events / total / max(workers, 1)
+    groups = {"event": [b for b in spec["branches"] if _pad_length(b) is None]}
+    for collection in MAX_LEN:
+        groups[collection] = [b for b in spec["branches"] if b.startswith(collection + "_")]
+    config = {
+        "treename": TREE,
+        "new_variables": {"is_signal": "ak.ones_like(MET_pt)"},
+        "preprocess": {"method": "manual", "data_fraction": 1.0},
+        "inputs": {
+            name: {
+                "length": None if name == "event" else MAX_LEN[name],
+                "pad_mode": "constant",
+                "vars": [[v, None] for v in names],
+            }
+            for name, names in groups.items()
+        },
+        "labels": {"type": "simple", "value": ["is_signal"]},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "data.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        started = time.perf_counter()
+        dataset = SimpleIterDataset(
+            {"signal": spec["urls"] * max(workers, 1)},
+            path,
+            for_training=False,
+            load_range_and_fraction=((0.0, fraction), 1.0, 1),
+            fetch_by_files=False,
+            fetch_step=CHUNK_SIZE / total,
+        )
+        setup = time.perf_counter() - started
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=BATCH_SIZE, num_workers=workers, drop_last=False
+        )
+        n, started = 0, time.perf_counter()
+        shapes = None
+        for inputs, _, _ in loader:
+            shapes = {k: tuple(v.shape[1:]) for k, v in inputs.items()}
+            n += inputs["event"].shape[0]
+        seconds = time.perf_counter() - started
+        del loader
+    import weaver
+
+    return {
+        "events": n,
+        "seconds": seconds,
+        "setup_seconds": setup,
+        "shapes": shapes,
+        "weaver": getattr(weaver, "__version__", WEAVER_VERSION),
+    }
+
+
+_CASES = {"reference": _reference, "naive": _naive, "loader": _loader, "weaver": _weaver}
+
+
+def run_case(spec: dict) -> dict:
+    """Run one case in this process; add peak RSS (this process, and its largest child)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = _CASES[spec["kind"]](spec)
+    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_before_mb"] = before / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["worker_rss_mb"] = children / 1024 if children else None
+    return result
+
+
+# -- orchestration ------------------------------------------------------------------------------
+def _spawn(spec: dict, python: str = sys.executable, timeout: float = 300) -> dict:
+    """Run one case in a subprocess; returns its result, or {"error": why}."""
+    command = [python, str(Path(__file__).resolve()), "--case", json.dumps(spec)]
+    load_before = os.getloadavg()[0]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT)
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "load_before": load_before}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {done.returncode}: {' | '.join(tail)}", "load_before": load_before}
+    result = json.loads(lines[-1])
+    result.update(load_before=load_before, load_after=os.getloadavg()[0])
+    return result
+
+
+def ensure_data(path: Path, events: int) -> Path:
+    """The signal file of `events` events (zlib TTree) at `path`, generated when missing."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"generating {path} ({events:,} events) ...", file=sys.stderr)
+    subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "generate.py"),
+            str(path),
+            "--events",
+            str(events),
+            "--kind",
+            "signal",
+            "--compression",
+            "zlib",
+            "--format",
+            "ttree",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return path
+
+
+def _file_facts(path: Path, branches: list[str]) -> dict:
+    import uproot
+
+    with uproot.open(path) as file:
+        tree = file[TREE]
+        return {
+            "path": str(path),
+            "entries": int(tree.num_entries),
+            "file_bytes": path.stat().st_size,
+            "compressed_bytes": int(sum(tree[b].compressed_bytes for b in branches)),
+            "uncompressed_bytes": int(sum(tree[b].uncompressed_bytes for b in branches)),
+            "branches": len(branches),
+            "jagged": sum(_pad_length(b) is not None for b in branches),
+        }
+
+
+def _weaver_reason(python: str) -> str | None:
+    """Why weaver cannot run with `python` (None when it can)."""
+    if not os.path.exists(python):
+        return (
+            f"no weaver-core Python at {python}; make one with `python -m venv "
+            f"--system-site-packages {Path(python).parent.parent} && "
+            f"{Path(python).parent}/pip install weaver-core=={WEAVER_VERSION}` "
+            "(its own venv: it never changes this environment's torch)"
+        )
+    probe = subprocess.run(
+        [python, "-c", "import weaver.utils.dataset, torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return f"weaver-core does not import with {python}: {probe.stderr.strip()[-300:]}"
+    return None
+
+
+def run_benchmark(
+    quick: bool = False,
+    events: int | None = None,
+    cases: str | None = None,
+    data_dir: Path = ROOT / "bench-data",
+    weaver_python: str = DEFAULT_WEAVER_PYTHON,
+    progress: bool = True,
+) -> dict:
+    """Run the cases (comma-separated names, default by mode) and return the results dict."""
+    events = events or (200_000 if quick else 2_000_000)
+    wanted = (cases or (QUICK_CASES if quick else FULL_CASES)).split(",")
+    path = ensure_data(data_dir / f"signal_{_short(events)}_zlib.root", events)
+    import uproot
+
+    with uproot.open(path) as file:
+        branches = [b for b in file[TREE].keys() if b not in EXCLUDED]
+    facts = _file_facts(path, branches)
+    base = {"urls": [str(path)], "branches": branches, "events": facts["entries"]}
+    results: dict = {
+        "benchmark": "loader",
+        "mode": "quick" if quick else "full",
+        "machine": machine_info(),
+        "data": facts,
+        "settings": {
+            "batch_size": BATCH_SIZE,
+            "chunk_size": CHUNK_SIZE,
+            "max_len": MAX_LEN,
+            "excluded": list(EXCLUDED),
+            "layout": "flat",
+        },
+        "cases": {},
+        "skipped": {},
+    }
+    specs = _case_specs(wanted, base, facts)
+    weaver_reason = (
+        _weaver_reason(weaver_python) if any(w.startswith("weaver") for w in wanted) else None
+    )
+    xrootd_cases = [name for name in wanted if name.startswith("xrootd")]
+    server = None
+    try:
+        if xrootd_cases:
+            server, reason = _start_xrootd(path)
+            if reason:
+                results["skipped"].update({name: reason for name in xrootd_cases})
+        for name in wanted:
+            spec = specs.get(name)
+            if spec is None:
+                results["skipped"].setdefault(name, "unknown case")
+                continue
+            python = sys.executable
+            if name.startswith("weaver"):
+                if weaver_reason:
+                    results["skipped"][name] = weaver_reason
+                    continue
+                python = weaver_python
+            if name.startswith("xrootd"):
+                if server is None:
+                    continue
+                spec = {**spec, "urls": [server.url(path.name)] * len(spec["urls"])}
+            if progress:
+                print(f"  {name} ...", file=sys.stderr, flush=True)
+            results["cases"][name] = {"spec": _public(spec), **_spawn(spec, python)}
+    finally:
+        if server is not None:
+            server.stop()
+            shutil.rmtree(server.folder.parent, ignore_errors=True)
+    _derive(results, facts)
+    return results
+
+
+def _short(events: int) -> str:
+    return f"{events // 1_000_000}M" if events % 1_000_000 == 0 else f"{events // 1000}k"
+
+
+def _case_specs(wanted: list[str], base: dict, facts: dict) -> dict[str, dict]:
+    weaver_events = min(base["events"], 400_000)
+    specs = {
+        "reference": {**base, "kind": "reference"},
+        "reference-again": {**base, "kind": "reference"},
+        "naive": {**base, "kind": "naive"},
+        "loader-2-shuffle": {**base, "kind": "loader", "workers": 2, "shuffle": True},
+        "xrootd-reference": {**base, "kind": "reference"},
+        "rss-1x": {**base, "kind": "loader", "workers": 2},
+        "rss-4x": {**base, "kind": "loader", "workers": 2, "urls": base["urls"] * 4},
+    }
+    for workers in (0, 1, 2):
+        specs[f"loader-{workers}"] = {**base, "kind": "loader", "workers": workers}
+        specs[f"xrootd-loader-{workers}"] = {**base, "kind": "loader", "workers": workers}
+        specs[f"weaver-{workers}"] = {
+            **base,
+            "kind": "weaver",
+            "workers": workers,
+            "events": weaver_events,
+            "file_entries": facts["entries"],
+        }
+    return specs
+
+
+def _public(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k not in ("branches",)}
+
+
+def _start_xrootd(path: Path):
+    """A real xrootd-server on loopback serving `path` (tests/conftest.py's server)."""
+    if shutil.which("xrootd") is None:
+        return None, "no xrootd binary (apt-get install xrootd-server)"
+    conftest = ROOT / "tests" / "conftest.py"
+    if not conftest.exists():
+        return None, f"{conftest} (the xrootd-server fixture) is not there"
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("rootml_tests_conftest", conftest)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = Path(tempfile.mkdtemp(prefix="rootml-bench-xrootd-"))
+    folder, workdir = base / "export", base / "work"
+    folder.mkdir()
+    workdir.mkdir()
+    # A hard link where possible: the server reads the same bytes without a 400 MB copy.
+    try:
+        os.link(path, folder / path.name)
+    except OSError:
+        shutil.copy(path, folder / path.name)
+    for item in (base, folder, workdir, folder / path.name):
+        item.chmod(0o777 if item.is_dir() else 0o644)
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "nobody")
+    server = module.XRootDServer(folder, workdir)
+    try:
+        server.start()
+    except RuntimeError as err:
+        shutil.rmtree(base, ignore_errors=True)
+        return None, f"xrootd did not start: {err}"
+    return server, None
+
+
+def _derive(results: dict, facts: dict) -> None:
+    """events/s, MB/s and ratios to the first reference, for every case that ran."""
+    per_event = facts["compressed_bytes"] / facts["entries"]
+    for case in results["cases"].values():
+        if "error" in case:
+            continue
+        case["events_per_s"] = case["events"] / case["seconds"]
+        case["mb_per_s"] = case["events_per_s"] * per_event / 1e6
+    reference = results["cases"].get("reference", {}).get("events_per_s")
+    local = {
+        name: case.get("events_per_s")
+        for name, case in results["cases"].items()
+        if not name.startswith("xrootd")
+    }
+    for name, case in results["cases"].items():
+        if "events_per_s" not in case:
+            continue
+        if reference:
+            case["ratio_to_reference"] = case["events_per_s"] / reference
+        if name.startswith("xrootd-"):
+            twin = local.get(name.removeprefix("xrootd-"))
+            if twin:
+                case["ratio_to_local"] = case["events_per_s"] / twin
+    rss = [results["cases"].get(n, {}) for n in ("rss-1x", "rss-4x")]
+    if all("rss_mb" in r for r in rss):
+        results["rss_growth"] = {
+            "main": rss[1]["rss_mb"] / rss[0]["rss_mb"],
+            "worker": (rss[1]["worker_rss_mb"] or 0) / (rss[0]["worker_rss_mb"] or 1),
+        }
+    results["targets"] = _targets(results)
+
+
+def _targets(results: dict) -> dict:
+    cases = results["cases"]
+
+    def ratio(name: str, key: str = "ratio_to_reference") -> float | None:
+        return cases.get(name, {}).get(key)
+
+    checks = {
+        "loader-2 >= 1.0x reference": (ratio("loader-2"), 1.0),
+        "loader-0 >= 0.9x reference": (ratio("loader-0"), 0.9),
+        "root:// loader-2 >= 0.8x local": (ratio("xrootd-loader-2", "ratio_to_local"), 0.8),
+        "root:// loader-0 >= 0.8x local": (ratio("xrootd-loader-0", "ratio_to_local"), 0.8),
+    }
+    growth = results.get("rss_growth")
+    if growth:
+        checks["peak RSS 4x / 1x <= 1.1"] = (1.1 / max(growth["main"], growth["worker"]), 1.0)
+    return {
+        name: {"value": value, "met": value is not None and value >= need}
+        for name, (value, need) in checks.items()
+    }
+
+
+def machine_info() -> dict:
+    import importlib.metadata
+
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    if os.path.exists("/proc/meminfo"):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                memory = int(line.split()[1]) / 1024**2
+    versions = {}
+    for package in ("rootml", "torch", "uproot", "awkward", "numpy", "fsspec-xrootd", "xrootd"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    server = shutil.which("xrootd")
+    if server:
+        probe = subprocess.run([server, "-v"], capture_output=True, text=True)
+        versions["xrootd-server"] = (probe.stdout or probe.stderr).strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "memory_gib": round(memory, 1) if memory else None,
+        "platform": platform.platform(),
+        "versions": versions,
+        "commit": commit or None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# -- output ---------------------------------------------------------------------------------------
+_LABELS = {
+    "reference": "uproot.iterate (reference)",
+    "reference-again": "uproot.iterate (reference, again)",
+    "naive": "uproot.iterate + ak.pad_none/fill_none/to_numpy",
+    "loader-0": "rootml DataLoader, 0 workers",
+    "loader-1": "rootml DataLoader, 1 worker",
+    "loader-2": "rootml DataLoader, 2 workers",
+    "loader-2-shuffle": "rootml DataLoader, 2 workers, shuffle",
+    "weaver-0": "weaver-core SimpleIterDataset, 0 workers",
+    "weaver-1": "weaver-core SimpleIterDataset, 1 worker",
+    "weaver-2": "weaver-core SimpleIterDataset, 2 workers",
+    "xrootd-reference": "uproot.iterate, root://127.0.0.1",
+    "xrootd-loader-0": "rootml DataLoader, 0 workers, root://",
+    "xrootd-loader-1": "rootml DataLoader, 1 worker, root://",
+    "xrootd-loader-2": "rootml DataLoader, 2 workers, root://",
+    "rss-1x": "rootml, 2 workers, 1x data (RSS)",
+    "rss-4x": "rootml, 2 workers, 4x data (RSS)",
+}
+
+
+def format_table(results: dict) -> str:
+    """The results as a fixed-width text table (plus skipped cases and targets)."""
+    header = f"{'case':<50} {'events':>9} {'events/s':>11} {'MB/s':>7} {'x ref':>6} {'RSS MB':>14} {'load':>5}"
+    lines = [header, "-" * len(header)]
+    for name, case in results["cases"].items():
+        label = _LABELS.get(name, name)
+        if "error" in case:
+            lines.append(f"{label:<50} error: {case['error'][:120]}")
+            continue
+        rss = f"{case['rss_mb']:.0f}"
+        if case.get("worker_rss_mb"):
+            rss += f"+{case['worker_rss_mb']:.0f}w"
+        ratio = case.get("ratio_to_reference")
+        lines.append(
+            f"{label:<50} {case['events']:>9,} {case['events_per_s']:>11,.0f} "
+            f"{case['mb_per_s']:>7.1f} {'' if ratio is None else f'{ratio:.2f}':>6} "
+            f"{rss:>14} {case.get('load_before', 0):>5.2f}"
+        )
+    for name, why in results.get("skipped", {}).items():
+        lines.append(f"{_LABELS.get(name, name):<50} skipped: {why}")
+    if results.get("targets"):
+        lines.append("")
+        for name, target in results["targets"].items():
+            value = "n/a" if target["value"] is None else f"{target['value']:.2f}"
+            lines.append(f"target {name:<40} {value:>6}  {'met' if target['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200k events, the main cases only")
+    parser.add_argument("--events", type=int, help="events in the file (default 2M, quick 200k)")
+    parser.add_argument("--cases", help=f"comma-separated cases (full: {FULL_CASES})")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "bench-data")
+    parser.add_argument("--weaver-python", default=DEFAULT_WEAVER_PYTHON)
+    parser.add_argument("--json", type=Path, help="where to write the results")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+    results = run_benchmark(args.quick, args.events, args.cases, args.data_dir, args.weaver_python)
+    output = args.json or HERE / "results" / ("loader-quick.json" if args.quick else "loader.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"\nresults: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
