@@ -9,7 +9,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from rootml.transforms.pad import pad_jagged
+from rootml.transforms.pad import PadIndex, jagged_offsets
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,48 @@ class FlatLayout:
         features = np.empty((n, len(self.feature_names)), dtype=np.float32)
         mask = np.ones(features.shape, dtype=bool)
         truncated = {}
+        for run, index in _jagged_runs(self.columns, chunk):
+            # Consecutive fields of one collection: one fill and one mask write for all of them.
+            block = slice(run[0][0].start, run[-1][0].start + run[-1][0].width)
+            features[:, block] = self.pad_value
+            mask[:, block] = index.mask if len(run) == 1 else np.tile(index.mask, (1, len(run)))
+            for col, content in run:
+                index.scatter(content, features, col.start)
+                if index.cut:
+                    truncated[col.branch] = index.cut
         for col in self.columns:
-            block = slice(col.start, col.start + col.width)
-            values = chunk[col.branch]
-            if col.kind == "jagged":
-                padded, real, cut = pad_jagged(values, col.width, self.pad_value)
-                features[:, block] = padded
-                mask[:, block] = real
-                if cut:
-                    truncated[col.branch] = cut
-            else:
-                features[:, block] = _numpy(values).reshape(n, col.width)
+            if col.kind != "jagged":
+                block = slice(col.start, col.start + col.width)
+                features[:, block] = _numpy(chunk[col.branch]).reshape(n, col.width)
         return {"features": features, "mask": mask, "stats": {"truncated": truncated}}
 
     def __repr__(self) -> str:
         return f"FlatLayout({len(self.feature_names)} features, pad_value={self.pad_value})"
+
+
+def _jagged_runs(
+    columns: Sequence[Column], chunk: Mapping[str, Any]
+) -> list[tuple[list[tuple[Column, np.ndarray]], PadIndex]]:
+    """Jagged columns as runs of adjacent columns sharing one PadIndex (equal offsets and width),
+    each column with its content."""
+    indices: list[PadIndex] = []
+    runs: list[tuple[list[tuple[Column, np.ndarray]], PadIndex]] = []
+    previous = None
+    for col in columns:
+        if col.kind != "jagged":
+            previous = None
+            continue
+        offsets, content = jagged_offsets(chunk[col.branch])
+        index = next((i for i in indices if i.matches(offsets, col.width)), None)
+        if index is None:
+            index = PadIndex(offsets, col.width)
+            indices.append(index)
+        if previous is index and runs[-1][0][-1][0].start + col.width == col.start:
+            runs[-1][0].append((col, content))
+        else:
+            runs.append(([(col, content)], index))
+        previous = index
+    return runs
 
 
 def _numpy(values: Any) -> np.ndarray:
