@@ -24,6 +24,20 @@ class Batcher:
     def add(self, block: Block) -> Iterator[Block]:
         if not len(next(iter(block.values()))):
             return
+        if self.pending is not None and self.rng is None:
+            # In order, only the rows left over need joining: the first batch takes them and the
+            # head of the block; the rest stays a view of the block (no copy of a whole block).
+            waiting = self.waiting
+            need = self.batch_size - waiting
+            head = {k: np.concatenate([self.pending[k], v[:need]]) for k, v in block.items()}
+            self.pending = head
+            if len(next(iter(head.values()))) < self.batch_size:
+                return
+            yield head
+            block = {k: v[need:] for k, v in block.items()}
+            self.pending = None
+            if not len(next(iter(block.values()))):
+                return
         if self.pending is None:
             self.pending = block
         else:
