@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -103,6 +105,26 @@ def running_xrootd(files):
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def write_results(test: str, record: dict, default_folder: Path) -> Path:
+    """Write a reliability test's figures as $ROOTML_RESULTS_DIR/<test id>.json (default:
+    `default_folder`); scripts/reliability_report.py renders them into docs/reliability.md."""
+    folder = Path(os.environ.get("ROOTML_RESULTS_DIR") or default_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", test).strip("_") + ".json")
+    path.write_text(json.dumps({"test": test, **record}, indent=1) + "\n")
+    return path
+
+
+@pytest.fixture
+def results(request, tmp_path):
+    """A dict a reliability test fills with its figures (faults injected, inputs refused, load);
+    written by `write_results` at teardown when not empty."""
+    record: dict = {}
+    yield record
+    if record:
+        write_results(request.node.nodeid, record, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""HTTP details of the server kept out of the app: response schemas, body reading, errors."""
+"""HTTP details of the server kept out of the app: body reading and error answers."""
 
 from __future__ import annotations
 
@@ -8,62 +8,18 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from rootml.errors import ProtocolError
 
 
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class IndexEntry(BaseModel):
-    name: str
-    version: str
-    state: str
-    reason: str
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorBody} for s in (400, 401, 403, 404, 413, 503)
-}
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "JSON header of Inference-Header-Content-Length bytes, then raw tensors",
-            },
-        },
-    }
-}
-
-
-def error_response(message: str, status: int) -> JSONResponse:
-    """``{"error": message}`` with `status` (and the Bearer challenge for 401)."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def error_response(
+    message: str, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": message}`` with `status`, `headers` (Starlette's ``Allow`` for 405), and the
+    Bearer challenge for 401."""
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 

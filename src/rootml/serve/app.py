@@ -20,20 +20,28 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rootml.errors import ModelError, ProtocolError
-from rootml.serve._http import (
-    ERRORS,
-    INFER_BODY,
+from rootml.serve._http import error_response, json_body, read_body, run_error
+from rootml.serve._openapi import (
+    CONTROL_ERRORS,
+    INDEX_OPENAPI,
+    INFER_OPENAPI,
+    INFER_RESPONSES,
+    MODEL_ERRORS,
+    TFAAS_OPENAPI,
+    TFAAS_RESPONSES,
+    UPLOAD_OPENAPI,
     IndexEntry,
     ModelMetadata,
+    ModelReady,
     ServerMetadata,
-    error_response,
-    json_body,
-    read_body,
-    run_error,
+    ServerReady,
+    UploadAnswer,
+    errors,
+    openapi_schema,
 )
 from rootml.serve.codec import check_inputs, encode_infer_response, parse_infer_request
 from rootml.serve.metrics import ServeMetrics
@@ -98,6 +106,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     app.state.manager = manager
     app.state.metrics = metrics
+    app.openapi = lambda: openapi_schema(app)
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(request: Request, err: ProtocolError):
@@ -113,7 +122,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):
-        return error_response(str(err.detail), err.status_code)
+        return error_response(str(err.detail), err.status_code, err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected_error(request: Request, err: Exception):
+        # Still logged with its traceback by the server; the client gets the protocol's body.
+        return error_response(f"internal error: {type(err).__name__}", 500)
 
     def authorize(request: Request) -> None:
         if settings.workers > 1:
@@ -135,7 +149,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"], responses=ERRORS)
+    @app.get(
+        "/v2/health/ready",
+        tags=["health"],
+        response_model=ServerReady,
+        responses={503: {"model": ServerReady, "description": "models still loading"}},
+    )
     async def ready():
         if not state["ready"]:
             return JSONResponse({"ready": False}, status_code=503)
@@ -153,13 +172,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v2/models/{model_name}",
         tags=["metadata"],
         response_model=ModelMetadata,
-        responses=ERRORS,
+        responses=MODEL_ERRORS,
     )
     @app.get(
         "/v2/models/{model_name}/versions/{model_version}",
         tags=["metadata"],
         response_model=ModelMetadata,
-        responses=ERRORS,
+        responses=MODEL_ERRORS,
     )
     async def model_metadata(model_name: str, model_version: str | None = None):
         served = manager.get(model_name, model_version)
@@ -176,24 +195,32 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "outputs": [t.to_dict() for t in served.outputs],
         }
 
-    @app.get("/v2/models/{model_name}/ready", tags=["health"], responses=ERRORS)
     @app.get(
-        "/v2/models/{model_name}/versions/{model_version}/ready", tags=["health"], responses=ERRORS
+        "/v2/models/{model_name}/ready",
+        tags=["health"],
+        response_model=ModelReady,
+        responses=MODEL_ERRORS,
+    )
+    @app.get(
+        "/v2/models/{model_name}/versions/{model_version}/ready",
+        tags=["health"],
+        response_model=ModelReady,
+        responses=MODEL_ERRORS,
     )
     async def model_ready(model_name: str, model_version: str | None = None):
         manager.get(model_name, model_version)
         return {"name": model_name, "ready": True}
 
-    @app.get("/v2/models/{model_name}/config", tags=["metadata"], responses=ERRORS)
+    @app.get("/v2/models/{model_name}/config", tags=["metadata"], responses=MODEL_ERRORS)
     @app.get(
         "/v2/models/{model_name}/versions/{model_version}/config",
         tags=["metadata"],
-        responses=ERRORS,
+        responses=MODEL_ERRORS,
     )
     async def model_config(model_name: str, model_version: str | None = None) -> dict[str, Any]:
         return manager.get(model_name, model_version).model.config
 
-    @app.get("/v2/models/{model_name}/rootml", tags=["metadata"], responses=ERRORS)
+    @app.get("/v2/models/{model_name}/rootml", tags=["metadata"], responses=MODEL_ERRORS)
     async def model_rootml(model_name: str) -> dict[str, Any]:
         """The model's rootml.json (feature names, Specs, labels); 404 for a plain ONNX model."""
         metadata = manager.get(model_name).metadata
@@ -217,14 +244,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post(
         "/v2/models/{model_name}/infer",
         tags=["inference"],
-        responses=ERRORS,
-        openapi_extra=INFER_BODY,
+        responses=INFER_RESPONSES,
+        openapi_extra=INFER_OPENAPI,
     )
     @app.post(
         "/v2/models/{model_name}/versions/{model_version}/infer",
         tags=["inference"],
-        responses=ERRORS,
-        openapi_extra=INFER_BODY,
+        responses=INFER_RESPONSES,
+        openapi_extra=INFER_OPENAPI,
     )
     async def infer(request: Request, model_name: str, model_version: str | None = None):
         started = time.perf_counter()
@@ -254,7 +281,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
 
-    @app.post("/json", tags=["inference"], responses=ERRORS)
+    @app.post("/json", tags=["inference"], responses=TFAAS_RESPONSES, openapi_extra=TFAAS_OPENAPI)
     async def tfaas_json(request: Request):
         """TFaaS: {"keys": [...], "values": [...], "model": name} -> list of probabilities."""
         started = time.perf_counter()
@@ -273,7 +300,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             metrics.observe_request(served.name, served.version, time.perf_counter() - started, ok)
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    @app.get("/metrics", tags=["metadata"])
+    @app.get("/metrics", tags=["metadata"], response_class=PlainTextResponse)
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
 
@@ -282,21 +309,27 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v2/repository/index",
         tags=["repository"],
         response_model=list[IndexEntry],
-        responses=ERRORS,
+        responses=errors(400, 413),
+        openapi_extra=INDEX_OPENAPI,
     )
     async def repository_index(request: Request):
         doc = json_body(await read_body(request, settings.max_body_bytes))
-        ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
-        return manager.index(ready_only)
+        if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+            raise ProtocolError('repository index request must be {} or {"ready": true|false}')
+        return manager.index(doc.get("ready", False))
 
-    @app.post("/v2/repository/models/{model_name}/load", tags=["repository"], responses=ERRORS)
+    @app.post(
+        "/v2/repository/models/{model_name}/load", tags=["repository"], responses=CONTROL_ERRORS
+    )
     async def repository_load(request: Request, model_name: str) -> dict:
         authorize(request)
         await read_body(request, settings.max_body_bytes)
         await manager.load(model_name)
         return {}
 
-    @app.post("/v2/repository/models/{model_name}/unload", tags=["repository"], responses=ERRORS)
+    @app.post(
+        "/v2/repository/models/{model_name}/unload", tags=["repository"], responses=CONTROL_ERRORS
+    )
     async def repository_unload(request: Request, model_name: str) -> dict:
         authorize(request)
         await read_body(request, settings.max_body_bytes)
@@ -306,18 +339,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post(
         "/v2/repository/models/{model_name}/upload",
         tags=["repository"],
-        responses=ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/octet-stream": {
-                        "schema": {"type": "string", "format": "binary"},
-                        "description": "a single .onnx file, or a model folder as .tar.gz or .zip",
-                    }
-                },
-            }
-        },
+        response_model=UploadAnswer,
+        responses=CONTROL_ERRORS,
+        openapi_extra=UPLOAD_OPENAPI,
     )
     async def repository_upload(request: Request, model_name: str) -> dict[str, str]:
         """Add a new version of `model_name` and serve it once loaded (needs the token)."""
