@@ -109,3 +109,23 @@ def test_preprocess_hook_from_a_module_file(tmp_path):
     with pytest.raises(FileAccessError, match="defines no function 'nope'"):
         list(RootIterableDataset(HZZ, branches=["MET_px"], preprocess=f"{hook}:nope"))
     assert ak is not None
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_report_sums_over_workers(tmp_path, context):
+    import torch
+
+    corrupt = tmp_path / "corrupt.root"
+    raw = bytearray(HZZ.read_bytes())
+    start = uproot.open(HZZ)["events"]["Jet_Px"].member("fBasketSeek")[0]
+    raw[start + 100 : start + 400] = b"\x00" * 300
+    corrupt.write_bytes(bytes(raw))
+    ds = RootIterableDataset([corrupt, HZZ, DATA / "uproot-HZZ-zstd.root"], branches=["Jet_Px"], max_len=2,
+                             on_error="skip", batch_size=1000, drop_last=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    rows = sum(len(b["entry"]) for b in loader)
+    report = ds.report
+    assert report["skipped_entries"] == 2421 and report["skipped_units"] == 1
+    assert rows + report["dropped_last"] == 2 * 2421
+    counts = ak.num(uproot.open(HZZ)["events"]["Jet_Px"].array())
+    assert report["truncated:Jet_Px"] == 2 * int(ak.sum(np.maximum(counts - 2, 0)))

@@ -18,6 +18,7 @@ from rootml.datasets._files import resolve_files
 from rootml.datasets._metadata import FileMeta, read_metadata, select_branches
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
+from rootml.datasets._report import SharedReport
 from rootml.errors import FileAccessError, RootmlError, SchemaError, where
 from rootml.transforms import FlatLayout, Specs, to_torch
 
@@ -121,9 +122,16 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.preprocess = preprocess  # a "module.py:function" string is loaded in each worker
         self.transform = transform
-        self.report: Counter = Counter()
 
         metas = read_metadata(self.files, tree, retries, backoff)
+        self._report = SharedReport(
+            ["empty_files", "skipped_units", "skipped_entries", "dropped_last"]
+            + [
+                f"{what}:{name}"
+                for what in ("truncated", "nonfinite")
+                for name in [*metas[0].branches, *self.aliases]
+            ]
+        )
         self.tree = metas[0].tree
         self.branch_info = select_branches(
             metas,
@@ -145,7 +153,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         ]
         for meta in metas:
             if meta.entries == 0:
-                self.report["empty_files"] += 1
+                self._report.add("empty_files", 1)
                 log.warning("%s: no entries; skipped", where(meta.url, meta.tree))
         self._class_weights = self._balance_weights(ranges) if balance == "class" else None
         self.specs = self._fit_pad(specs, reuse_specs, max_len)
@@ -154,6 +162,13 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self._epoch, self._resume, self._current = 0, None, None
 
     # -- public state ------------------------------------------------------------------------
+    @property
+    def report(self) -> Counter:
+        """What was skipped, truncated or dropped since construction, summed over this process
+        and its DataLoader workers: empty_files, skipped_units, skipped_entries (on_error="skip"),
+        dropped_last (drop_last), truncated:<branch> (items cut by padding)."""
+        return self._report.counts()
+
     def fingerprint(self) -> dict[str, Any]:
         """What a Specs fitted for this dataset must have been fitted on."""
         return {
@@ -208,10 +223,11 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         for block in self._blocks(units):
             for batch in batcher.add(block):
                 yield from self._emit(batch, skip)
+        dropped = batcher.waiting % self.batch_size if self.drop_last else 0
         for batch in batcher.finish(self.drop_last):
             yield from self._emit(batch, skip)
-        if self.drop_last and batcher.waiting:
-            self.report["dropped_last"] += batcher.waiting
+        if dropped:
+            self._report.add("dropped_last", dropped)
         self._current = {"epoch": epoch + 1, "batches": 0}
 
     def _emit(self, batch: dict[str, np.ndarray], skip: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -249,8 +265,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         except FileAccessError as err:
             if self.on_error == "raise":
                 raise
-            self.report["skipped_units"] += 1
-            self.report["skipped_entries"] += unit.stop - unit.start
+            self._report.add("skipped_units", 1)
+            self._report.add("skipped_entries", unit.stop - unit.start)
             log.warning("skipped (on_error='skip'): %s", err)
             return None
 
@@ -276,7 +292,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
                 f"cannot turn the branches into numbers: {err}"
             ) from err
         for branch, count in block.pop("stats")["truncated"].items():
-            self.report[f"truncated:{branch}"] += count
+            self._report.add(f"truncated:{branch}", count)
         n = len(entries)
         label = np.full(n, self._file_labels[unit.file], dtype=np.int64)
         if self.label_branch:
