@@ -12,19 +12,23 @@ Block = dict[str, np.ndarray]
 class Batcher:
     """Collects blocks (dicts of arrays with the same first dimension) and cuts batches.
 
-    With a `rng`, the rows waiting (at most `buffer` + one block) are permuted before each cut,
-    and `buffer` rows are kept back to mix with the next block; without, rows keep their order.
-    Memory: at most `buffer` + the largest block rows.
+    With a `rng`, each cut draws its batches at random from all the rows waiting (at most
+    `buffer` + one block) and `buffer` rows are kept back to mix with the next block; without,
+    rows keep their order. Memory: at most `buffer` + the largest block rows.
     """
 
     def __init__(self, batch_size: int, buffer: int = 0, rng: np.random.Generator | None = None):
         self.batch_size, self.buffer, self.rng = batch_size, buffer if rng else 0, rng
         self.pending: Block | None = None
+        self._pool = _ShufflePool(batch_size, self.buffer, rng) if rng is not None else None
 
     def add(self, block: Block) -> Iterator[Block]:
         if not len(next(iter(block.values()))):
             return
-        if self.pending is not None and self.rng is None:
+        if self._pool is not None:
+            yield from self._pool.add(block)
+            return
+        if self.pending is not None:
             # In order, only the rows left over need joining: the first batch takes them and the
             # head of the block; the rest stays a view of the block (no copy of a whole block).
             waiting = self.waiting
@@ -46,6 +50,9 @@ class Batcher:
 
     def finish(self, drop_last: bool) -> Iterator[Block]:
         """The rows left, in whole batches, then the last partial batch unless `drop_last`."""
+        if self._pool is not None:
+            yield from self._pool.finish(drop_last)
+            return
         yield from self._cut(keep=0)
         if self.pending is not None and not drop_last:
             yield self.pending
@@ -53,22 +60,109 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
+        if self._pool is not None:
+            return self._pool.size
         return 0 if self.pending is None else len(next(iter(self.pending.values())))
 
     def _cut(self, keep: int) -> Iterator[Block]:
         rows = self.waiting
         count = max(rows - keep, 0) // self.batch_size
-        if not count:
-            return
-        if self.rng is not None:
-            order = self.rng.permutation(rows)
-            self.pending = {k: v[order] for k, v in self.pending.items()}
         for i in range(count):
             part = slice(i * self.batch_size, (i + 1) * self.batch_size)
             yield {k: v[part] for k, v in self.pending.items()}
-        rest = slice(count * self.batch_size, rows)
-        self.pending = (
-            {k: v[rest] for k, v in self.pending.items()}
-            if rows > count * self.batch_size
-            else None
-        )
+        if count:
+            rest = slice(count * self.batch_size, rows)
+            self.pending = (
+                {k: v[rest] for k, v in self.pending.items()}
+                if rows > count * self.batch_size
+                else None
+            )
+
+
+class _ShufflePool:
+    """The shuffle buffer. Waiting rows stay where they were first stored (rows of preallocated
+    arrays); `slots` lists them in their logical order (logical position -> stored row).
+
+    Each cut draws the same permutation as permuting all waiting rows would, and gives the same
+    batches, but only the rows that leave (into their batch) and the block's rows that stay (into
+    free stored rows) are copied: never the whole buffer.
+    """
+
+    def __init__(self, batch_size: int, buffer: int, rng: np.random.Generator):
+        self.batch_size, self.buffer, self.rng = batch_size, buffer, rng
+        self.arrays: Block = {}
+        self.slots = np.zeros(0, dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    def add(self, block: Block) -> Iterator[Block]:
+        size, rows = self.size, len(next(iter(block.values())))
+        count = max(size + rows - self.buffer, 0) // self.batch_size
+        if not count:
+            stored = self._store(block, np.arange(rows), self.slots)
+            self.slots = np.concatenate([self.slots, stored])
+            return
+        # Logical positions: [0, size) the waiting rows, [size, size + rows) the block's.
+        order = self.rng.permutation(size + rows)
+        for i in range(count):
+            yield self._gather(order[i * self.batch_size : (i + 1) * self.batch_size], block)
+        rest = order[count * self.batch_size :]
+        from_pool = rest < size
+        kept = self.slots[rest[from_pool]]
+        slots = np.empty(len(rest), dtype=np.int64)
+        slots[from_pool] = kept
+        slots[~from_pool] = self._store(block, rest[~from_pool] - size, kept)
+        self.slots = slots
+
+    def finish(self, drop_last: bool) -> Iterator[Block]:
+        count = self.size // self.batch_size
+        rest = np.arange(self.size)
+        if count:
+            order = self.rng.permutation(self.size)
+            for i in range(count):
+                yield self._gather(order[i * self.batch_size : (i + 1) * self.batch_size], {})
+            rest = order[count * self.batch_size :]
+        if len(rest) and not drop_last:
+            yield self._gather(rest, {})
+        self.arrays, self.slots = {}, np.zeros(0, dtype=np.int64)
+
+    def _gather(self, index: np.ndarray, block: Block) -> Block:
+        """New arrays of the rows at logical positions `index`, in that order."""
+        size = self.size
+        in_pool = index < size
+        stored, from_block = self.slots[index[in_pool]], index[~in_pool] - size
+        batch = {}
+        for key in block or self.arrays:
+            if not len(from_block):
+                batch[key] = self.arrays[key][stored]
+            elif not len(stored):
+                batch[key] = block[key][from_block]
+            else:
+                values = block[key]
+                out = np.empty((len(index), *values.shape[1:]), dtype=values.dtype)
+                out[in_pool] = self.arrays[key][stored]
+                out[~in_pool] = values[from_block]
+                batch[key] = out
+        return batch
+
+    def _store(self, block: Block, rows: np.ndarray, occupied: np.ndarray) -> np.ndarray:
+        """Copy `rows` of `block` into stored rows not in `occupied`; returns where they went."""
+        need = len(occupied) + len(rows)
+        capacity = len(next(iter(self.arrays.values()))) if self.arrays else 0
+        if capacity < need:
+            # Room for the buffer and one block, so a steady stream never reallocates.
+            capacity = max(need, self.buffer + len(next(iter(block.values()))))
+            for key, values in block.items():
+                grown = np.empty((capacity, *values.shape[1:]), dtype=values.dtype)
+                old = self.arrays.get(key)
+                if old is not None:
+                    grown[: len(old)] = old
+                self.arrays[key] = grown
+        used = np.zeros(capacity, dtype=bool)
+        used[occupied] = True
+        free = np.flatnonzero(~used)[: len(rows)]
+        for key, values in self.arrays.items():
+            values[free] = block[key][rows]
+        return free
