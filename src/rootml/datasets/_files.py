@@ -36,9 +36,7 @@ import uproot  # noqa: E402  (after the XRD_* defaults, which the client reads a
 
 _REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "gs://", "simplecache::")
 T = TypeVar("T")
-# A fresh fsspec filesystem per open: fsspec-xrootd caches file handles per filesystem instance,
-# and a handle that died with its connection would otherwise be reused by every retry.
-_REMOTE_OPTIONS = {"timeout": 30, "skip_instance_cache": True}
+_REMOTE_OPTIONS = {"timeout": 30}
 
 
 def is_remote(url: str) -> bool:
@@ -126,11 +124,23 @@ def open_once(url: str) -> Any:
     try:
         return uproot.open(url, **_REMOTE_OPTIONS) if is_remote(url) else uproot.open(url)
     except (OSError, TimeoutError):
+        forget_connections(url)
         raise
     except Exception as err:
         if is_remote(url):  # a half-dead connection surfaces as ValueError & co: retry it
+            forget_connections(url)
             raise OSError(f"{type(err).__name__}: {err}") from err
         raise FileAccessError(f"not a readable ROOT file: {url}: {err}") from err
+
+
+def forget_connections(url: str) -> None:
+    """After a transport failure: drop fsspec's cached filesystems for `url`'s protocol, so the
+    retry opens a fresh one. fsspec-xrootd keeps file handles per filesystem instance, and a
+    handle that died with its connection would otherwise be reused by every retry."""
+    if is_remote(url):
+        import fsspec
+
+        fsspec.get_filesystem_class(url.split("://", 1)[0]).clear_instance_cache()
 
 
 def list_trees(file: Any) -> dict[str, str]:

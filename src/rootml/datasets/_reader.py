@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rootml.datasets._files import find_tree, open_once, with_retries
+from rootml.datasets._files import find_tree, forget_connections, open_once, with_retries
 from rootml.datasets._plan import Unit
 from rootml.datasets._schema import is_rntuple
 from rootml.errors import FileAccessError, RootmlError, SchemaError, where
@@ -53,6 +53,7 @@ class UnitReader:
                 return self._read_columns(unit)
             except (OSError, TimeoutError):
                 self._forget(unit.file)
+                forget_connections(self.urls[unit.file])
                 raise
 
         try:
