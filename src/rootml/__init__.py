@@ -1,6 +1,6 @@
 """rootml: ROOT files in, trained and served models out."""
 
-from rootml.datasets import RootIterableDataset
+from rootml.datasets import RootIterableDataset, fit_specs
 from rootml.errors import (
     DataValueError,
     FileAccessError,
@@ -25,4 +25,5 @@ __all__ = [
     "Specs",
     "SpecsMismatch",
     "__version__",
+    "fit_specs",
 ]

@@ -19,8 +19,8 @@ from rootml.datasets._metadata import FileMeta, read_metadata, select_branches
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
-from rootml.errors import FileAccessError, RootmlError, SchemaError, where
-from rootml.transforms import FlatLayout, Specs, to_torch
+from rootml.errors import DataValueError, FileAccessError, RootmlError, SchemaError, where
+from rootml.transforms import Compose, NonFinite, Normalize, SortBy, Specs, make_layout, to_torch
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,14 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     rank / world_size: default from torch.distributed when initialised, else 0 / 1.
     on_error: "raise" (default) or "skip" unreadable units; skipped entries are in `report`.
     Raises FileAccessError / SchemaError / SpecsMismatch with the file URL, tree and branch.
+    sort_by: collection -> key branch, e.g. {"Jet": "Jet_pt"}: items sorted descending ("+Jet_pt"
+        ascending) before padding, so truncation keeps the leading ones (rootml.transforms.SortBy).
+    nan_policy: NaN/inf among real values are counted in `report` (nonfinite:<branch>) and kept
+        ("keep"), refused ("raise": DataValueError) or made padding ("mask").
+    normalize: None (values as read), "standard" or "minmax" per column from `specs`, which must
+        hold statistics (rootml.fit_specs); padding stays `pad_value`.
+    layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet") K
+        float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
     """
 
     def __init__(
@@ -94,6 +102,10 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         retries: int = 3,
         backoff: float = 0.5,
     ):
+        sort_by: Mapping[str, str | tuple[str, bool]] | None = None,
+        nan_policy: str = "keep",
+        normalize: str | None = None,
+        layout: str = "flat",
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -157,16 +169,22 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
                 log.warning("%s: no entries; skipped", where(meta.url, meta.tree))
         self._class_weights = self._balance_weights(ranges) if balance == "class" else None
         self.specs = self._fit_pad(specs, reuse_specs, max_len)
-        self.layout = FlatLayout(self.specs.columns(), self.pad_value)
+        self.layout = make_layout(self.specs, layout, self.pad_value)
         self.feature_names = self.layout.feature_names
         self._epoch, self._resume, self._current = 0, None, None
+        self._sort = SortBy(sort_by, self.specs)
+        self._values = Compose(
+            [NonFinite(self.layout, nan_policy, self.pad_value)]
+            + ([Normalize(self.specs, normalize, self.pad_value, self.layout)] if normalize else [])
+        )
 
     # -- public state ------------------------------------------------------------------------
     @property
     def report(self) -> Counter:
         """What was skipped, truncated or dropped since construction, summed over this process
         and its DataLoader workers: empty_files, skipped_units, skipped_entries (on_error="skip"),
-        dropped_last (drop_last), truncated:<branch> (items cut by padding)."""
+        dropped_last (drop_last), truncated:<branch> (items cut by padding), nonfinite:<branch>
+        (NaN/inf values)."""
         return self._report.counts()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -276,6 +294,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             *self.identifiers,
             *filter(None, [self.label_branch, self.weight_branch]),
         ]
+            *self._sort.keys,
         return UnitReader(
             self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
         )
@@ -285,14 +304,18 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         if self.preprocess is not None:
             columns = _load_hook(self.preprocess)(columns)
         try:
-            block = self.layout(columns)
+            block = self._values(self.layout(self._sort(columns)))
+        except DataValueError as err:
+            context = where(self.files[unit.file], self.tree, entries=(unit.start, unit.stop))
+            raise DataValueError(f"{context}: {err}") from err
         except (TypeError, ValueError, KeyError) as err:
             raise SchemaError(
                 f"{where(self.files[unit.file], self.tree, entries=(unit.start, unit.stop))}: "
                 f"cannot turn the branches into numbers: {err}"
             ) from err
-        for branch, count in block.pop("stats")["truncated"].items():
-            self._report.add(f"truncated:{branch}", count)
+        for kind, counts in block.pop("stats").items():
+            for branch, count in counts.items():
+                self._report.add(f"{kind}:{branch}", count)
         n = len(entries)
         label = np.full(n, self._file_labels[unit.file], dtype=np.int64)
         if self.label_branch:

@@ -1,0 +1,210 @@
+"""The statistics pass: Specs (and optionally histograms per class) in one streaming pass.
+
+Files are read in parallel threads, one UnitReader per file; each file's part is a Specs updated
+chunk by chunk, and the parts are merged exactly (counts, moments, min/max and multiplicity
+histograms add up) in file order, so the result does not depend on thread timing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from rootml.datasets._plan import Unit
+from rootml.datasets._reader import UnitReader
+from rootml.datasets.dataset import RootIterableDataset, _load_hook
+from rootml.transforms import Specs
+from rootml.transforms.hist import Histograms
+
+log = logging.getLogger(__name__)
+
+# Entries read per file to fix the histogram bins when no fitted Specs gives the ranges.
+_RANGE_SAMPLE = 20_000
+_RANGE_FILES = 32
+
+
+def fit_specs(
+    files: Any,
+    tree: str | None = None,
+    branches: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    cut: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+    nevts: int | None = None,
+    max_len: int | float | Mapping[str, int | float] | None = None,
+    *,
+    chunk_size: int = 100_000,
+    seed: int = 0,
+    workers: int = 4,
+    preprocess: Callable | str | None = None,
+    redirector: str | None = None,
+    retries: int = 3,
+    backoff: float = 0.5,
+) -> Specs:
+    """Fit a Specs: per-branch count, mean, std, min, max, NaN/inf count and multiplicity
+    histograms, the pad lengths from `max_len`, and the fingerprint of the inputs.
+
+    files, tree, branches, exclude, cut, aliases, redirector, preprocess: as RootIterableDataset
+    (the same resolution; its fingerprint is the Specs' one, so a dataset built with the same
+    arguments accepts these Specs). nevts: a random sample of about that many entries (before
+    the cut): random work units of the plan, seeded by `seed`, the last one shortened; None reads
+    every entry. max_len: as RootIterableDataset, applied to the fitted multiplicities
+    (quantiles use the definition of BranchSpec.multiplicity_quantile). workers: files read at
+    once. Raises what RootIterableDataset raises (FileAccessError, SchemaError).
+    """
+    options = dict(
+        tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases,
+        preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
+    )  # fmt: skip
+    return _fit(files, options, nevts, max_len, chunk_size, seed, workers)[0]
+
+
+def fit_histograms(
+    files: Any,
+    tree: str | None = None,
+    branches: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    cut: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+    nevts: int | None = None,
+    max_len: int | float | Mapping[str, int | float] | None = None,
+    *,
+    labels: Any = None,
+    class_names: Mapping[int, str] | None = None,
+    bins: int = 50,
+    ranges: Specs | None = None,
+    chunk_size: int = 100_000,
+    seed: int = 0,
+    workers: int = 4,
+    preprocess: Callable | str | None = None,
+    redirector: str | None = None,
+    retries: int = 3,
+    backoff: float = 0.5,
+) -> tuple[Specs, Histograms]:
+    """fit_specs plus histograms of every branch per class, filled in the same pass.
+
+    labels: the class of each file (as RootIterableDataset's labels); class_names: label -> name
+    for the legends. The bins span [min, max] of `ranges` (a fitted Specs) when given, otherwise
+    of a small first sample (the first entries of each file, up to 32 files): values beyond that
+    range land in the edge bins and are counted in Histograms.outside.
+    """
+    options = dict(
+        tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, labels=labels,
+        preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
+    )  # fmt: skip
+    hist = (class_names, bins, ranges)
+    return _fit(files, options, nevts, max_len, chunk_size, seed, workers, hist)
+
+
+def _fit(
+    files: Any,
+    options: dict[str, Any],
+    nevts: int | None,
+    max_len: Any,
+    chunk_size: int,
+    seed: int,
+    workers: int,
+    hist: tuple | None = None,
+) -> tuple[Specs, Histograms | None]:
+    unit_size = int(chunk_size)
+    if nevts is not None:
+        # Small enough units that the sample is drawn from about 16 places or more.
+        unit_size = min(unit_size, max(-(-int(nevts) // 16), 1000))
+    # The dataset's constructor resolves files and branches and plans the units; an int max_len
+    # skips its multiplicity pass (still made when there are aliases, to learn their kinds).
+    ds = RootIterableDataset(files, chunk_size=unit_size, max_len=1, **options)
+    kinds = {n: (s.kind, s.width, s.collection) for n, s in ds.specs.branches.items()}
+    fingerprint = ds.fingerprint()
+    units = ds.units(0)
+    if nevts is not None:
+        units = _sample(units, int(nevts), seed)
+    histograms = _histograms(ds, kinds, units, *hist) if hist is not None else None
+    by_file: dict[int, list[Unit]] = {}
+    for unit in units:
+        by_file.setdefault(unit.file, []).append(unit)
+
+    def one_file(file_units: list[Unit]) -> tuple[Specs, Histograms | None]:
+        part = Specs.empty(kinds, fingerprint)
+        part_hist = histograms.empty_copy() if histograms is not None else None
+        reader = _reader(ds)
+        try:
+            for unit in file_units:
+                columns, entries = _read(ds, reader, unit)
+                part.update(columns)
+                if part_hist is not None:
+                    label = part_hist.classes.index(ds._file_labels[unit.file])
+                    part_hist.update(columns, np.full(len(entries), label))
+        finally:
+            reader.close()
+        return part, part_hist
+
+    specs = Specs.empty(kinds, fingerprint)
+    with ThreadPoolExecutor(max(1, min(int(workers), len(by_file)))) as pool:
+        for part, part_hist in pool.map(one_file, by_file.values()):
+            specs.merge(part)
+            if histograms is not None:
+                histograms.merge(part_hist)
+    specs.resolve_pad(max_len)
+    log.info("fitted Specs on %d entries of %d files", specs.entries, len(by_file))
+    return specs, histograms
+
+
+def _sample(units: Sequence[Unit], nevts: int, seed: int) -> list[Unit]:
+    """Random units holding `nevts` entries in all (the last one shortened), in file order."""
+    chosen, total = [], 0
+    for i in np.random.default_rng(seed).permutation(len(units)):
+        if total >= nevts:
+            break
+        unit = units[i]
+        take = min(unit.stop - unit.start, nevts - total)
+        chosen.append(Unit(unit.file, unit.start, unit.start + take))
+        total += take
+    return sorted(chosen)
+
+
+def _reader(ds: RootIterableDataset) -> UnitReader:
+    return UnitReader(
+        ds.files, ds.tree, list(ds.branch_info), ds.aliases, ds.cut, ds.retries, ds.backoff,
+        max_open=1,
+    )  # fmt: skip
+
+
+def _read(ds: RootIterableDataset, reader: UnitReader, unit: Unit) -> tuple[dict, np.ndarray]:
+    columns, entries = reader.read(unit)
+    if ds.preprocess is not None:
+        columns = _load_hook(ds.preprocess)(columns)
+    return columns, entries
+
+
+def _histograms(
+    ds: RootIterableDataset,
+    kinds: dict[str, tuple],
+    units: Sequence[Unit],
+    class_names: Mapping[int, str] | None,
+    bins: int,
+    ranges: Specs | None,
+) -> Histograms:
+    classes = sorted(set(ds._file_labels))
+    names = [(class_names or {}).get(c, str(c)) for c in classes]
+    histograms = Histograms({n: k[0] for n, k in kinds.items()}, classes, bins, names)
+    if ranges is not None:
+        histograms.set_ranges({n: (s.min, s.max) for n, s in ranges.branches.items()})
+        return histograms
+    first: dict[int, Unit] = {}
+    for unit in units:
+        first.setdefault(unit.file, unit)
+    per_file = _RANGE_SAMPLE // max(min(len(first), _RANGE_FILES), 1)
+    sample = Specs.empty(kinds, {})
+    reader = _reader(ds)
+    try:
+        for unit in list(first.values())[:_RANGE_FILES]:
+            short = Unit(unit.file, unit.start, min(unit.stop, unit.start + max(per_file, 1)))
+            sample.update(_read(ds, reader, short)[0])
+    finally:
+        reader.close()
+    histograms.set_ranges({n: (s.min, s.max) for n, s in sample.branches.items()})
+    return histograms
