@@ -51,6 +51,9 @@ from rootml.serve.tfaas import tfaas_output, tfaas_request
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+# Decoding a large infer body can take seconds of CPU (millions of JSON numbers or BYTES
+# elements); beyond this size it runs in a thread, so the event loop goes on serving others.
+_PARSE_INLINE_BYTES = 1 * MiB
 _SETTINGS_ENV = "ROOTML_SERVE_SETTINGS"
 
 
@@ -259,9 +262,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         served = manager.get(model_name, model_version)
         ok = False
         try:
-            parsed = parse_infer_request(
-                body, request.headers.get("inference-header-content-length")
-            )
+            given_length = request.headers.get("inference-header-content-length")
+            if len(body) > _PARSE_INLINE_BYTES:
+                parsed = await asyncio.to_thread(parse_infer_request, body, given_length)
+            else:
+                parsed = parse_infer_request(body, given_length)
             check_inputs(parsed, served.inputs, served.outputs, served.max_batch_size)
             results = await run(served, {i.name: i.array for i in parsed.inputs})
             wanted = parsed.outputs

@@ -38,6 +38,10 @@ DTYPES: dict[str, np.dtype] = {
 _DATATYPE_OF = {dt.kind + str(dt.itemsize): name for name, dt in DTYPES.items() if name != "BYTES"}
 # numpy kinds of JSON values accepted for each kind of datatype.
 _JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+# Bounds that keep numpy from failing on a shape (rank over its maximum, sizes overflowing
+# int64 even for an empty tensor); no request body can carry a tensor anywhere near them.
+_MAX_RANK = 32
+_MAX_ELEMENTS = 1 << 48
 
 
 @dataclass
@@ -76,10 +80,20 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise ProtocolError(f"{what}: 'shape' must be a list of non-negative integers")
+    if len(value) > _MAX_RANK:
+        raise ProtocolError(f"{what}: 'shape' has {len(value)} dims, more than {_MAX_RANK}")
+    if math.prod(d for d in value if d) > _MAX_ELEMENTS:
+        raise ProtocolError(f"{what}: 'shape' {value} is larger than any request can carry")
     return tuple(value)
 
 
 def _decode_bytes_elements(raw: bytes, count: int, what: str) -> np.ndarray:
+    # Each element takes at least its 4-byte length: check before allocating `count` objects.
+    if 4 * count > len(raw):
+        raise ProtocolError(
+            f"{what}: {count} BYTES elements need at least {4 * count} bytes, "
+            f"binary_data_size is {len(raw)}"
+        )
     # BYTES elements have individual lengths, so this walks them one by one.
     raw = bytes(raw)
     out = np.empty(count, dtype=object)
@@ -190,7 +204,7 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
             raise ProtocolError(f"inputs[{i}] must be an object with a string 'name'")
         what = f"input {item['name']!r}"
         datatype = item.get("datatype")
-        if datatype not in DTYPES:
+        if not isinstance(datatype, str) or datatype not in DTYPES:
             raise ProtocolError(f"{what}: unknown datatype {datatype!r}")
         shape = _shape(item.get("shape"), what)
         params = item.get("parameters") or {}
@@ -225,6 +239,8 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise ProtocolError("each of 'outputs' must be an object with a string 'name'")
             params = item.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise ProtocolError(f"output {item['name']!r}: 'parameters' must be an object")
             outputs.append((item["name"], bool(params.get("binary_data", binary_output))))
     request_id = doc.get("id")
     return InferRequest(
