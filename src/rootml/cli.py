@@ -17,6 +17,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="list trees/ntuples, entries and branches of ROOT files")
     p.add_argument("files", nargs="+", help="paths or URLs (root://, https://)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_hist_options(p)
     p.set_defaults(func=_run_inspect)
 
 
@@ -28,7 +29,120 @@ def _run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(reports, indent=2))
     else:
         print("\n\n".join(format_report(r) for r in reports))
+    if args.hist is not None:
+        _run_hist(args)
     return 0
+
+
+def _add_hist_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("histograms (with --hist)")
+    g.add_argument(
+        "--hist",
+        metavar="OUT",
+        help="write a PNG per branch (classes overlaid) and the Specs of the same pass into OUT/",
+    )
+    g.add_argument("--labels", nargs="+", help="class of each file (ints or names), or a .txt")
+    g.add_argument("--bins", type=int, default=50, help="bins per histogram (default: 50)")
+    g.add_argument("--tree", help="TTree/RNTuple name (default: the only one)")
+    g.add_argument("--branches", nargs="+", help="branch names or glob patterns")
+    g.add_argument("--exclude", nargs="+", help="branches to leave out (names or patterns)")
+    g.add_argument("--nevts", type=int, help="a random sample of about N entries")
+
+
+def _run_hist(args: argparse.Namespace) -> None:
+    import os
+
+    from rootml.datasets import fit_histograms
+
+    labels, names = _labels(args.labels)
+    specs, histograms = fit_histograms(
+        args.files,
+        args.tree,
+        args.branches,
+        args.exclude,
+        nevts=args.nevts,
+        labels=labels,
+        class_names=names,
+        bins=args.bins,
+    )
+    written = histograms.plot(args.hist)
+    specs.save(os.path.join(args.hist, "specs.json"))
+    print(f"{len(written)} histograms and specs.json in {args.hist}")
+
+
+def _add_specs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("specs", help="fit the Specs (statistics, pad lengths) of ROOT files")
+    p.add_argument("files", nargs="+", help="paths, URLs, globs or .txt lists")
+    p.add_argument("-o", "--output", required=True, help="JSON file to write")
+    p.add_argument("--tree", help="TTree/RNTuple name (default: the only one)")
+    p.add_argument("--branches", nargs="+", help="branch names or glob patterns")
+    p.add_argument("--exclude", nargs="+", help="branches to leave out (names or patterns)")
+    p.add_argument("--cut", help='uproot expression selecting entries, e.g. "NJet >= 2"')
+    p.add_argument("--alias", action="append", metavar="NAME=EXPR", help="a derived column")
+    p.add_argument("--nevts", type=int, help="a random sample of about N entries (default: all)")
+    p.add_argument(
+        "--max-len",
+        nargs="+",
+        help="pad length: N, a quantile like 0.99, or per collection/branch NAME=N ... "
+        "(default: the largest multiplicity)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --nevts sample")
+    p.add_argument("--chunk-size", type=int, default=100_000, help="entries per read")
+    p.set_defaults(func=_run_specs)
+
+
+def _run_specs(args: argparse.Namespace) -> int:
+    from rootml.datasets import fit_specs
+
+    aliases = dict(a.split("=", 1) for a in args.alias or [])
+    specs = fit_specs(
+        args.files,
+        args.tree,
+        args.branches,
+        args.exclude,
+        args.cut,
+        aliases or None,
+        args.nevts,
+        _max_len(args.max_len),
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+    )
+    specs.save(args.output)
+    print(
+        f"{args.output}: {len(specs.branches)} branches, {len(specs.feature_names)} features, "
+        f"{specs.entries} entries of {len(specs.fingerprint['files'])} files"
+    )
+    return 0
+
+
+def _number(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _max_len(values: list[str] | None) -> int | float | dict | None:
+    """["10"] -> 10, ["0.99"] -> 0.99, ["Jet=10", "Muon=0.95"] -> {"Jet": 10, "Muon": 0.95}."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return _number(values[0])
+    pairs = [v.split("=", 1) for v in values]
+    if any(len(pair) != 2 for pair in pairs):
+        raise RootmlError(f"--max-len: give one value or NAME=VALUE pairs, not {values}")
+    return {name: _number(value) for name, value in pairs}
+
+
+def _labels(values: list[str] | None) -> tuple[list[int] | str | None, dict[int, str] | None]:
+    """Per-file labels and class names: ints stay ints; names become 0, 1, ... in order of first
+    appearance; one existing .txt file is passed on as it is."""
+    if not values:
+        return None, None
+    if len(values) == 1 and values[0].endswith(".txt"):
+        return values[0], None
+    try:
+        return [int(v) for v in values], None
+    except ValueError:
+        index = {name: i for i, name in enumerate(dict.fromkeys(values))}
+        return [index[v] for v in values], {i: name for name, i in index.items()}
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +242,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_JOBS = [_add_inspect, _add_export, _add_serve]
+_JOBS = [_add_inspect, _add_specs, _add_export, _add_serve]
 
 
 def main(argv: list[str] | None = None) -> int:

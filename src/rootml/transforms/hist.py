@@ -125,8 +125,9 @@ class Histograms:
                     continue
                 density = counts / (total * np.diff(edges))
                 axes.stairs(density, edges, label=f"{name} ({total})")
-            note = f", {self.outside[branch]} outside the range in the edge bins"
-            axes.set_title(branch + (note if self.outside[branch] else ""), fontsize=9)
+            if self.outside[branch]:
+                axes.set_title(f"{self.outside[branch]} values beyond the range, in the edge bins")
+            axes.set_xlabel(branch)
             axes.set_ylabel("density")
             axes.legend(fontsize=7)
             figure.tight_layout()
