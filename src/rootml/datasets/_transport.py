@@ -10,7 +10,7 @@ A `TensorBatch` leaving a worker pickles instead as one bytes buffer holding all
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ _ALIGN = 64  # each tensor starts on a cache line, so every dtype view is aligne
 class TensorBatch(dict):
     """A dict of CPU tensors (one batch) that pickles compactly inside a DataLoader worker.
 
-    Everywhere else it is a plain dict: copies are shallow dict copies, and pickling it in the
-    main process (torch.save, multiprocessing of your own) stores a plain dict of tensors.
+    Everywhere else it is a plain dict: copies are shallow dict copies, and pickling it outside a
+    worker (torch.save, your own multiprocessing) stores an OrderedDict of the tensors, which
+    `torch.load(weights_only=True)` accepts.
     """
 
     def __copy__(self) -> TensorBatch:
@@ -36,7 +37,7 @@ class TensorBatch(dict):
             isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.requires_grad
             for v in self.values()
         ):
-            return (dict, (dict(self),))
+            return (OrderedDict, (list(self.items()),))
         layout, size = [], 0
         for key, tensor in self.items():
             nbytes = tensor.numel() * tensor.element_size()
@@ -46,7 +47,7 @@ class TensorBatch(dict):
             size += -(-nbytes // _ALIGN) * _ALIGN
         buffer = bytearray(size)
         raw = np.frombuffer(buffer, dtype=np.uint8)
-        for (key, _, _, offset), tensor in zip(layout, self.values()):
+        for (_, _, _, offset), tensor in zip(layout, self.values()):
             data = tensor.contiguous().numpy().reshape(-1).view(np.uint8)
             raw[offset : offset + data.size] = data
         return (_rebuild, (buffer, layout))
@@ -65,8 +66,3 @@ def _rebuild(buffer: bytearray, layout: list[tuple[str, str, tuple[int, ...], in
         nbytes = count * torch.empty(0, dtype=dtype).element_size()
         batch[key] = raw[offset : offset + nbytes].view(dtype).view(shape)
     return batch
-
-
-def as_batch(tensors: dict[str, Any]) -> TensorBatch:
-    """Wrap a dict of tensors (what the dataset yields) for cheap worker -> main transport."""
-    return TensorBatch(tensors)
