@@ -73,6 +73,11 @@ class DynamicBatcher:
         self._runs: set[asyncio.Task] = set()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called: the batcher takes no more requests."""
+        return self._closed
+
     def submit(self, feeds: dict[str, np.ndarray]) -> asyncio.Future:
         """Queue one request (inputs with the batch as first dim); the future gets its outputs.
 

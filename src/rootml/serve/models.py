@@ -295,9 +295,11 @@ class ModelManager:
     ) -> dict[str, np.ndarray]:
         """Run one request through the batcher of `served`, or directly when it has none.
 
-        Raises ProtocolError(503) when too many requests wait.
+        A version retired by a reload after this request got it still answers the request, on
+        its own session and unbatched: the request never sees the swap. Raises
+        ProtocolError(503) when too many requests wait.
         """
-        if served.batcher is not None:
+        if served.batcher is not None and not served.batcher.closed:
             return await served.batcher.submit(feeds)
         if self._waiting >= self.max_queue + self.run_slots:
             raise ProtocolError(f"too many requests waiting ({self._waiting}); retry later", 503)
