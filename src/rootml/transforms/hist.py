@@ -82,13 +82,23 @@ class Histograms:
             if not finite.all():
                 values, labels = values[finite], labels[finite]
             low, high = self.ranges[branch]
-            position = np.floor((values - low) / (high - low) * self.bins)
             self.outside[branch] += int(((values < low) | (values > high)).sum())
-            # The range's upper edge belongs to the last bin, like numpy.histogram.
-            index = np.clip(position, 0, self.bins - 1).astype(np.int64)
+            index = self._bin(branch, values)
             self.counts[branch] += np.bincount(
                 labels * self.bins + index, minlength=len(self.classes) * self.bins
             ).reshape(len(self.classes), self.bins)
+
+    def _bin(self, branch: str, values: np.ndarray) -> np.ndarray:
+        """Bin index of each value as numpy.histogram computes it (the upper edge belongs to the
+        last bin), values outside clipped into the edge bins."""
+        low, high = self.ranges[branch]
+        edges = self.edges(branch)
+        index = np.floor((values - low) * (self.bins / (high - low)))
+        index = np.clip(index, 0, self.bins - 1).astype(np.int64)
+        # Rounding can put a value one bin off its edges; move it back, as numpy does.
+        index -= values < edges[index]
+        index += (values >= edges[index + 1]) & (index != self.bins - 1)
+        return np.clip(index, 0, self.bins - 1)
 
     def merge(self, other: Histograms) -> Histograms:
         """Add another part filled over the same ranges; returns self."""
