@@ -61,6 +61,30 @@ def test_refused_archives(members, words):
     assert err.value.status == 400
 
 
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name), data)  # ZipInfo keeps the name as given
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("../model.onnx", "'..' refused"),
+        ("tth/../../model.onnx", "'..' refused"),
+        ("/etc/model.onnx", "absolute"),
+        ("C:/model.onnx", "absolute"),
+        ("..\\model.onnx", "non-POSIX"),
+    ],
+)
+def test_refused_zip_members(name, words):
+    with pytest.raises(ProtocolError, match=words) as err:
+        read_upload(_zip({"rootml.json": b"{}", name: ONNX}), 1000)
+    assert err.value.status == 400
+
+
 def test_unpacked_size_cap():
     with pytest.raises(ProtocolError) as err:
         read_upload(tar_gz({"model.onnx": bytes(5000)}), 4096)
