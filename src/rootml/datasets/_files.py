@@ -122,7 +122,11 @@ def open_once(url: str) -> Any:
     if not is_remote(url) and not os.path.exists(url):
         raise FileAccessError(f"file not found: {url}")
     try:
-        return uproot.open(url, **_REMOTE_OPTIONS) if is_remote(url) else uproot.open(url)
+        # No array cache: every unit is read once, and uproot's default (100 MB per open file)
+        # would make memory grow with the number of files open in a worker.
+        if is_remote(url):
+            return uproot.open(url, array_cache=None, **_REMOTE_OPTIONS)
+        return uproot.open(url, array_cache=None)
     except (OSError, TimeoutError):
         forget_connections(url)
         raise
