@@ -158,17 +158,50 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default=1024,
         help="config.pbtxt max_batch_size when the first dim is variable; 0: no batching",
     )
+    g = p.add_argument_group("from a training run")
+    g.add_argument(
+        "--fold-normalization",
+        action="store_true",
+        help="put the normalisation into the graph: clients send raw physics values",
+    )
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="largest |onnxruntime - torch| accepted by the parity check (default: 1e-5)",
+    )
+    g.add_argument(
+        "--parity-batches", type=int, default=4, help="batches of 256 rows checked (default: 4)"
+    )
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from rootml.errors import ModelError
+    from rootml.export.repository import add_onnx_model, model_dir
 
     if args.onnx is None:
         if args.source is None:
             raise ModelError("give a training run/checkpoint to export, or --onnx FILE")
-        raise ModelError("exporting a training run is not available yet; use --onnx FILE")
-    from rootml.export.repository import add_onnx_model, model_dir
+        if args.metadata is not None:
+            raise ModelError("--metadata goes with --onnx; a run's rootml.json is written for it")
+        from rootml.export.run import export_run
+
+        version = export_run(
+            args.source,
+            args.repo,
+            args.name,
+            fold_normalization=args.fold_normalization,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            parity_batches=args.parity_batches,
+            max_batch_size=args.max_batch_size,
+        )
+        print(f"{model_dir(args.repo, args.name) / str(version) / 'model.onnx'}")
+        return 0
+    if args.source is not None:
+        raise ModelError("give either a training run/checkpoint or --onnx FILE, not both")
 
     metadata = None
     if args.metadata is not None:
