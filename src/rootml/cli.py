@@ -275,7 +275,60 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_JOBS = [_add_inspect, _add_specs, _add_export, _add_serve]
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="score ROOT files with a model: entry-aligned friend trees and/or parquet"
+    )
+    p.add_argument(
+        "--model", required=True, help="models/NAME (run here) or http://host:port/NAME (served)"
+    )
+    p.add_argument("--files", nargs="+", required=True, help="ROOT files, globs, URLs, .txt lists")
+    p.add_argument("--tree", help="input TTree/RNTuple (default: the only one in the file)")
+    p.add_argument(
+        "--out",
+        nargs="+",
+        required=True,
+        help="scores.root (one input), scores.parquet, and/or a folder (<input stem>_scores.root each)",
+    )
+    p.add_argument("--out-tree", help="name of the friend tree (default: the input's tree name)")
+    p.add_argument("--batch-size", type=int, default=1024, help="entries per model run")
+    p.add_argument(
+        "--branch-name", help="score branch name (default: score; with several outputs, a prefix)"
+    )
+    p.add_argument("--chunk-size", type=int, default=100_000, help="entries read at once")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: cores)")
+    p.add_argument("--token-file", help="bearer token for a server that wants one")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from rootml.serve.predict import predict
+
+    token = None
+    if args.token_file is not None:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    summary = predict(
+        args.model,
+        args.files,
+        args.out,
+        tree=args.tree,
+        out_tree=args.out_tree,
+        batch_size=args.batch_size,
+        branch_name=args.branch_name,
+        chunk_size=args.chunk_size,
+        threads=args.threads,
+        token=token,
+    )
+    print(
+        f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr
+    )
+    for path in summary["outputs"]:
+        print(path)
+    return 0
+
+
+_JOBS = [_add_inspect, _add_specs, _add_export, _add_serve, _add_predict]
 
 
 def main(argv: list[str] | None = None) -> int:

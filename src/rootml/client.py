@@ -75,6 +75,14 @@ class Client:
         """``{"name", "versions", "platform", "inputs", "outputs"}``, -1 for a variable dim."""
         return self._request("GET", self._model_path(name, version)).json()
 
+    def model_config(self, name: str, version: str | int | None = None) -> dict[str, Any]:
+        """The model's config.pbtxt as JSON (max_batch_size, inputs, outputs, dynamic_batching)."""
+        return self._request("GET", self._model_path(name, version) + "/config").json()
+
+    def model_rootml(self, name: str) -> dict[str, Any]:
+        """The model's rootml.json (Specs, feature names, labels); ProtocolError(404) if none."""
+        return self._request("GET", f"/v2/models/{name}/rootml").json()
+
     def infer(
         self,
         name: str,

@@ -43,9 +43,10 @@ from rootml.serve._openapi import (
     errors,
     openapi_schema,
 )
-from rootml.serve.codec import check_inputs, encode_infer_response, parse_infer_request
+from rootml.serve.codec import encode_infer_response
 from rootml.serve.metrics import ServeMetrics
 from rootml.serve.models import ModelManager
+from rootml.serve.physics import decode_infer
 from rootml.serve.tfaas import tfaas_output, tfaas_request
 
 log = logging.getLogger(__name__)
@@ -263,12 +264,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ok = False
         try:
             given_length = request.headers.get("inference-header-content-length")
+            # Model inputs as sent, or raw branch columns through the model's Specs.
             if len(body) > _PARSE_INLINE_BYTES:
-                parsed = await asyncio.to_thread(parse_infer_request, body, given_length)
+                parsed, feeds = await asyncio.to_thread(decode_infer, served, body, given_length)
             else:
-                parsed = parse_infer_request(body, given_length)
-            check_inputs(parsed, served.inputs, served.outputs, served.max_batch_size)
-            results = await run(served, {i.name: i.array for i in parsed.inputs})
+                parsed, feeds = decode_infer(served, body, given_length)
+            results = await run(served, feeds)
             wanted = parsed.outputs
             if wanted is None:
                 wanted = [(name, parsed.binary_output) for name in served.output_names]

@@ -11,7 +11,9 @@ BYTES tensors are sent as 4-byte little-endian lengths each followed by the byte
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +48,17 @@ _MAX_ELEMENTS = 1 << 48
 
 @dataclass
 class InferInput:
-    """One input tensor of a request, decoded into `array` (shape `shape`, dtype of `datatype`)."""
+    """One input tensor of a request, decoded into `array` (shape `shape`, dtype of `datatype`).
+
+    For ragged JSON data (rows of different lengths, see parse_infer_request) `array` is the
+    content (N,) of all rows one after the other and `counts` (B,) int64 the items per row.
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     array: np.ndarray
+    counts: np.ndarray | None = None
 
 
 @dataclass
@@ -162,6 +169,31 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], what: str) -> n
     return values.astype(dtype, copy=False).reshape(shape)
 
 
+def _is_ragged(data: Any, shape: tuple[int, ...]) -> bool:
+    # Rows as lists under a rank-1 shape: B rows of items, not B numbers.
+    return len(shape) == 1 and isinstance(data, list) and bool(data) and isinstance(data[0], list)
+
+
+def _from_json_ragged(
+    data: list, datatype: str, shape: tuple[int, ...], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(content (N,), counts (B,) int64) of `data`: B lists of numbers of different lengths."""
+    if len(data) != shape[0]:
+        raise ProtocolError(
+            f"{what}: ragged data of {len(data)} rows needs shape [{len(data)}], not {list(shape)}"
+        )
+    if datatype == "BYTES" or not set(map(type, data)) <= {list}:
+        raise ProtocolError(f"{what}: ragged data must be a list of lists of numbers, one per row")
+    counts = np.fromiter(map(len, data), np.int64, len(data))
+    try:
+        content = np.asarray(list(itertools.chain.from_iterable(data)))
+    except (ValueError, OverflowError) as err:
+        raise ProtocolError(f"{what}: the rows of ragged data must hold numbers: {err}") from None
+    if content.ndim != 1:
+        raise ProtocolError(f"{what}: the rows of ragged data must hold numbers, not lists")
+    return _from_json(content, datatype, content.shape, what), counts
+
+
 def _header_length(value: str | int | None, body_length: int) -> int | None:
     if value is None:
         return None
@@ -178,11 +210,15 @@ def _header_length(value: str | int | None, body_length: int) -> int | None:
     return length
 
 
-def parse_infer_request(body: bytes, header_length: str | int | None = None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | int | None = None, ragged: Container[str] = ()
+) -> InferRequest:
     """Decode an infer request body; `header_length` is the Inference-Header-Content-Length header.
 
     Inputs come back as numpy arrays of their shape and datatype; binary inputs are read-only views
-    of `body`. Raises ProtocolError(400) for any malformed part: JSON, datatypes, shapes, sizes.
+    of `body`. An input named in `ragged` may carry JSON `data` as B lists of different lengths
+    under shape [B] (jagged branches, see serve.physics); it comes back as content and counts.
+    Raises ProtocolError(400) for any malformed part: JSON, datatypes, shapes, sizes.
     """
     length = _header_length(header_length, len(body))
     header, binary = (body, b"") if length is None else (body[:length], memoryview(body)[length:])
@@ -209,6 +245,7 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
         shape = _shape(item.get("shape"), what)
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
+        counts = None
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"{what}: binary_data_size must be a non-negative integer")
@@ -219,11 +256,13 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
                 )
             array = _from_binary(binary[offset : offset + size], datatype, shape, what)
             offset += size
+        elif "data" in item and item["name"] in ragged and _is_ragged(item["data"], shape):
+            array, counts = _from_json_ragged(item["data"], datatype, shape, what)
         elif "data" in item:
             array = _from_json(item["data"], datatype, shape, what)
         else:
             raise ProtocolError(f"{what}: needs 'data' or parameters.binary_data_size")
-        inputs.append(InferInput(item["name"], datatype, shape, array))
+        inputs.append(InferInput(item["name"], datatype, shape, array, counts))
     if offset != len(binary):
         raise ProtocolError(
             f"binary_data_size of the inputs add up to {offset} bytes, but {len(binary)} bytes "
