@@ -63,8 +63,8 @@ def model(idim):
 """
 
 # DeepSets over each collection: per item a small net on its C channels, a masked mean over
-# items, then a head on those and the flat features. `by_name` takes the inputs by name and
-# ignores the flat mask; otherwise forward takes one dict of all inputs.
+# items, then a head on those and the flat features. ByName takes the inputs by name (without
+# the flat mask), ByDict one dict of all inputs, ByPosition all inputs in layout order.
 COLLECTION_MODEL = """
 import torch
 
@@ -97,6 +97,11 @@ class ByName(DeepSets):
 class ByDict(DeepSets):
     def forward(self, inputs):
         return self.pooled(inputs)
+
+class ByPosition(DeepSets):
+    def forward(self, x, m, jet, jet_mask, muon, muon_mask):
+        return self.pooled(dict(features=x, Jet=jet, Jet_mask=jet_mask, Muon=muon,
+                                Muon_mask=muon_mask))
 
 def model(inputs):
     return {cls}(inputs)
@@ -333,7 +338,7 @@ def test_fold_normalization_takes_raw_values(tmp_path, specs):
     assert np.abs(run_onnx(folded.session, junk) - on_raw).max() < 1e-6
 
 
-@pytest.mark.parametrize("cls, fold", [("ByName", False), ("ByDict", True)])
+@pytest.mark.parametrize("cls, fold", [("ByName", False), ("ByDict", True), ("ByPosition", False)])
 def test_collection_parity(tmp_path, specs, cls, fold):
     model = make_run(
         tmp_path / "run", COLLECTION_MODEL.replace("{cls}", cls), specs, layout="collection"
@@ -367,11 +372,26 @@ def test_collection_parity(tmp_path, specs, cls, fold):
         tensors = {k: torch.from_numpy(v) for k, v in normalised.items()}
         if cls == "ByDict":
             expected = model(tensors).numpy()
+        elif cls == "ByPosition":
+            order = ["features", "mask", "Jet", "Jet_mask", "Muon", "Muon_mask"]
+            expected = model(*[tensors[k] for k in order]).numpy()
         else:
             expected = model(**{k: v for k, v in tensors.items() if k != "mask"}).numpy()
     got = run_onnx(loaded.session, raw if fold else normalised)
     assert np.abs(got - expected).max() < 1e-5
     assert np.ptp(got) > 1e-3
+
+
+def test_state_saved_from_a_ddp_wrapper(tmp_path, specs):
+    model = make_run(tmp_path / "run", MASKED_MODEL, specs)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    wrapped = {f"module.{k}": v for k, v in checkpoint["model_state"].items()}
+    torch.save({**checkpoint, "model_state": wrapped}, tmp_path / "run" / "checkpoint.pt")
+    export_run(tmp_path / "run", tmp_path / "models", "ddp")
+    inputs = normalise(specs, raw_flat(specs))
+    expected = torch_scores(model, inputs, args=["features", "mask"])
+    got = run_onnx(session(tmp_path / "models", "ddp"), inputs)
+    assert np.abs(got - expected).max() < 1e-5
 
 
 def test_versions_increase_and_never_overwrite(tmp_path, specs):

@@ -8,6 +8,11 @@ The run folder follows the contract between train/ and export/::
     RUN/specs.json        the Specs (also inside the checkpoint)
     RUN/summary.json      the training summary (optional)
 
+Checkpoint keys read: model_state, model_file, model_args, layout ("flat" or "collection"),
+feature_names (checked against the Specs), labels, normalize, pad_value, specs (else
+RUN/specs.json), params, epoch, metrics, and for the collection layout optionally collections
+(name -> branches; default: jagged branches grouped by name prefix, as CollectionLayout does).
+
 How a model is called (the same rule as training): flat layout, ``forward(features)`` or, when
 forward takes a second positional argument, ``forward(features, mask)``. Collection layout: when
 every parameter of forward is the name of an input ("features", "mask", "Jet", "Jet_mask", ...)
@@ -209,10 +214,20 @@ def _build(factory: Any, checkpoint: Mapping[str, Any], checkpoint_path: Path) -
             f"the run's model(**{args}) returned {type(module).__name__}, not a Module"
         )
     try:
-        module.load_state_dict(checkpoint["model_state"])
+        module.load_state_dict(_unwrapped(checkpoint["model_state"]))
     except (RuntimeError, TypeError, KeyError) as err:
         raise ModelError(f"{checkpoint_path}: model_state does not fit the model: {err}") from err
     return module.eval()
+
+
+def _unwrapped(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The state without the key prefix of a DDP ("module.") or torch.compile ("_orig_mod.")
+    wrapper, when every key has it."""
+    state = dict(state)
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state
 
 
 def _positional(module: Any) -> tuple[list[str], bool]:

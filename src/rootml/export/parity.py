@@ -110,17 +110,12 @@ def random_blocks(run: TrainedRun, batches: int = 4, batch_size: int = 256) -> l
     counts: dict[str, np.ndarray] = {}
     chunk: dict[str, Any] = {}
     for name, spec in run.specs.branches.items():
-        lo, hi = (
-            (spec.min, spec.max)
-            if spec.count and np.isfinite([spec.min, spec.max]).all()
-            else (-1.0, 1.0)
-        )
+        finite = spec.count and np.isfinite([spec.min, spec.max]).all()
+        lo, hi = (spec.min, spec.max) if finite else (-1.0, 1.0)
         if spec.kind == "jagged":
             group = spec.collection or name
             if group not in counts:
-                weights = np.asarray(spec.multiplicity or [0, 1], dtype=np.float64)
-                weights = weights / weights.sum() if weights.sum() else np.eye(len(weights))[-1]
-                counts[group] = rng.choice(len(weights), size=n, p=weights)
+                counts[group] = _multiplicities(spec.multiplicity, n, rng)
             values = rng.uniform(lo, hi, int(counts[group].sum())).astype(np.float32)
             chunk[name] = ak.unflatten(values, counts[group])
         else:
@@ -132,6 +127,14 @@ def random_blocks(run: TrainedRun, batches: int = 4, batch_size: int = 256) -> l
         {key: block[key][i * batch_size : (i + 1) * batch_size] for key in keys}
         for i in range(batches)
     ]
+
+
+def _multiplicities(histogram: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` item counts drawn from a multiplicity histogram (one item each when it is empty)."""
+    weights = np.asarray(histogram, dtype=np.float64)
+    if not weights.sum():
+        return np.ones(n, dtype=np.int64)
+    return rng.choice(len(weights), size=n, p=weights / weights.sum())
 
 
 def max_abs_diff(reference: np.ndarray, other: np.ndarray) -> float:
