@@ -180,7 +180,7 @@ def make_run(
         "specs": specs.to_dict(),
         "dataset_state": {"epoch": 2, "batches": 0},
         "params": {"epochs": 2, "batch_size": 128, "normalize": normalize},
-        "metrics": {"loss": np.float32(0.5), "auc": 0.75},
+        "metrics": {"loss": np.float32(0.5), "auc": 0.75, "val_auc": float("nan")},
     }
     torch.save(checkpoint, folder / "checkpoint.pt")
     (folder / "checkpoints").mkdir()
@@ -282,7 +282,8 @@ def test_flat_parity_metadata_and_config(tmp_path, specs):
     assert meta["tree"] == "events" and meta["branches"] == specs.fingerprint["branches"]
     assert meta["training"]["summary"] == summary
     assert meta["training"]["epoch"] == 2
-    assert meta["training"]["metrics"] == {"loss": 0.5, "auc": 0.75}
+    assert meta["training"]["metrics"] == {"loss": 0.5, "auc": 0.75, "val_auc": None}
+    json.loads((repo / "flat" / "rootml.json").read_text(), parse_constant=pytest.fail)
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["versions"]["onnx"] == onnx.__version__ and meta["versions"]["opset"] == 17
     parity = meta["parity"]

@@ -162,8 +162,19 @@ def run_metadata(
             key: {"branches": list(branches), "length": int(run.layout.lengths[key])}
             for key, branches in run.layout.collections.items()
         }
-    # Metrics and params may hold numpy scalars; JSON gets plain numbers.
-    return json.loads(json.dumps(metadata, default=_plain))
+    # Metrics and params may hold numpy scalars and NaN (an AUC of one class); JSON gets plain
+    # numbers, and null for what strict JSON cannot write.
+    return _finite(json.loads(json.dumps(metadata, default=_plain)))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
