@@ -63,7 +63,7 @@ def test_truncated_file_names_file_and_entry_range(tmp_path):
         list(RootIterableDataset(broken, branches=["Jet_Px"], max_len=2, chunk_size=500))
 
 
-def test_corrupt_baskets_name_the_entry_range_and_skip_counts(tmp_path):
+def test_corrupt_baskets_name_the_entry_range_and_skip_counts(tmp_path, results):
     corrupt = tmp_path / "corrupt.root"
     shutil.copy(HZZ, corrupt)
     tree = uproot.open(HZZ)["events"]
@@ -79,6 +79,13 @@ def test_corrupt_baskets_name_the_entry_range_and_skip_counts(tmp_path):
     rows = sum(len(b["entry"]) for b in skipping)
     assert rows == 2421
     assert skipping.report["skipped_entries"] == 2421 and skipping.report["skipped_units"] == 1
+    results.update(
+        kind="bad input",
+        what="corrupt basket: raise names it, skip counts it",
+        tried=2,
+        refused=2,
+        skipped_entries=skipping.report["skipped_entries"],
+    )
 
 
 def test_empty_files_are_counted(tmp_path):

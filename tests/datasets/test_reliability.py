@@ -22,11 +22,21 @@ pytestmark = pytest.mark.xrootd
 ALL = collections.Counter((0, e) for e in range(2421))
 
 
+def lost(seen) -> dict:
+    """Entries missing from or repeated in `seen` (file, entry) pairs, for the report."""
+    counts = collections.Counter(seen)
+    return {
+        "entries": ALL.total(),
+        "lost": (ALL - counts).total(),
+        "repeated": (counts - ALL).total(),
+    }
+
+
 def pairs(batch):
     return list(zip(batch["file"].tolist(), batch["entry"].tolist()))
 
 
-def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once():
+def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once(results):
     with running_xrootd([HZZ]) as server:
         ds = RootIterableDataset(
             server.url(HZZ.name),
@@ -50,9 +60,16 @@ def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once():
             timer.join()
         assert len(timers) == 10
         assert collections.Counter(seen) == ALL
+        results.update(
+            lost(seen),
+            kind="fault",
+            what="xrootd killed and restarted mid-epoch",
+            injected=len(timers),
+            survived=len(timers),
+        )
 
 
-def test_server_gone_for_good_names_the_url_and_state_resumes_later():
+def test_server_gone_for_good_names_the_url_and_state_resumes_later(results):
     with running_xrootd([HZZ]) as server:
         url = server.url(HZZ.name)
         options = dict(
@@ -80,9 +97,16 @@ def test_server_gone_for_good_names_the_url_and_state_resumes_later():
         resumed.load_state_dict(state)
         rest = [p for batch in resumed for p in pairs(batch)]
         assert collections.Counter(seen + rest) == ALL
+        results.update(
+            lost(seen + rest),
+            kind="fault",
+            injected=1,
+            survived=1,
+            what="xrootd gone for good: error names the URL, resumed from state",
+        )
 
 
-def test_killed_worker_surfaces_promptly_and_the_run_resumes_from_state():
+def test_killed_worker_surfaces_promptly_and_the_run_resumes_from_state(results):
     options = dict(
         branches=["MET_px", "Jet_Px"], max_len=3, chunk_size=100, batch_size=100, shuffle=True
     )
@@ -108,9 +132,16 @@ def test_killed_worker_surfaces_promptly_and_the_run_resumes_from_state():
     resumed.load_state_dict(state)
     rest = [p for batch in resumed for p in pairs(batch)]
     assert collections.Counter(seen + rest) == ALL
+    results.update(
+        lost(seen + rest),
+        kind="fault",
+        injected=1,
+        survived=1,
+        what="DataLoader worker killed: error surfaces, resumed from state",
+    )
 
 
-def test_remote_file_opened_in_the_parent_before_fork_does_not_hang_workers():
+def test_remote_file_opened_in_the_parent_before_fork_does_not_hang_workers(results):
     with running_xrootd([HZZ]) as server:
         url = server.url(HZZ.name)
         import uproot
@@ -122,3 +153,10 @@ def test_remote_file_opened_in_the_parent_before_fork_does_not_hang_workers():
             seen = [p for batch in loader for p in pairs(batch)]
         assert collections.Counter(seen) == ALL
     assert DATA.exists()
+    results.update(
+        lost(seen),
+        kind="fault",
+        injected=1,
+        survived=1,
+        what="root:// file open in the parent when DataLoader workers fork",
+    )
