@@ -104,7 +104,7 @@ def _zip_with_symlink(mlp_bytes: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def test_upload_refusals(server, repo, mlp_bytes):
+def test_upload_refusals(server, repo, mlp_bytes, results):
     cases = {
         "external data": (external_data_onnx(mlp_bytes, "weights.bin"), "external data"),
         "external data outside": (
@@ -136,12 +136,21 @@ def test_upload_refusals(server, repo, mlp_bytes):
         response = upload(server, "refused", body)
         assert response.status_code == 400, (case, response.text)
         assert words in response.json()["error"], (case, response.json())
-    for bad_name in ("..", "a b", "x%2Fy"):
+    bad_names = ("..", "a b", "x%2Fy")
+    for bad_name in bad_names:
         response = upload(server, bad_name, mlp_bytes)
         assert response.status_code in (400, 404), (bad_name, response.text)
     assert not (repo / "refused").exists() or not any((repo / "refused").glob("*/model.onnx"))
     assert not (repo.parent / "evil.txt").exists()
     assert Client(server.url).infer("mlp", make_inputs(1))["score"].shape == (1, 1)
+    results.update(
+        kind="bad input",
+        what="uploads: path traversal, absolute paths, links, external data, bad names",
+        tried=len(cases) + len(bad_names),
+        refused=len(cases) + len(bad_names),
+        accepted=0,
+        server_errors=0,
+    )
 
 
 def test_upload_size_cap(repo, tmp_path, token_file, mlp_bytes):
