@@ -54,7 +54,6 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         balance="class" multiplies weights so classes weigh the same.
     rank / world_size: default from torch.distributed when initialised, else 0 / 1.
     on_error: "raise" (default) or "skip" unreadable units; skipped entries are in `report`.
-    Raises FileAccessError / SchemaError / SpecsMismatch with the file URL, tree and branch.
     sort_by: collection -> key branch, e.g. {"Jet": "Jet_pt"}: items sorted descending ("+Jet_pt"
         ascending) before padding, so truncation keeps the leading ones (rootml.transforms.SortBy).
     nan_policy: NaN/inf among real values are counted in `report` (nonfinite:<branch>) and kept
@@ -63,6 +62,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         hold statistics (rootml.fit_specs); padding stays `pad_value`.
     layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet") K
         float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
+    Raises FileAccessError / SchemaError / SpecsMismatch with the file URL, tree and branch.
     """
 
     def __init__(
@@ -101,11 +101,11 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         on_error: str = "raise",
         retries: int = 3,
         backoff: float = 0.5,
-    ):
         sort_by: Mapping[str, str | tuple[str, bool]] | None = None,
         nan_policy: str = "keep",
         normalize: str | None = None,
         layout: str = "flat",
+    ):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -171,12 +171,12 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self.specs = self._fit_pad(specs, reuse_specs, max_len)
         self.layout = make_layout(self.specs, layout, self.pad_value)
         self.feature_names = self.layout.feature_names
-        self._epoch, self._resume, self._current = 0, None, None
         self._sort = SortBy(sort_by, self.specs)
         self._values = Compose(
             [NonFinite(self.layout, nan_policy, self.pad_value)]
             + ([Normalize(self.specs, normalize, self.pad_value, self.layout)] if normalize else [])
         )
+        self._epoch, self._resume, self._current = 0, None, None
 
     # -- public state ------------------------------------------------------------------------
     @property
@@ -293,8 +293,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             *self.branch_info,
             *self.identifiers,
             *filter(None, [self.label_branch, self.weight_branch]),
-        ]
             *self._sort.keys,
+        ]
         return UnitReader(
             self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
         )
