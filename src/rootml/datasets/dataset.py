@@ -19,6 +19,7 @@ from rootml.datasets._metadata import FileMeta, read_metadata, select_branches
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
+from rootml.datasets._transport import TensorBatch
 from rootml.errors import DataValueError, FileAccessError, RootmlError, SchemaError, where
 from rootml.transforms import Compose, NonFinite, Normalize, SortBy, Specs, make_layout, to_torch
 
@@ -251,7 +252,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     def _emit(self, batch: dict[str, np.ndarray], skip: int) -> Iterator[dict[str, torch.Tensor]]:
         self._current["batches"] += 1
         if self._current["batches"] > skip:
-            yield to_torch(batch)
+            yield TensorBatch(to_torch(batch))  # a dict; pickles as one buffer out of workers
 
     def _blocks(self, units: Sequence[Unit]) -> Iterator[dict[str, np.ndarray]]:
         """Blocks of rows, one per unit, read `prefetch` units ahead in a thread (uproot's
