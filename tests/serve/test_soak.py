@@ -187,7 +187,8 @@ def test_soak_mixed_load_with_reloads(soak_server, mlp_bytes, mlp2_bytes, result
         rss_start_mb=round(rss_first / 2**20, 1),
         rss_end_mb=round(rss_last / 2**20, 1),
         rss_max_mb=round(max(rss) / 2**20, 1),
-        rss_criterion="median of the last third within 10% + 20 MB of the median of the first third",
+        rss_criterion="median of the last third of the samples is within 10% + 20 MB of the "
+        "median of the first third",
     )
     results.update(record)
     assert load.failures == [], load.failures[:10]
