@@ -328,7 +328,87 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-_JOBS = [_add_inspect, _add_specs, _add_export, _add_serve, _add_predict]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on ROOT files (MLaaS4HEP inputs work as is)")
+    p.add_argument("--files", required=True, nargs="+", help="files.txt, glob, or paths/URLs")
+    p.add_argument("--labels", help="labels.txt: one label per file, in the files' order")
+    p.add_argument("--model", required=True, help="model.py defining model(idim) -> torch.nn.Module")
+    p.add_argument("--params", help="params.json (MLaaS4HEP keys and rootml's own)")
+    p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides params)")
+    p.add_argument("--epochs", type=int, help="overrides params")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (overrides params)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rootml.train import run_from_params
+
+    files = args.files[0] if len(args.files) == 1 else args.files
+    summary = run_from_params(files, args.labels, args.model, args.params, args.out,
+                              resume=args.resume, device=args.device, epochs=args.epochs,
+                              num_workers=args.num_workers)  # fmt: skip
+    final = summary["final"]
+    print(f"trained {summary['epochs']} epochs in {summary['seconds']:.1f} s "
+          f"({summary['events_per_s']:.0f} events/s); run folder: {args.out}")  # fmt: skip
+    print("  ".join(f"{k}={final[k]:.4f}" for k in final if k.endswith(("loss", "accuracy", "auc"))))
+    return 0
+
+
+# name -> script in the checkout's benchmarks/ folder; each defines run_benchmark(quick=...) -> dict
+# and format_table(results) -> str. Another benchmark adds itself here.
+_BENCHMARKS = {"loader": "loader.py"}
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="short benchmarks against their references, measured in the same run"
+    )
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run: {', '.join(_BENCHMARKS)} (default: all)",
+    )
+    p.add_argument("--full", action="store_true", help="the full benchmarks (minutes) instead")
+    p.add_argument("--json", help="write the results of every benchmark to this JSON file")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    import rootml
+
+    folders = [Path(rootml.__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
+    unknown = sorted(set(args.names) - set(_BENCHMARKS))
+    if unknown:
+        raise RootmlError(f"no benchmark {unknown}; choose from {sorted(_BENCHMARKS)}")
+    results = {}
+    for name in args.names or list(_BENCHMARKS):
+        script = next(
+            (f / _BENCHMARKS[name] for f in folders if (f / _BENCHMARKS[name]).is_file()), None
+        )
+        if script is None:
+            raise RootmlError(
+                f"rootml bench needs benchmarks/{_BENCHMARKS[name]} from a rootml source checkout "
+                f"(looked in {', '.join(str(f) for f in folders)})"
+            )
+        spec = importlib.util.spec_from_file_location(f"rootml_bench_{name}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        print(f"== {name} ({'full' if args.full else 'quick'}) ==", flush=True)
+        results[name] = module.run_benchmark(quick=not args.full)
+        print(module.format_table(results[name]), "\n", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+_JOBS = [_add_inspect, _add_specs, _add_train, _add_export, _add_serve, _add_predict, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,180 @@
+"""Regenerate the result sections of benchmarks/README.md from the JSON files in benchmarks/results/.
+
+Each generated section sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers in the
+README; everything outside the markers is written by hand and kept as it is. Sections:
+
+- `loader-results`: benchmarks/results/loader.json (python benchmarks/loader.py), the machine it
+  ran on, its table, targets and skipped cases;
+- `loader-baseline`: benchmarks/results/loader-baseline.json (the same benchmark before the
+  loader was optimised) next to loader.json, case by case.
+
+Another benchmark adds its own section: a function taking the results folder and returning
+markdown, registered in SECTIONS.
+
+Usage:
+    python benchmarks/report.py [--results benchmarks/results] [--readme benchmarks/README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+_LABELS = {
+    "reference": "`uproot.iterate` (reference)",
+    "reference-again": "`uproot.iterate` (reference, again at the end)",
+    "naive": "`uproot.iterate` + `ak.pad_none`/`fill_none`/`to_numpy` per branch",
+    "loader-0": "rootml `DataLoader`, 0 workers",
+    "loader-1": "rootml `DataLoader`, 1 worker",
+    "loader-2": "rootml `DataLoader`, 2 workers",
+    "loader-2-shuffle": "rootml `DataLoader`, 2 workers, `shuffle=True`",
+    "weaver-0": "weaver-core `SimpleIterDataset`, 0 workers",
+    "weaver-1": "weaver-core `SimpleIterDataset`, 1 worker",
+    "weaver-2": "weaver-core `SimpleIterDataset`, 2 workers",
+    "xrootd-reference": "`uproot.iterate`, `root://127.0.0.1`",
+    "xrootd-loader-0": "rootml, 0 workers, `root://127.0.0.1`",
+    "xrootd-loader-1": "rootml, 1 worker, `root://127.0.0.1`",
+    "xrootd-loader-2": "rootml, 2 workers, `root://127.0.0.1`",
+    "rss-1x": "rootml, 2 workers, 1x the data (peak RSS)",
+    "rss-4x": "rootml, 2 workers, 4x the data (peak RSS)",
+}
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _rate(case: dict) -> str:
+    return f"{case['events_per_s']:,.0f}" if "events_per_s" in case else "—"
+
+
+def _cpu(case: dict) -> str:
+    return f"{case['cpu_seconds']:.1f}" if "cpu_seconds" in case else "—"
+
+
+def _rss(case: dict) -> str:
+    if "rss_mb" not in case:
+        return "—"
+    worker = case.get("worker_rss_mb")
+    return f"{case['rss_mb']:.0f}" + (f" / {worker:.0f}" if worker else "")
+
+
+def _machine(results: dict) -> str:
+    m = results["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    data = results["data"]
+    settings = results["settings"]
+    return "\n".join(
+        [
+            f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['platform']}",
+            f"- Versions: {versions}; rootml commit {m.get('commit')}",
+            f"- Run: {m['date']}, mode {results['mode']}, best of {settings.get('repeat', 1)} "
+            "runs per throughput case (every run in the JSON)",
+            f"- Data: {data['entries']:,} events, zlib TTree, {data['file_bytes'] / 1e6:.0f} MB "
+            f"file; {data['branches']} branches read ({data['jagged']} jagged), "
+            f"{data['compressed_bytes'] / 1e6:.0f} MB compressed / "
+            f"{data['uncompressed_bytes'] / 1e6:.0f} MB uncompressed",
+            f"- Batches: {settings['batch_size']} rows, chunks of {settings['chunk_size']:,}, "
+            f"flat layout, pad lengths {settings['max_len']}",
+        ]
+    )
+
+
+def loader_results(folder: Path) -> str:
+    results = _load(folder / "loader.json")
+    if results is None:
+        return "_No results yet: run `python benchmarks/loader.py`._"
+    lines = [
+        _machine(results),
+        "",
+        "| case | events | events/s | MB/s | x reference | CPU s | peak RSS MB (main / worker) "
+        "| load |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, case in results["cases"].items():
+        label = _LABELS.get(name, name)
+        if "error" in case:
+            lines.append(f"| {label} | error: {case['error']} | | | | | | |")
+            continue
+        ratio = case.get("ratio_to_reference")
+        local = case.get("ratio_to_local")
+        ratio_text = "" if ratio is None else f"{ratio:.2f}"
+        if local is not None:
+            ratio_text += f" ({local:.2f} x local)"
+        lines.append(
+            f"| {label} | {case['events']:,} | {_rate(case)} | {case['mb_per_s']:.1f} "
+            f"| {ratio_text} | {_cpu(case)} | {_rss(case)} "
+            f"| {case.get('load_before', 0):.2f} |"
+        )
+    if results.get("targets"):
+        lines += ["", "| target | value | needed | met |", "|---|--:|--:|---|"]
+        for name, target in results["targets"].items():
+            met = "yes" if target["met"] else "**no**"
+            lines.append(f"| {name} | {target['value']:.2f} | {target['need']} | {met} |")
+    if results.get("skipped"):
+        lines += ["", "Not run:", ""]
+        lines += [f"- {_LABELS.get(n, n)}: {why}" for n, why in results["skipped"].items()]
+    return "\n".join(lines)
+
+
+def loader_baseline(folder: Path) -> str:
+    before, after = _load(folder / "loader-baseline.json"), _load(folder / "loader.json")
+    if before is None or after is None:
+        return "_Needs benchmarks/results/loader-baseline.json and loader.json._"
+    lines = [
+        f"Baseline: commit {before['machine'].get('commit')} ({before['machine']['date']}); "
+        f"now: commit {after['machine'].get('commit')} ({after['machine']['date']}). "
+        "Ratios are to the reference of the same run.",
+        "",
+        "| case | before events/s | x ref | now events/s | x ref | before RSS MB | now RSS MB |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, case in after["cases"].items():
+        old = before["cases"].get(name)
+        if old is None or "events_per_s" not in case or "events_per_s" not in old:
+            continue
+        lines.append(
+            f"| {_LABELS.get(name, name)} | {_rate(old)} | {old.get('ratio_to_reference', 0):.2f} "
+            f"| {_rate(case)} | {case.get('ratio_to_reference', 0):.2f} | {_rss(old)} "
+            f"| {_rss(case)} |"
+        )
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[Path], str]] = {
+    "loader-results": loader_results,
+    "loader-baseline": loader_baseline,
+}
+
+
+def render(readme: str, folder: Path) -> str:
+    """`readme` with every known section between its markers replaced by fresh markdown."""
+    for name, make in SECTIONS.items():
+        pattern = re.compile(
+            rf"(<!-- {re.escape(name)}:begin -->\n).*?(<!-- {re.escape(name)}:end -->)", re.S
+        )
+        if pattern.search(readme):
+            text = make(folder)
+            readme = pattern.sub(lambda m, text=text: m.group(1) + text + "\n" + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--readme", type=Path, default=HERE / "README.md")
+    args = parser.parse_args(argv)
+    text = render(args.readme.read_text(), args.results)
+    args.readme.write_text(text)
+    print(f"wrote {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
