@@ -75,6 +75,7 @@ def add_model(
     seed: int = 0,
     two_heads: bool = False,
     max_batch_size: int = 1024,
+    **extra,
 ) -> bytes:
     """Add a model with `specs` in its rootml.json; return its ONNX bytes."""
     model = onnx_bytes(len(specs.feature_names), seed, two_heads)
@@ -84,6 +85,7 @@ def add_model(
         "normalization": {"method": method, "folded": folded},
         "feature_names": specs.feature_names,
         "pad_value": 0.0,
+        **extra,
     }
     add_onnx_model(repo, name, model, metadata, max_batch_size=max_batch_size)
     return model
@@ -133,6 +135,12 @@ def reference_inputs(
         "features": np.stack(features, axis=1).astype(np.float32),
         "mask": np.stack(masks, axis=1),
     }
+
+
+def sorted_jets(columns: dict, key: str = "Jet_E") -> dict:
+    """`columns` with the jets of each entry in descending `key` order (plain awkward)."""
+    order = ak.argsort(columns[key], axis=1, ascending=False, stable=True)
+    return {n: v[order] if n.startswith("Jet_") else v for n, v in columns.items()}
 
 
 def run_onnx(model: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -26,6 +26,7 @@ from tests.serve._physics_model import (
     read_columns,
     reference_inputs,
     run_onnx,
+    sorted_jets,
 )
 from tests.serve.conftest import Server
 
@@ -36,6 +37,7 @@ MODELS = {
     "hzz_minmax": ("minmax", False, "minmax"),
     "hzz_folded": ("standard", True, None),
     "hzz_raw": (None, False, None),
+    "hzz_sorted": ("standard", False, "standard"),  # rootml.json: sort_by {"Jet": "Jet_E"}
 }
 
 
@@ -49,7 +51,16 @@ def models(tmp_path_factory, specs):
     """The repository and each model's ONNX bytes."""
     repo = tmp_path_factory.mktemp("physics-repo")
     built = {
-        name: add_model(repo, name, specs, method, folded, seed=i, max_batch_size=4096)
+        name: add_model(
+            repo,
+            name,
+            specs,
+            method,
+            folded,
+            seed=i,
+            max_batch_size=4096,
+            **({"sort_by": {"Jet": "Jet_E"}} if name == "hzz_sorted" else {}),
+        )
         for i, (name, (method, folded, _)) in enumerate(MODELS.items())
     }
     f = len(specs.feature_names)
@@ -77,6 +88,8 @@ def columns(every_entry):
 
 
 def expected(models, specs, name, columns, every_entry) -> np.ndarray:
+    if name == "hzz_sorted":
+        columns = sorted_jets(columns)
     inputs = reference_inputs(columns, specs.feature_names, every_entry, MODELS[name][2])
     return run_onnx(models[1][name], inputs)["score"]
 

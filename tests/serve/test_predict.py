@@ -28,6 +28,7 @@ from tests.serve._physics_model import (
     reference_inputs,
     rntuple_specs,
     run_onnx,
+    sorted_jets,
 )
 from tests.serve.conftest import Server
 
@@ -44,6 +45,9 @@ def repo(tmp_path_factory, specs) -> tuple[Path, dict[str, bytes]]:
         "hzz": add_model(path, "hzz", specs["hzz"], "standard"),
         "heads": add_model(path, "heads", specs["hzz"], "minmax", seed=3, two_heads=True),
         "muons": add_model(path, "muons", specs["muons"], "standard", seed=5),
+        "sorted": add_model(
+            path, "sorted", specs["hzz"], None, seed=7, sort_by={"Jet": "Jet_E"}, nan_policy="raise"
+        ),
     }
     add_onnx_model(path, "plain", onnx_bytes(4))
     return path, models
@@ -93,6 +97,16 @@ def test_local_ttree_friend_and_parquet(repo, specs, tmp_path):
     np.testing.assert_array_equal(table.entry, np.arange(2421))
     np.testing.assert_array_equal(ak.to_numpy(table.score), scores)
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_sort_by_of_rootml_json(repo, specs, tmp_path):
+    out = tmp_path / "sorted.root"
+    predict(str(repo[0] / "sorted"), str(HZZ), str(out), progress=False)
+    columns = sorted_jets(read_columns(HZZ, "events", HZZ_BRANCHES))
+    inputs = reference_inputs(columns, specs["hzz"].feature_names, columns, None)
+    want = run_onnx(repo[1]["sorted"], inputs)["score"]
+    scores = uproot.open(out)["events"]["score"].array(library="np")
+    np.testing.assert_allclose(scores, want[:, 0], rtol=0, atol=1e-5)
 
 
 def test_local_rntuple(repo, specs, tmp_path):

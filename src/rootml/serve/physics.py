@@ -20,7 +20,8 @@ ProtocolError(400) naming the branch. Derived columns (aliases) are sent under t
 
 rootml.json keys read (see rootml.export.repository): "specs", "layout" ("flat" by default),
 "collections" (collection layout: name -> {"branches": [...]}), "pad_value" (0.0),
-"normalization": {"method": "standard"|"minmax"|null, "folded": bool}, "sort_by", "nan_policy".
+"normalization": {"method": "standard"|"minmax"|null, "folded": bool}, "sort_by" and
+"nan_policy" (top-level, else from "training": {"params": ...}).
 """
 
 from __future__ import annotations
@@ -83,14 +84,18 @@ class Preprocessing:
             specs = Specs.from_dict(metadata["specs"])
             normalization = metadata.get("normalization") or {}
             collections = metadata.get("collections")
+            # sort_by and nan_policy: top-level keys, else the training parameters exported.
+            params = (metadata.get("training") or {}).get("params") or {}
+            sort_by = metadata.get("sort_by", params.get("sort_by"))
+            nan_policy = metadata.get("nan_policy", params.get("nan_policy"))
             prep = cls(
                 specs,
                 metadata.get("layout") or "flat",
                 float(metadata.get("pad_value") or 0.0),
                 None if normalization.get("folded") else normalization.get("method"),
                 {k: list(v["branches"]) for k, v in collections.items()} if collections else None,
-                dict(metadata["sort_by"]) if metadata.get("sort_by") else None,
-                metadata.get("nan_policy") or "keep",
+                dict(sort_by) if sort_by else None,
+                nan_policy or "keep",
             )
             prep._layout = (
                 CollectionLayout(specs, prep.pad_value, prep.collections)

@@ -190,6 +190,8 @@ def predict(
             **prep.dataset_options(),
         )  # fmt: skip
         roots, parquet = output_paths(out, ds.files)
+        if parquet is not None:
+            _need_pyarrow()
         names = branch_names([t.name for t in runner.outputs], branch_name)
         if {"file", "entry"} & set(names.values()):
             raise RootmlError("branch names 'file' and 'entry' are taken by the parquet columns")
@@ -206,6 +208,13 @@ def predict(
         "outputs": [str(p) for p in written],
         "branches": list(names.values()),
     }
+
+
+def _need_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401  (awkward's parquet writer)
+    except ImportError:
+        raise RootmlError("parquet output needs pyarrow: pip install pyarrow") from None
 
 
 def _scored(
