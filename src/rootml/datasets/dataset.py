@@ -7,7 +7,7 @@ import logging
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -255,27 +255,33 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             yield TensorBatch(to_torch(batch))  # a dict; pickles as one buffer out of workers
 
     def _blocks(self, units: Sequence[Unit]) -> Iterator[dict[str, np.ndarray]]:
-        """Blocks of rows, one per unit, read `prefetch` units ahead in a thread (uproot's
+        """Blocks of rows, one per unit, `prefetch` units ahead: one thread reads units, another
+        turns the units read into blocks, so padding one unit overlaps reading the next (uproot's
         decompression and numpy release the GIL)."""
         reader = self._reader()
         pending: deque = deque()
         todo = iter(units)
-        with ThreadPoolExecutor(1, thread_name_prefix="rootml-read") as pool:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="rootml-read") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="rootml-layout") as shaper,
+        ):
             try:
                 for unit in todo:
-                    pending.append((unit, pool.submit(self._read_block, reader, unit)))
+                    read = pool.submit(reader.read, unit)
+                    pending.append((unit, shaper.submit(self._read_block, read, unit), read))
                     if len(pending) < self.prefetch:
                         continue
-                    block = self._result(*pending.popleft())
+                    block = self._result(*pending.popleft()[:2])
                     if block is not None:
                         yield block
                 while pending:
-                    block = self._result(*pending.popleft())
+                    block = self._result(*pending.popleft()[:2])
                     if block is not None:
                         yield block
             finally:
-                for _, future in pending:
+                for _, future, read in pending:
                     future.cancel()
+                    read.cancel()
                 pool.submit(reader.close)
 
     def _result(self, unit: Unit, future: Any) -> dict[str, np.ndarray] | None:
@@ -300,8 +306,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
         )
 
-    def _read_block(self, reader: UnitReader, unit: Unit) -> dict[str, np.ndarray]:
-        columns, entries = reader.read(unit)
+    def _read_block(self, read: Future, unit: Unit) -> dict[str, np.ndarray]:
+        columns, entries = read.result()
         if self.preprocess is not None:
             columns = _load_hook(self.preprocess)(columns)
         try:
