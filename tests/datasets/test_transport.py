@@ -9,7 +9,8 @@ from collections import OrderedDict
 
 import torch
 
-from rootml.datasets._transport import TensorBatch, _rebuild
+from rootml.datasets import _transport as transport
+from rootml.datasets._transport import TensorBatch
 
 
 def _batch(start: int) -> TensorBatch:
@@ -43,10 +44,26 @@ def test_batches_from_workers_equal_what_the_workers_made():
         batch["features"] += 1  # writable
 
 
-def test_worker_payload_is_one_buffer(monkeypatch):
+def test_worker_payload_goes_through_the_ring_or_one_buffer(monkeypatch):
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    monkeypatch.setattr(transport, "_ring", None)
+    if transport._RING:
+        messages = [pickle.dumps(_batch(i)) for i in range(transport._SLOTS + 2)]
+        ring = transport._ring
+        assert ring is not None and (ring.raw[: transport._SLOTS] == 1).all()
+        # every slot taken: the two last batches went as bytes
+        assert [transport._rebuild_from_ring.__name__.encode() in m for m in messages] == [
+            True
+        ] * transport._SLOTS + [False, False]
+        for i, message in enumerate(messages):
+            back = pickle.loads(message)
+            assert all(torch.equal(back[k], v) for k, v in _batch(i).items())
+        assert (ring.raw[: transport._SLOTS] == 0).all() and ring.raw[transport._SLOTS] == 1
+        # mapped by the receiver: later messages carry the ring's key, no descriptor
+        assert ring.handle()[2] is None
+    monkeypatch.setattr(transport, "_RING", False)
     rebuild, (buffer, layout) = _batch(0).__reduce__()
-    assert rebuild is _rebuild and isinstance(buffer, bytearray)
+    assert rebuild is transport._rebuild and isinstance(buffer, bytearray)
     assert [entry[0] for entry in layout] == list(_batch(0))
     back = pickle.loads(pickle.dumps(_batch(7)))
     assert all(torch.equal(back[k], v) for k, v in _batch(7).items())
