@@ -21,6 +21,8 @@ def _batch(start: int) -> TensorBatch:
         weight=torch.full((4,), 0.5),
         ids=torch.arange(8, dtype=torch.int64).reshape(4, 2) * 3,
         empty=torch.zeros((0, 3)),
+        half=torch.arange(start, start + 4, dtype=torch.bfloat16),
+        scalar=torch.tensor(float(start)),
     )
 
 

@@ -72,7 +72,7 @@ def _layout(batch: dict) -> tuple[list[tuple[str, str, tuple[int, ...], int]], i
 
 def _fill(raw: np.ndarray, layout: list, tensors) -> None:
     for (_, _, _, offset), tensor in zip(layout, tensors):
-        data = tensor.contiguous().numpy().reshape(-1).view(np.uint8)
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()  # any dtype, as bytes
         raw[offset : offset + data.size] = data
 
 
