@@ -15,8 +15,8 @@ rootml train --files "$out/data/files.txt" --labels "$out/data/labels.txt" \
   --model examples/tth/model.py --params examples/tth/params.json --out "$out/run"
 rootml export "$out/run" --name tth --repo "$out/models"
 rootml predict --model "$out/models/tth" --files "$out/data/signal.root" "$out/data/background.root" \
-  --out "$out/scores.root"
+  --out "$out/scores"
 echo
 echo "Done. Run folder (history, plots/*.png, checkpoint, specs.json, summary.json): $out/run"
-echo "Model repository (Triton layout): $out/models    Scores (friend tree): $out/scores.root"
+echo "Model repository (Triton layout): $out/models    Scores (friend trees): $out/scores/"
 echo "Serve it: rootml serve --repo $out/models --port 8000"

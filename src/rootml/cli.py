@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from rootml.errors import RootmlError
@@ -349,6 +350,8 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = run_from_params(files, args.labels, args.model, args.params, args.out,
                               resume=args.resume, device=args.device, epochs=args.epochs,
                               num_workers=args.num_workers)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for all
     final = summary["final"]
     print(f"trained {summary['epochs']} epochs in {summary['seconds']:.1f} s "
           f"({summary['events_per_s']:.0f} events/s); run folder: {args.out}")  # fmt: skip

@@ -37,6 +37,7 @@ def fit_specs(
     nevts: int | None = None,
     max_len: int | float | Mapping[str, int | float] | None = None,
     *,
+    entries: Any = None,
     chunk_size: int = 100_000,
     seed: int = 0,
     workers: int = 4,
@@ -50,14 +51,15 @@ def fit_specs(
 
     files, tree, branches, exclude, cut, aliases, redirector, preprocess: as RootIterableDataset
     (the same resolution; its fingerprint is the Specs' one, so a dataset built with the same
-    arguments accepts these Specs). nevts: a random sample of about that many entries (before
+    arguments accepts these Specs). entries: entry ranges, as RootIterableDataset (e.g. the
+    training part of each file). nevts: a random sample of about that many entries (before
     the cut): random work units of the plan, seeded by `seed`, the last one shortened; None reads
     every entry. max_len: as RootIterableDataset, applied to the fitted multiplicities
     (quantiles use the definition of BranchSpec.multiplicity_quantile). workers: files read at
     once. Raises what RootIterableDataset raises (FileAccessError, SchemaError).
     """
     options = dict(
-        tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases,
+        tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, entries=entries,
         preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
     )  # fmt: skip
     return _fit(files, options, nevts, max_len, chunk_size, seed, workers)[0]
