@@ -158,6 +158,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         )
         self._file_weights = self._per_file(weights, "weights", 1.0, float)
         ranges = self._ranges(metas, nevts, entries)
+        self.ranges = ranges  # the selected [start, stop) of each file, before the cut
         self.num_entries = int(sum(stop - start for start, stop in ranges))
         self._units = [
             u
