@@ -75,7 +75,8 @@ def _machine(results: dict) -> str:
             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['platform']}",
             f"- Versions: {versions}; rootml commit {m.get('commit')}",
             f"- Run: {m['date']}, mode {results['mode']}, best of {settings.get('repeat', 1)} "
-            "runs per throughput case (every run in the JSON)",
+            "runs per throughput case (every run in the JSON; naive, weaver and RSS cases run "
+            "once); load: the 1-minute load average before the case (the previous case counts)",
             f"- Data: {data['entries']:,} events, zlib TTree, {data['file_bytes'] / 1e6:.0f} MB "
             f"file; {data['branches']} branches read ({data['jagged']} jagged), "
             f"{data['compressed_bytes'] / 1e6:.0f} MB compressed / "
