@@ -80,12 +80,12 @@ class Batcher:
 
 
 class _ShufflePool:
-    """The shuffle buffer. Waiting rows stay where they were first stored (rows of preallocated
-    arrays); `slots` lists them in their logical order (logical position -> stored row).
+    """The shuffle buffer. Rows stay where they were first stored (rows of preallocated arrays);
+    `slots` lists the waiting ones in their logical order (logical position -> stored row).
 
     Each cut draws the same permutation as permuting all waiting rows would, and gives the same
-    batches, but only the rows that leave (into their batch) and the block's rows that stay (into
-    free stored rows) are copied: never the whole buffer.
+    batches, but each row is copied twice only, into the pool and into its batch: a cut and the
+    rows it keeps back move indices, never rows.
     """
 
     def __init__(self, batch_size: int, buffer: int, rng: np.random.Generator):
@@ -98,23 +98,15 @@ class _ShufflePool:
         return len(self.slots)
 
     def add(self, block: Block) -> Iterator[Block]:
-        size, rows = self.size, len(next(iter(block.values())))
-        count = max(size + rows - self.buffer, 0) // self.batch_size
+        # Logical positions: the waiting rows, then the block's.
+        self.slots = np.concatenate([self.slots, self._store(block)])
+        count = max(self.size - self.buffer, 0) // self.batch_size
         if not count:
-            stored = self._store(block, np.arange(rows), self.slots)
-            self.slots = np.concatenate([self.slots, stored])
             return
-        # Logical positions: [0, size) the waiting rows, [size, size + rows) the block's.
-        order = self.rng.permutation(size + rows)
+        order = self.rng.permutation(self.size)
         for i in range(count):
-            yield self._gather(order[i * self.batch_size : (i + 1) * self.batch_size], block)
-        rest = order[count * self.batch_size :]
-        from_pool = rest < size
-        kept = self.slots[rest[from_pool]]
-        slots = np.empty(len(rest), dtype=np.int64)
-        slots[from_pool] = kept
-        slots[~from_pool] = self._store(block, rest[~from_pool] - size, kept)
-        self.slots = slots
+            yield self._gather(order[i * self.batch_size : (i + 1) * self.batch_size])
+        self.slots = self.slots[order[count * self.batch_size :]]
 
     def finish(self, drop_last: bool) -> Iterator[Block]:
         count = self.size // self.batch_size
@@ -122,38 +114,24 @@ class _ShufflePool:
         if count:
             order = self.rng.permutation(self.size)
             for i in range(count):
-                yield self._gather(order[i * self.batch_size : (i + 1) * self.batch_size], {})
+                yield self._gather(order[i * self.batch_size : (i + 1) * self.batch_size])
             rest = order[count * self.batch_size :]
         if len(rest) and not drop_last:
-            yield self._gather(rest, {})
+            yield self._gather(rest)
         self.arrays, self.slots = {}, np.zeros(0, dtype=np.int64)
 
-    def _gather(self, index: np.ndarray, block: Block) -> Block:
+    def _gather(self, index: np.ndarray) -> Block:
         """New arrays of the rows at logical positions `index`, in that order."""
-        size = self.size
-        in_pool = index < size
-        stored, from_block = self.slots[index[in_pool]], index[~in_pool] - size
-        batch = {}
-        for key in block or self.arrays:
-            if not len(from_block):
-                batch[key] = self.arrays[key][stored]
-            elif not len(stored):
-                batch[key] = block[key][from_block]
-            else:
-                values = block[key]
-                out = np.empty((len(index), *values.shape[1:]), dtype=values.dtype)
-                out[in_pool] = self.arrays[key][stored]
-                out[~in_pool] = values[from_block]
-                batch[key] = out
-        return batch
+        stored = self.slots[index]
+        return {key: values[stored] for key, values in self.arrays.items()}
 
-    def _store(self, block: Block, rows: np.ndarray, occupied: np.ndarray) -> np.ndarray:
-        """Copy `rows` of `block` into stored rows not in `occupied`; returns where they went."""
-        need = len(occupied) + len(rows)
+    def _store(self, block: Block) -> np.ndarray:
+        """Copy `block` into stored rows that no waiting row uses; returns where it went."""
+        rows = len(next(iter(block.values())))
         capacity = len(next(iter(self.arrays.values()))) if self.arrays else 0
-        if capacity < need:
-            # Room for the buffer and one block, so a steady stream never reallocates.
-            capacity = max(need, self.buffer + len(next(iter(block.values()))))
+        if capacity < self.size + rows:
+            # Room for the buffer, a batch's leftover and a block: a steady stream never regrows.
+            capacity = max(self.size + rows, self.buffer + self.batch_size + rows)
             for key, values in block.items():
                 grown = np.empty((capacity, *values.shape[1:]), dtype=values.dtype)
                 old = self.arrays.get(key)
@@ -161,8 +139,8 @@ class _ShufflePool:
                     grown[: len(old)] = old
                 self.arrays[key] = grown
         used = np.zeros(capacity, dtype=bool)
-        used[occupied] = True
-        free = np.flatnonzero(~used)[: len(rows)]
+        used[self.slots] = True
+        free = np.flatnonzero(~used)[:rows]
         for key, values in self.arrays.items():
-            values[free] = block[key][rows]
+            values[free] = block[key]
         return free
