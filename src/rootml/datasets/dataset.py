@@ -283,7 +283,10 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
                 for _, future, read in pending:
                     future.cancel()
                     read.cancel()
-                pool.submit(reader.close)
+                try:
+                    pool.submit(reader.close)  # after the reads still queued in its thread
+                except RuntimeError:  # the interpreter is exiting: no new futures
+                    reader.close()
 
     def _result(self, unit: Unit, future: Any) -> dict[str, np.ndarray] | None:
         try:

@@ -13,18 +13,13 @@ feature_names (checked against the Specs), labels, normalize, pad_value, specs (
 RUN/specs.json), params, epoch, metrics, and for the collection layout optionally collections
 (name -> branches; default: jagged branches grouped by name prefix, as CollectionLayout does).
 
-How a model is called (the same rule as training): flat layout, ``forward(features)`` or, when
-forward takes a second positional argument, ``forward(features, mask)``. Collection layout: when
-every parameter of forward is the name of an input ("features", "mask", "Jet", "Jet_mask", ...)
-the inputs are given by name; when forward takes one parameter it gets a dict of all inputs;
-otherwise the inputs are given in order (features, mask, then each collection and its mask).
+How a model is called: rootml.transforms.feed.call_model, the rule training uses too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import inspect
 import json
 import os
 import sys
@@ -228,44 +223,3 @@ def _unwrapped(state: Mapping[str, Any]) -> dict[str, Any]:
         if state and all(key.startswith(prefix) for key in state):
             state = {key[len(prefix) :]: value for key, value in state.items()}
     return state
-
-
-def _positional(module: Any) -> tuple[list[str], bool]:
-    """Names of forward's positional parameters and whether it takes *args."""
-    parameters = inspect.signature(module.forward).parameters.values()
-    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return names, any(p.kind == p.VAR_POSITIONAL for p in parameters)
-
-
-def takes_mask(module: Any) -> bool:
-    """Whether a flat-layout model's forward accepts the mask as a second argument."""
-    names, var = _positional(module)
-    return var or len(names) >= 2
-
-
-def call_model(module: Any, layout_name: str, inputs: Mapping[str, Any]) -> Any:
-    """Run `module` on `inputs` (input name -> tensor, in layout order) by the calling rule of
-    the module docstring."""
-    if layout_name == "flat":
-        if takes_mask(module):
-            return module(inputs["features"], inputs["mask"])
-        return module(inputs["features"])
-    names, var = _positional(module)
-    keywords = [
-        p.name
-        for p in inspect.signature(module.forward).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    if not var and keywords and set(keywords) <= set(inputs) | _optional(module):
-        return module(**{k: inputs[k] for k in keywords if k in inputs})
-    if not var and len(names) == 1:
-        return module(dict(inputs))
-    return module(*inputs.values())
-
-
-def _optional(module: Any) -> set[str]:
-    return {
-        p.name
-        for p in inspect.signature(module.forward).parameters.values()
-        if p.default is not inspect.Parameter.empty
-    }

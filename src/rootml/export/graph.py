@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from rootml.errors import ModelError
-from rootml.export.checkpoint import TrainedRun, call_model
+from rootml.export.checkpoint import TrainedRun
 from rootml.transforms import Normalize
 from rootml.transforms.collection import layout_parts
+from rootml.transforms.feed import call_model
 
 OUTPUT_NAME = "score"
 DEFAULT_OPSET = 17

@@ -18,8 +18,9 @@ import awkward as ak
 import numpy as np
 
 from rootml.errors import ModelError, RootmlError
-from rootml.export.checkpoint import TrainedRun, call_model
+from rootml.export.checkpoint import TrainedRun
 from rootml.transforms import Normalize
+from rootml.transforms.feed import call_model
 
 log = logging.getLogger(__name__)
 

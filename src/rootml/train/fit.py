@@ -4,7 +4,6 @@ metrics, history, plots and checkpoints written into one run folder."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -20,6 +19,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from rootml.train.metrics import EpochMetrics
 from rootml.train.plots import plot_history, plot_roc
+from rootml.transforms import FlatLayout
+from rootml.transforms.collection import layout_parts
+from rootml.transforms.feed import call_model
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,9 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train `model` on the batches of `train` (a RootIterableDataset), validating on `val`.
 
-    The model takes features (B, F) float32 — or (features, mask) when its forward has two
-    parameters — and returns (B, 1) probabilities (binary, binary cross-entropy) or (B, C) logits
+    The model is called by rootml.transforms.feed.call_model: flat layout, features (B, F) float32
+    (and the mask when forward takes a second argument); collection layout, the parts by name,
+    as one dict, or in order. It returns (B, 1) probabilities (binary, binary cross-entropy) or (B, C) logits
     (C classes, cross-entropy). Losses are weighted by batch["weight"] times `class_weights`.
     An epoch is one pass over every training entry. Under torchrun the model is wrapped in DDP,
     ranks read disjoint shards, and since shards may differ by a batch, the loop runs inside
@@ -88,7 +91,6 @@ def fit(
         torch.set_rng_state(state["rng_state"])  # dropout continues as if never interrupted
         log.info("resuming %s after epoch %d", out, start)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    takes_mask = len(inspect.signature(model.forward).parameters) >= 2
     weights = torch.tensor(class_weights, device=target) if class_weights else None
     cuda = target.type == "cuda"
     for epoch in range(start, epochs):
@@ -102,7 +104,6 @@ def fit(
             num_workers,
             amp,
             weights,
-            takes_mask,
             f"epoch {epoch + 1}/{epochs}",
             rank,
         )
@@ -110,7 +111,7 @@ def fit(
         if val is not None:
             # The bare module: no DDP collectives in evaluation, whatever each rank's batch count.
             val_metrics = _run(
-                model, val, target, None, num_workers, amp, weights, takes_mask, "validation", rank
+                model, val, target, None, num_workers, amp, weights, "validation", rank
             )
             row.update(val_metrics.result("val"))
         seconds = time.perf_counter() - begin
@@ -137,7 +138,7 @@ def fit(
 
 
 def _run(
-    model, dataset, device, optimizer, num_workers, amp, class_weights, takes_mask, title, rank
+    model, dataset, device, optimizer, num_workers, amp, class_weights, title, rank
 ) -> EpochMetrics:
     training = optimizer is not None
     model.train(training)
@@ -146,17 +147,23 @@ def _run(
         dataset, batch_size=None, num_workers=num_workers, pin_memory=cuda, persistent_workers=False
     )
     metrics: EpochMetrics | None = None
+    layout_name = "flat" if isinstance(dataset.layout, FlatLayout) else "collection"
+    keys = [
+        key
+        for array, mask, branches in layout_parts(dataset.layout)
+        if branches
+        for key in (array, mask)
+    ]
     bar = _progress(dataset, title, rank)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     join = model.join() if ddp and training else contextlib.nullcontext()
     with join, torch.set_grad_enabled(training):
         for batch in loader:
-            x = batch["features"].to(device, non_blocking=cuda)
+            inputs = {key: batch[key].to(device, non_blocking=cuda) for key in keys}
             labels = batch["label"].to(device, non_blocking=cuda)
             weight = batch["weight"].to(device, non_blocking=cuda)
-            inputs = (x, batch["mask"].to(device, non_blocking=cuda)) if takes_mask else (x,)
             with torch.autocast(device.type, enabled=amp):
-                output = model(*inputs)
+                output = call_model(model, layout_name, inputs, getattr(model, "module", model))
             loss_per_event, probs = _loss(output.float(), labels)
             if class_weights is not None:
                 weight = weight * class_weights[labels]

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": None,
     "pad_value": 0.0,
     "specs_nevts": None,
+    "layout": "flat",
 }
 # Arguments passed to RootIterableDataset as they are.
 DATASET_KEYS = (
@@ -68,6 +69,7 @@ DATASET_KEYS = (
     "label_branch",
     "balance",
     "normalize",
+    "layout",
 )
 
 

@@ -19,6 +19,8 @@ from rootml.datasets._files import resolve_files
 from rootml.errors import FileAccessError
 from rootml.train.fit import fit, init_distributed, resolve_device
 from rootml.train.params import dataset_arguments, load_params
+from rootml.transforms import FlatLayout
+from rootml.transforms.collection import layout_parts
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,8 @@ def run_from_params(
         else None
     )
     factory = load_model_factory(model_file)
-    model = factory(len(train.feature_names))
+    model_args = _model_args(train)
+    model = factory(**model_args)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(model_file, out / "model.py")
@@ -121,8 +124,8 @@ def run_from_params(
             _histograms(urls, train._file_labels, params, train_ranges, out / str(params["hist"]))
     extra = {
         "model_file": "model.py",
-        "model_args": {"idim": len(train.feature_names)},
-        "layout": "flat",
+        "model_args": model_args,
+        "layout": params["layout"],
         "feature_names": train.feature_names,
         "labels": _label_names(train._file_labels),
         "normalize": params["normalize"],
@@ -167,6 +170,19 @@ def run_from_params(
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_safe))
     return summary
+
+
+def _model_args(train: RootIterableDataset) -> dict[str, Any]:
+    """model(idim=F) for the flat layout; model(inputs=...) for the collection layout, inputs
+    describing each part: {"features": F0, "Jet": [C, N], ...} (shapes without the batch)."""
+    if isinstance(train.layout, FlatLayout):
+        return {"idim": len(train.feature_names)}
+    inputs = {}
+    for array, _, branches in layout_parts(train.layout):
+        if branches:
+            width = len(branches)
+            inputs[array] = width if array == "features" else [width, train.layout.lengths[array]]
+    return {"inputs": inputs}
 
 
 def _histograms(urls, labels, params, ranges, folder: Path) -> None:
