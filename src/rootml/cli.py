@@ -333,7 +333,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on ROOT files (MLaaS4HEP inputs work as is)")
     p.add_argument("--files", required=True, nargs="+", help="files.txt, glob, or paths/URLs")
     p.add_argument("--labels", help="labels.txt: one label per file, in the files' order")
-    p.add_argument("--model", required=True, help="model.py defining model(idim) -> torch.nn.Module")
+    p.add_argument(
+        "--model", required=True, help="model.py defining model(idim) -> torch.nn.Module"
+    )
     p.add_argument("--params", help="params.json (MLaaS4HEP keys and rootml's own)")
     p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -355,7 +357,9 @@ def _run_train(args: argparse.Namespace) -> int:
     final = summary["final"]
     print(f"trained {summary['epochs']} epochs in {summary['seconds']:.1f} s "
           f"({summary['events_per_s']:.0f} events/s); run folder: {args.out}")  # fmt: skip
-    print("  ".join(f"{k}={final[k]:.4f}" for k in final if k.endswith(("loss", "accuracy", "auc"))))
+    print(
+        "  ".join(f"{k}={final[k]:.4f}" for k in final if k.endswith(("loss", "accuracy", "auc")))
+    )
     return 0
 
 

@@ -127,9 +127,17 @@ def test_report_sums_over_workers(tmp_path, context):
     start = uproot.open(HZZ)["events"]["Jet_Px"].member("fBasketSeek")[0]
     raw[start + 100 : start + 400] = b"\x00" * 300
     corrupt.write_bytes(bytes(raw))
-    ds = RootIterableDataset([corrupt, HZZ, DATA / "uproot-HZZ-zstd.root"], branches=["Jet_Px"], max_len=2,
-                             on_error="skip", batch_size=1000, drop_last=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    ds = RootIterableDataset(
+        [corrupt, HZZ, DATA / "uproot-HZZ-zstd.root"],
+        branches=["Jet_Px"],
+        max_len=2,
+        on_error="skip",
+        batch_size=1000,
+        drop_last=True,
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=context
+    )
     rows = sum(len(b["entry"]) for b in loader)
     report = ds.report
     assert report["skipped_entries"] == 2421 and report["skipped_units"] == 1
