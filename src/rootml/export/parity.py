@@ -71,10 +71,6 @@ def _training_blocks(run: TrainedRun, batches: int, batch_size: int) -> Iterator
     options: dict[str, Any] = {
         key: run.params[key] for key in _VALUE_PARAMS if key in accepted and key in run.params
     }
-    if "layout" in accepted:
-        options["layout"] = run.layout_name
-    if "collections" in accepted and run.checkpoint.get("collections"):
-        options["collections"] = run.checkpoint["collections"]
     ds = RootIterableDataset(
         fingerprint["files"],
         tree=fingerprint.get("tree"),
@@ -89,11 +85,9 @@ def _training_blocks(run: TrainedRun, batches: int, batch_size: int) -> Iterator
         specs=run.specs,
         reuse_specs=True,
         retries=1,
+        layout=run.layout,  # the layout object, so a run's own collections are kept
         **options,
     )
-    if "layout" not in accepted:
-        # This dataset builds the flat layout only; the run's layout object reads the same chunks.
-        ds.layout = run.layout
     keys = [name for key, mask_key, _ in run.parts for name in (key, mask_key)]
     for i, batch in enumerate(ds):
         if i >= batches:
