@@ -28,7 +28,7 @@ from rootml.cli import main as rootml_main
 from rootml.datasets import RootIterableDataset, fit_specs
 from rootml.errors import ModelError
 from rootml.export import export_run, graph_io, list_versions, load_model, read_config
-from rootml.transforms import CollectionLayout
+from rootml.transforms import CollectionLayout, FlatLayout, Specs
 from tests.conftest import HZZ
 
 BRANCHES = ["MET_px", "MET_py", "Jet_Px", "Jet_Py", "Jet_E", "Muon_Px", "Muon_Py"]
@@ -477,3 +477,54 @@ def test_cli_export_run(tmp_path, specs, capsys):
     assert list_versions(repo, "cli") == [1, 2] and sorted(p.name for p in repo.iterdir()) == [
         "cli"
     ]
+
+
+def test_export_a_real_rootml_train_run(tmp_path, capsys):
+    # Two copies of HZZ as "signal" and "background": the run folder, checkpoint and Specs are
+    # written by `rootml train` itself; what the model learns does not matter here.
+    files = [tmp_path / "signal.root", tmp_path / "background.root"]
+    for path in files:
+        shutil.copy(HZZ, path)
+    (tmp_path / "labels.txt").write_text("1\n0\n")
+    (tmp_path / "model.py").write_text(textwrap.dedent(MASKED_MODEL))
+    params = {
+        "epochs": 1,
+        "batch_size": 256,
+        "chunk_size": 1000,
+        "selected_branches": ["MET_px", "MET_py", "Jet_Px", "Jet_Py"],
+        "max_len": 3,
+        "val_fraction": 0.25,
+        "device": "cpu",
+        "seed": 1,
+    }
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    run = tmp_path / "run"
+    argv = [
+        "train", "--files", *map(str, files), "--labels", str(tmp_path / "labels.txt"),
+        "--model", str(tmp_path / "model.py"), "--params", str(tmp_path / "params.json"),
+        "--out", str(run),
+    ]  # fmt: skip
+    assert rootml_main(argv) == 0
+    repo = tmp_path / "models"
+    export = ["export", str(run), "--name", "trained", "--repo", str(repo)]
+    assert rootml_main([*export, "--fold-normalization"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(repo / "trained" / "1" / "model.onnx")
+
+    loaded = load_model(repo, "trained")
+    meta = loaded.metadata
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    specs = Specs.load(run / "specs.json")
+    assert meta["feature_names"] == checkpoint["feature_names"] == specs.feature_names
+    assert meta["normalization"] == {"method": "standard", "folded": True}
+    assert meta["parity"]["data"] == "training data" and meta["parity"]["max_abs_diff"] <= 1e-5
+    assert meta["training"]["summary"] == json.loads((run / "summary.json").read_text())
+    # The trained weights, rebuilt here from model.py, on numpy-normalised HZZ entries, against
+    # the folded graph on the raw values.
+    model = _import(run / "model.py")(**checkpoint["model_args"])
+    model.load_state_dict(checkpoint["model_state"])
+    chunk = uproot.open(HZZ)["events"].arrays(["MET_px", "MET_py", "Jet_Px", "Jet_Py"])
+    raw = FlatLayout(specs.columns())({k: chunk[k] for k in chunk.fields})
+    raw.pop("stats")
+    expected = torch_scores(model.eval(), normalise(specs, raw), args=["features", "mask"])
+    got = run_onnx(loaded.session, raw)
+    assert got.shape == (2421, 2) and np.abs(got - expected).max() < 1e-5
