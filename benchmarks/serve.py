@@ -1,0 +1,754 @@
+"""Serving benchmark: `rootml serve` on loopback next to onnxruntime in-process and a minimal server.
+
+Models (built here with onnx.helper, random weights, fixed seed):
+
+- mlp: 100 inputs -> 128 -> 64 -> 1 (ReLU, sigmoid), the 100-input MLP of SERVING.md's figure;
+- heavy: 100 -> 2048 x 4 -> 1, a model whose single-row run costs >= 1 ms (measured, printed),
+  for dynamic batching.
+
+Each is served twice by one `rootml serve`: without batching, and as `<name>_batched` with
+dynamic batching (config.pbtxt `dynamic_batching`). Cases:
+
+- inprocess: `session.run` in a loop on the same batches (1, 64, 1024 rows) with the server's
+  session options (1 intra-op thread); `inprocess-2threads`: two threads calling it at once;
+- starlette: the floor of a Python HTTP server, a ~30-line Starlette + orjson endpoint around the
+  same session (defined here, run by uvicorn with the server's options in a subprocess), V2 JSON;
+- rootml: KServe V2 infer, JSON and binary tensors, batch 1/64/1024, 1 and 64 clients, batching
+  off/on; every request/response pair is first checked against the in-process outputs.
+
+Load comes from wrk (Debian's `wrk`, a Lua script for the POST bodies; one thread) or, without
+wrk or with `--client python`, from an asyncio raw-socket client in this process. The server,
+the load generator and this script share the machine's cores: a load generator that takes CPU
+takes it from the server too. The server's CPU per request (from /proc) is recorded apart.
+
+Usage:
+    python benchmarks/serve.py              # full (~5 min on 2 cores), benchmarks/results/serve.json
+    python benchmarks/serve.py --quick      # 1 s per case (~1 min; what `rootml bench` runs)
+    python benchmarks/serve.py --profile    # also py-spy the server over the target cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FEATURES = 100
+MODELS = {"mlp": [FEATURES, 128, 64, 1], "heavy": [FEATURES, 2048, 2048, 2048, 2048, 1]}
+BATCHING_DELAY_US = 1000
+BATCHES = (1, 64, 1024)
+CLIENTS = (1, 64)
+TARGETS = {
+    # name: (numerator case, denominator case, key, needed ratio)
+    "json b1 c64: rootml / starlette req/s": (
+        "rootml-json-b1-c64",
+        "starlette-json-b1-c64",
+        "req_per_s",
+        0.8,
+    ),
+    "binary b1024 c64: rootml / in-process rows/s": (
+        "rootml-binary-b1024-c64",
+        "inprocess-b1024",
+        "rows_per_s",
+        0.7,
+    ),
+    "heavy json b1 c64: batching on / off req/s": (
+        "heavy_batched-json-b1-c64",
+        "heavy-json-b1-c64",
+        "req_per_s",
+        3.0,
+    ),
+}
+
+
+# -- models and repository ------------------------------------------------------------------------
+def mlp_onnx(widths: list[int], seed: int = 0) -> bytes:
+    """An MLP as ONNX: "features" FP32 [-1, widths[0]] -> "score" FP32 [-1, widths[-1]]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights, x = [], [], "features"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        w = (rng.standard_normal((a, b), dtype=np.float32) * np.float32(np.sqrt(2 / a))).astype(
+            np.float32
+        )
+        weights += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.full(b, 0.01, np.float32), f"b{i}"),
+        ]
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"h{i}"]))
+        x = f"h{i}"
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Sigmoid", [x], ["score"]))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", widths[0]])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", widths[-1]])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def make_repository(folder: Path, models: dict[str, bytes]) -> None:
+    """Each model as `name` (no batching) and `name_batched` (dynamic batching) under `folder`."""
+    from rootml.export.repository import add_onnx_model
+
+    batching = {"dynamic_batching": {"max_queue_delay_microseconds": BATCHING_DELAY_US}}
+    for name, data in models.items():
+        add_onnx_model(folder, name, data)
+        add_onnx_model(folder, f"{name}_batched", data, config=batching)
+
+
+def _session(data: bytes):
+    import onnxruntime as ort
+
+    from rootml.export.repository import session_options
+
+    return ort.InferenceSession(data, session_options(1), providers=["CPUExecutionProvider"])
+
+
+def _inputs(batch: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, FEATURES), dtype=np.float32)
+
+
+# -- in-process reference -------------------------------------------------------------------------
+def run_inprocess(session, batch: int, seconds: float, threads: int = 1) -> dict:
+    """`session.run` on one batch in a loop for `seconds` from `threads` threads at once."""
+    x = _inputs(batch)
+    session.run(["score"], {"features": x})
+    times: list[list[float]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def loop(out: list[float]) -> None:
+        start.wait()
+        end = time.perf_counter() + seconds
+        while True:
+            t0 = time.perf_counter()
+            session.run(["score"], {"features": x})
+            t1 = time.perf_counter()
+            out.append(t1 - t0)
+            if t1 >= end:
+                return
+
+    workers = [threading.Thread(target=loop, args=(t,)) for t in times]
+    for w in workers:
+        w.start()
+    cpu, t0 = time.process_time(), time.perf_counter()
+    start.wait()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    latencies = np.concatenate([np.asarray(t) for t in times])
+    return _summary(len(latencies), 0, elapsed, latencies, batch) | {
+        "client_cpu_s": time.process_time() - cpu
+    }
+
+
+def _summary(requests: int, errors: int, seconds: float, latencies, batch: int) -> dict:
+    p50, p99 = np.percentile(latencies, [50, 99]) if len(latencies) else (np.nan, np.nan)
+    return {
+        "requests": int(requests),
+        "errors": int(errors),
+        "seconds": round(seconds, 4),
+        "req_per_s": requests / seconds,
+        "rows_per_s": requests * batch / seconds,
+        "p50_ms": float(p50) * 1e3,
+        "p99_ms": float(p99) * 1e3,
+    }
+
+
+# -- the minimal Starlette endpoint (the floor of a Python HTTP server) ---------------------------
+def reference_app(model_path: str):
+    """Starlette + orjson + onnxruntime, nothing else: V2 JSON infer of a one-input model."""
+    import orjson
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    session = _session(Path(model_path).read_bytes())
+    output = session.get_outputs()[0].name
+
+    async def infer(request):
+        item = orjson.loads(await request.body())["inputs"][0]
+        x = np.asarray(item["data"], dtype=np.float32).reshape(item["shape"])
+        y = session.run([output], {item["name"]: x})[0]
+        doc = {
+            "model_name": request.path_params["name"],
+            "outputs": [{"name": output, "datatype": "FP32", "shape": y.shape, "data": y.ravel()}],
+        }
+        body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body, media_type="application/json")
+
+    async def ready(request):
+        return Response(b'{"ready":true}', media_type="application/json")
+
+    routes = [
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/health/ready", ready),
+    ]
+    return Starlette(routes=routes)
+
+
+def _serve_reference(model_path: str, port: int) -> None:
+    import uvicorn
+
+    # The options of rootml.serve.app.run_server, so both servers run on the same HTTP stack.
+    uvicorn.run(
+        reference_app(model_path),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+# -- servers --------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server subprocess on a free loopback port, ready when /v2/health/ready answers 200."""
+
+    def __init__(self, command: list[str], log: Path, port: int):
+        import httpx
+
+        self.port, self.log = port, log
+        self.url = f"http://127.0.0.1:{port}"
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{command[:4]} did not become ready:\n{log.read_text()[-2000:]}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process (all its threads) so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+# -- load generators ------------------------------------------------------------------------------
+_WRK_SCRIPT = """
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+local header_length = os.getenv("BENCH_HEADER_LENGTH")
+if header_length ~= "" then wrk.headers["Inference-Header-Content-Length"] = header_length end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nWRK_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(url: str, body: bytes, header_length: int | None, clients: int, seconds: float,
+            batch: int, folder: Path) -> dict:  # fmt: skip
+    """wrk -t1 -c`clients` POSTing `body` for `seconds` (whole seconds, at least 1)."""
+    import resource
+
+    script, data = folder / "post.lua", folder / "body.bin"
+    script.write_text(_WRK_SCRIPT)
+    data.write_bytes(body)
+    env = {
+        **os.environ,
+        "BENCH_BODY": str(data),
+        "BENCH_HEADER_LENGTH": "" if header_length is None else str(header_length),
+        "BENCH_CONTENT_TYPE": "application/octet-stream" if header_length else "application/json",
+    }
+    duration = max(1, round(seconds))
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{duration}s", "--timeout", "10s"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [*command, "-s", str(script), url], capture_output=True, text=True, env=env,
+        timeout=duration + 60,
+    )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    match = re.search(r"WRK_JSON (\{.*\})", done.stdout)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout)[-500:]}")
+    w = json.loads(match.group(1))
+    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    elapsed = w["duration_us"] / 1e6
+    return {
+        "requests": w["requests"],
+        "errors": errors,
+        "error_kinds": {k: w[k] for k in ("connect", "read", "write", "status", "timeout")},
+        "seconds": round(elapsed, 4),
+        "req_per_s": w["requests"] / elapsed,
+        "rows_per_s": w["requests"] * batch / elapsed,
+        "p50_ms": w["p50_us"] / 1e3,
+        "p99_ms": w["p99_us"] / 1e3,
+        "client_cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+    }
+
+
+def _request_bytes(port: int, path: str, body: bytes, header_length: int | None) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}"]
+    if header_length is None:
+        head.append("Content-Type: application/json")
+    else:
+        head.append(f"Inference-Header-Content-Length: {header_length}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _python_load(port: int, request: bytes, clients: int, seconds: float):
+    latencies: list[float] = []
+    errors = 0
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                if head[9:12] == b"200":
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    outcomes = await asyncio.gather(*(client() for _ in range(clients)), return_exceptions=True)
+    errors += sum(isinstance(o, Exception) for o in outcomes)
+    return latencies, errors, time.perf_counter() - t0
+
+
+def run_python_client(port: int, path: str, body: bytes, header_length: int | None, clients: int,
+                      seconds: float, batch: int) -> dict:  # fmt: skip
+    """`clients` keep-alive connections from one asyncio loop in this process, for `seconds`."""
+    cpu = time.process_time()
+    request = _request_bytes(port, path, body, header_length)
+    latencies, errors, elapsed = asyncio.run(_python_load(port, request, clients, seconds))
+    result = _summary(len(latencies), errors, elapsed, np.asarray(latencies), batch)
+    return result | {"client_cpu_s": time.process_time() - cpu}
+
+
+# -- cases ----------------------------------------------------------------------------------------
+def http_cases() -> list[dict]:
+    """Every HTTP case, each reference next to what it is compared with."""
+    cases = []
+    for batch in BATCHES:
+        for clients in CLIENTS:
+            cases.append(dict(server="starlette", model="mlp", encoding="json"))
+            cases += [dict(server="rootml", model="mlp", encoding=e) for e in ("json", "binary")]
+            for case in cases[-3:]:
+                case.update(batch=batch, clients=clients)
+    cases += [
+        dict(server="rootml", model="mlp_batched", encoding=e, batch=1, clients=64)
+        for e in ("json", "binary")
+    ]
+    for encoding in ("json", "binary"):
+        for model in ("heavy", "heavy_batched"):
+            cases.append(dict(server="rootml", model=model, encoding=encoding, batch=1, clients=64))
+    cases.append(dict(server="rootml", model="heavy_batched", encoding="json", batch=1, clients=1))
+    return cases
+
+
+def case_name(case: dict) -> str:
+    """rootml-json-b1-c64, rootml_batched-..., heavy-..., heavy_batched-..., starlette-..."""
+    prefix = {"mlp": "rootml", "mlp_batched": "rootml_batched"}.get(case["model"], case["model"])
+    prefix = "starlette" if case["server"] == "starlette" else prefix
+    return f"{prefix}-{case['encoding']}-b{case['batch']}-c{case['clients']}"
+
+
+def _body(batch: int, encoding: str) -> tuple[bytes, int | None]:
+    from rootml.serve.codec import encode_infer_request
+
+    return encode_infer_request({"features": _inputs(batch)}, binary=encoding == "binary")
+
+
+def _check(url: str, body: bytes, header_length: int | None, expected: np.ndarray) -> None:
+    """One request; its scores must equal the in-process run's (else RuntimeError)."""
+    import httpx
+
+    from rootml.serve.codec import decode_infer_response
+
+    headers = (
+        {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+    )
+    answer = httpx.post(url, content=body, headers=headers, timeout=60)
+    if answer.status_code != 200:
+        raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:300]}")
+    got = decode_infer_response(
+        answer.content, answer.headers.get("inference-header-content-length")
+    )["score"]
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        raise RuntimeError(
+            f"scores differ from in-process onnxruntime: {got[:3]} vs {expected[:3]}"
+        )
+
+
+def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: float,
+              folder: Path) -> dict:  # fmt: skip
+    server = servers[case["server"]]
+    path = f"/v2/models/{case['model']}/infer"
+    body, header_length = _body(case["batch"], case["encoding"])
+    base_model = case["model"].removesuffix("_batched")
+    expected = sessions[base_model].run(["score"], {"features": _inputs(case["batch"])})[0]
+    _check(server.url + path, body, header_length, expected)
+    load, cpu = os.getloadavg()[0], server.cpu_seconds()
+    if client == "wrk":
+        result = run_wrk(
+            server.url + path, body, header_length, case["clients"], seconds, case["batch"], folder
+        )
+    else:
+        result = run_python_client(
+            server.port, path, body, header_length, case["clients"], seconds, case["batch"]
+        )
+    server_cpu = server.cpu_seconds() - cpu
+    return {
+        **case,
+        "client": client,
+        **result,
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_us_per_req": server_cpu / max(1, result["requests"]) * 1e6,
+        "body_bytes": len(body),
+        "load_before": load,
+    }
+
+
+def _inprocess_cases(sessions: dict, seconds: float, repeat: int) -> dict:
+    cases = {}
+    specs = [(f"inprocess-b{b}", "mlp", b, 1) for b in BATCHES]
+    specs += [("inprocess-2threads-b1024", "mlp", 1024, 2)]
+    specs += [("heavy-inprocess-b1", "heavy", 1, 1), ("heavy-inprocess-b64", "heavy", 64, 1)]
+    for name, model, batch, threads in specs:
+        load = os.getloadavg()[0]
+        runs = [run_inprocess(sessions[model], batch, seconds, threads) for _ in range(repeat)]
+        best = max(runs, key=lambda r: r["rows_per_s"])
+        cases[name] = {
+            "server": "inprocess",
+            "model": model,
+            "batch": batch,
+            "threads": threads,
+            **best,
+            "runs": [round(r["req_per_s"], 1) for r in runs],
+            "load_before": load,
+        }
+    return cases
+
+
+def run_benchmark(
+    quick: bool = False,
+    seconds: float | None = None,
+    repeat: int | None = None,
+    client: str | None = None,
+    profile: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run every case and return the results dict (see the module docstring).
+
+    `seconds` per case (full 5, quick 1); HTTP cases run `repeat` times (full 2, quick 1) and keep
+    the run with the most requests/s. `client` is "wrk" (default when installed) or "python".
+    """
+    seconds = seconds or (1.0 if quick else 5.0)
+    repeat = repeat or (1 if quick else 2)
+    client = client or ("wrk" if shutil.which("wrk") else "python")
+    if client == "wrk" and not shutil.which("wrk"):
+        raise RuntimeError("wrk is not installed (apt-get install wrk), or use --client python")
+    results: dict = {
+        "benchmark": "serve",
+        "mode": "quick" if quick else "full",
+        "machine": machine_info(),
+        "settings": {
+            "seconds": seconds,
+            "repeat": repeat,
+            "client": client,
+            "batching_delay_us": BATCHING_DELAY_US,
+            "server": "rootml serve, 1 worker, 1 intra-op thread per run, runs in flight = cores",
+        },
+        "models": {},
+        "cases": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="rootml-bench-serve-") as tmp:
+        folder = Path(tmp)
+        models = {name: mlp_onnx(widths) for name, widths in MODELS.items()}
+        sessions = {name: _session(data) for name, data in models.items()}
+        for name, widths in MODELS.items():
+            results["models"][name] = {"widths": widths, "onnx_bytes": len(models[name])}
+        make_repository(folder / "repo", models)
+        (folder / "mlp.onnx").write_bytes(models["mlp"])
+        _say(progress, "in-process onnxruntime ...")
+        results["cases"].update(_inprocess_cases(sessions, min(seconds, 2.0), repeat))
+        single = results["cases"]["heavy-inprocess-b1"]["p50_ms"]
+        results["models"]["heavy"]["single_row_ms"] = single
+        results["models"]["mlp"]["single_row_ms"] = results["cases"]["inprocess-b1"]["p50_ms"]
+        _say(progress, f"heavy model: single-row run {single:.2f} ms (p50)")
+        servers = _start_servers(folder)
+        try:
+            for case in http_cases():
+                name = case_name(case)
+                _say(progress, f"  {name} ...")
+                runs = []
+                for _ in range(repeat):
+                    try:
+                        runs.append(_run_http(case, servers, sessions, client, seconds, folder))
+                    except Exception as err:  # a failed case is reported, the others still run
+                        runs.append({**case, "error": f"{type(err).__name__}: {err}"})
+                timed = [r for r in runs if "error" not in r]
+                best = max(timed, key=lambda r: r["req_per_s"]) if timed else runs[0]
+                best["runs"] = [round(r["req_per_s"], 1) for r in timed]
+                results["cases"][name] = best
+            if profile:
+                results["profiles"] = _profile(servers, sessions, client, seconds, folder)
+        finally:
+            for server in servers.values():
+                server.stop()
+    results["machine"]["load_after"] = os.getloadavg()
+    results["targets"] = targets(results["cases"])
+    return results
+
+
+def _start_servers(folder: Path) -> dict:
+    repo_port, reference_port = _free_port(), _free_port()
+    rootml = [sys.executable, "-m", "rootml.cli", "serve", "--repo", str(folder / "repo")]
+    reference = [sys.executable, str(Path(__file__).resolve()), "--reference-server"]
+    servers = {
+        "rootml": Server([*rootml, "--port", str(repo_port)], folder / "rootml.log", repo_port)
+    }
+    try:
+        servers["starlette"] = Server(
+            [*reference, str(folder / "mlp.onnx"), "--port", str(reference_port)],
+            folder / "starlette.log",
+            reference_port,
+        )
+    except Exception:
+        servers["rootml"].stop()
+        raise
+    return servers
+
+
+def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder: Path) -> dict:
+    """py-spy (idle frames included) on the server over each target's HTTP cases: top frames."""
+    if not shutil.which("py-spy"):
+        return {"skipped": "py-spy is not installed (pip install py-spy)"}
+    profiles = {}
+    wanted = {
+        n for numerator, denominator, *_ in TARGETS.values() for n in (numerator, denominator)
+    }
+    for case in http_cases():
+        name = case_name(case)
+        if name not in wanted:
+            continue
+        server = servers[case["server"]]
+        raw = folder / f"{name}.txt"
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(server.process.pid), "--idle", "--format", "raw",
+             "--rate", "200", "--output", str(raw), "--duration", str(max(1, round(seconds)))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)
+        result = _run_http(case, servers, sessions, client, seconds, folder)
+        spy.wait(timeout=60)
+        profiles[name] = {"req_per_s": result["req_per_s"], **summarise_profile(raw)}
+        shutil.copy(raw, HERE / "results" / f"serve-profile-{name}.txt")
+    return profiles
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict:
+    """Per-thread sample shares and the functions with most self / total samples (py-spy raw)."""
+    self_counts: dict[str, int] = {}
+    total_counts: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        samples += n
+        thread = re.sub(r"\s*\(.*", "", frames[0]) if frames[0].startswith("thread") else "main"
+        threads[thread] = threads.get(thread, 0) + n
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        for frame in set(frames):
+            total_counts[frame] = total_counts.get(frame, 0) + n
+
+    def share(counts: dict) -> list:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [[frame, round(100 * n / max(1, samples), 1)] for frame, n in ranked]
+
+    return {"samples": samples, "threads": share(threads), "self": share(self_counts),
+            "total": share(total_counts)}  # fmt: skip
+
+
+def targets(cases: dict) -> dict:
+    """Each target's ratio of two cases of the same run, and whether it holds (0 errors too)."""
+    out = {}
+    for name, (numerator, denominator, key, need) in TARGETS.items():
+        a, b = cases.get(numerator, {}), cases.get(denominator, {})
+        if key not in a or key not in b:
+            out[name] = {"value": None, "need": f">= {need}", "met": False}
+            continue
+        value = a[key] / b[key]
+        errors = a.get("errors", 0) + b.get("errors", 0)
+        out[name] = {
+            "value": value,
+            "need": f">= {need}",
+            "errors": errors,
+            "met": value >= need and errors == 0,
+            "cases": [numerator, denominator],
+        }
+    return out
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict:
+    """CPU, cores, memory, versions, commit, date and the load average at the start."""
+    import importlib.metadata
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    with contextlib.suppress(OSError):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                memory = round(int(line.split()[1]) / 1024**2, 1)
+    versions = {"python": platform.python_version()}
+    for package in ("rootml", "onnxruntime", "numpy", "fastapi", "starlette", "uvicorn", "h11",
+                    "httptools", "uvloop", "orjson"):  # fmt: skip
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    if shutil.which("wrk"):
+        probe = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        versions["wrk"] = (probe.stdout + probe.stderr).split("[")[0].replace("wrk", "").strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": memory,
+        "platform": platform.platform(),
+        "versions": versions,
+        "commit": commit or None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_before": os.getloadavg(),
+    }
+
+
+# -- output ---------------------------------------------------------------------------------------
+def format_table(results: dict) -> str:
+    """The results as a fixed-width text table, then the models and the targets."""
+    header = (
+        f"{'case':<32} {'client':>6} {'requests':>8} {'err':>4} {'req/s':>9} {'rows/s':>11} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'srv us/req':>10} {'load':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, case in results["cases"].items():
+        if "error" in case:
+            lines.append(f"{name:<32} error: {case['error'][:150]}")
+            continue
+        cpu = case.get("server_cpu_us_per_req")
+        lines.append(
+            f"{name:<32} {case.get('client', '-'):>6} {case['requests']:>8} {case['errors']:>4} "
+            f"{case['req_per_s']:>9,.0f} {case['rows_per_s']:>11,.0f} {case['p50_ms']:>8.3f} "
+            f"{case['p99_ms']:>8.3f} {'' if cpu is None else f'{cpu:.0f}':>10} "
+            f"{case.get('load_before', 0):>5.2f}"
+        )
+    lines.append("")
+    for name, model in results["models"].items():
+        lines.append(
+            f"model {name}: {' -> '.join(map(str, model['widths']))}, single-row run "
+            f"{model.get('single_row_ms', float('nan')):.3f} ms in-process (p50)"
+        )
+    machine = results["machine"]
+    lines.append(
+        f"machine: {machine['cpu']}, {machine['cores']} cores shared by server, load generator "
+        f"and this script; load average before {machine['load_before'][0]:.2f}"
+    )
+    if results.get("mode") == "quick":
+        lines.append("(quick run: 1 s per case, indicative only; the targets are for the full run)")
+    for name, target in results.get("targets", {}).items():
+        value = target["value"]
+        verdict = "met" if target["met"] else "NOT met"
+        shown = "-" if value is None else f"{value:.2f}"
+        lines.append(f"target {name:<46} {shown:>6} {target['need']:>7}  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 s per case, one run each")
+    parser.add_argument("--seconds", type=float, help="seconds per case (full 5, quick 1)")
+    parser.add_argument("--repeat", type=int, help="runs per HTTP case, fastest kept (full 2)")
+    parser.add_argument("--client", choices=("wrk", "python"), help="load generator")
+    parser.add_argument("--profile", action="store_true", help="py-spy the target cases too")
+    parser.add_argument("--json", type=Path, help="where to write the results")
+    parser.add_argument("--reference-server", help=argparse.SUPPRESS)  # internal: MODEL.onnx
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.reference_server:
+        _serve_reference(args.reference_server, args.port)
+        return 0
+    (HERE / "results").mkdir(exist_ok=True)
+    results = run_benchmark(args.quick, args.seconds, args.repeat, args.client, args.profile)
+    output = args.json or HERE / "results" / ("serve-quick.json" if args.quick else "serve.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"\nresults: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
