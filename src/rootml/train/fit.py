@@ -4,7 +4,6 @@ metrics, history, plots and checkpoints written into one run folder."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -13,10 +12,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from rootml.errors import ModelError, RootmlError
+from rootml.train.checkpoint import (
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+    write_history,
+)
+from rootml.train.distributed import gather_arrays, init_distributed, resolve_device
 from rootml.train.metrics import EpochMetrics
 from rootml.train.plots import plot_history, plot_roc
 from rootml.transforms import FlatLayout
@@ -24,26 +34,6 @@ from rootml.transforms.collection import layout_parts
 from rootml.transforms.feed import call_model
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """ "auto" -> cuda when available, else cpu; "cuda:N" under torchrun -> the local rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return torch.device(device)
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Start torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on
-    CPU. Returns (rank, world_size)."""
-    dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def fit(
@@ -60,132 +50,239 @@ def fit(
     amp: bool = False,
     class_weights: list[float] | None = None,
     resume: bool = False,
+    checkpoint_every: int | None = None,
+    record_entries: bool = False,
     checkpoint_extra: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `model` on the batches of `train` (a RootIterableDataset), validating on `val`.
 
     The model is called by rootml.transforms.feed.call_model: flat layout, features (B, F) float32
-    (and the mask when forward takes a second argument); collection layout, the parts by name,
-    as one dict, or in order. It returns (B, 1) probabilities (binary, binary cross-entropy) or (B, C) logits
-    (C classes, cross-entropy). Losses are weighted by batch["weight"] times `class_weights`.
-    An epoch is one pass over every training entry. Under torchrun the model is wrapped in DDP,
-    ranks read disjoint shards, and since shards may differ by a batch, the loop runs inside
-    DDP's Join context (ranks that run out shadow the others' all-reduces instead of hanging);
-    metrics are summed over ranks and only rank 0 writes. Each epoch writes history.csv/json,
-    plots/*.png and checkpoint.pt (+ checkpoints/epoch_NNN.pt) to `out_dir`; `resume=True`
-    continues after the last completed epoch of out_dir/checkpoint.pt.
-    Returns the history: one dict of metrics per epoch.
+    (and the mask when forward takes a second argument); collection layout, the parts by name, as
+    one dict, or in order. A (B, 1) output is a probability (binary cross-entropy); a (B, C)
+    output with C >= 2 are logits (softmax cross-entropy). Each event's loss is weighted by
+    batch["weight"] times class_weights[label] (one per class, when given); the epoch's loss and
+    accuracy are weighted means, its AUC the weighted ROC AUC (one-vs-rest mean for C > 2).
+
+    An epoch is one pass over every training entry. device: "auto", "cpu", "cuda", "cuda:N";
+    on CUDA batches come from pinned memory with non-blocking copies; amp=True runs the forward
+    pass under torch.autocast (float16 with a GradScaler on CUDA, bfloat16 on CPU).
+
+    Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel and each rank
+    reads its own shard of the work units, so ranks may get different numbers of batches (units
+    differ in size, a cut keeps different numbers of entries). The training pass runs inside
+    DDP's Join context: a rank that runs out of batches shadows the gradient all-reduces of the
+    others until they finish too, so no rank hangs and no entry is dropped to even the counts.
+    Validation runs on the unwrapped module (no collectives). The metric sums and score
+    histograms are then all-reduced, so every rank holds the metrics of all entries; only rank 0
+    writes files.
+
+    Files in out_dir, after each epoch: history.csv, history.json, plots/{loss,accuracy,auc,
+    roc}.png, checkpoint.pt and checkpoints/epoch_NNN.pt (model, optimiser, AMP scaler, RNG and
+    dataset state, history, plus `checkpoint_extra`). checkpoint_every=N (single process) also
+    rewrites checkpoint.pt every N training steps with the DataLoader state and the metric sums
+    so far. resume=True continues from out_dir/checkpoint.pt: after its last completed epoch,
+    or at its step inside the epoch, with the same RNG state, so the result equals an
+    uninterrupted run. record_entries=True writes debug/entries_epoch_NNN.npz (arrays
+    "file_index", "entry", "rank": every training entry each rank trained on that epoch).
+    on_epoch(row) is called after each epoch, on_step({"epoch", "step", "loss"}) after each
+    training step (it may raise to stop the run). Returns the history: one dict per epoch
+    (epoch, train_/val_ loss, accuracy, auc, events; seconds; events_per_s).
+    Raises RootmlError when resuming a checkpoint taken inside an epoch under another world size,
+    ModelError when class_weights do not match the model's classes.
     """
     out = Path(out_dir)
     target = resolve_device(device)
     rank, world = init_distributed(target)
     model = model.to(target)
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    history, start = [], 0
+    loop = _Loop(model, optimizer, lr, target, world, num_workers, amp, class_weights)
+    history: list[dict[str, Any]] = []
+    start, partial = 0, None
     if resume and (out / "checkpoint.pt").exists():
-        state = torch.load(out / "checkpoint.pt", map_location=target, weights_only=False)
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        history, start = state.get("history", []), int(state["epoch"])
-        torch.set_rng_state(state["rng_state"])  # dropout continues as if never interrupted
-        log.info("resuming %s after epoch %d", out, start)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    weights = torch.tensor(class_weights, device=target) if class_weights else None
-    cuda = target.type == "cuda"
+        history, start, partial = loop.restore(load_checkpoint(out / "checkpoint.pt", target))
+        if partial is not None and world > 1:
+            raise RootmlError(
+                f"{out / 'checkpoint.pt'} was taken inside epoch {start + 1} by one process; "
+                f"resume it with one process, or from checkpoints/epoch_{start:03d}.pt"
+            )
+        log.info("resuming %s after epoch %d%s", out, start, " (inside it)" if partial else "")
+    extra = checkpoint_extra or {}
+    every = checkpoint_every if checkpoint_every and world == 1 else None
+    if checkpoint_every and world > 1:
+        log.warning("checkpoint_every is ignored under DDP: checkpoints at epoch ends only")
     for epoch in range(start, epochs):
-        begin = time.perf_counter()
+        begin = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         train.set_epoch(epoch)
-        metrics = _run(
-            wrapped,
-            train,
-            target,
-            optimizer,
-            num_workers,
-            amp,
-            weights,
-            f"epoch {epoch + 1}/{epochs}",
-            rank,
+
+        def save_partial(state: dict[str, Any], epoch: int = epoch, begin: float = begin) -> None:
+            state["seconds"] = time.perf_counter() - begin
+            checkpoint = {**loop.state(), "epoch": epoch, "history": history, "partial": state}
+            save_checkpoint(
+                out, {**checkpoint, "dataset_state": state["loader_state"], **extra}, False
+            )
+
+        title = f"epoch {epoch + 1}/{epochs}"
+        metrics, seen = loop.epoch(
+            train, title, rank, epoch, partial, every, save_partial, on_step, record_entries
         )
+        partial = None
         row = {"epoch": epoch + 1, **metrics.result("train")}
         if val is not None:
-            # The bare module: no DDP collectives in evaluation, whatever each rank's batch count.
-            val_metrics = _run(
-                model, val, target, None, num_workers, amp, weights, "validation", rank
-            )
+            val_metrics, _ = loop.epoch(val, "validation", rank)
             row.update(val_metrics.result("val"))
         seconds = time.perf_counter() - begin
-        row.update(
-            seconds=seconds, events_per_s=(row["train_events"] + row.get("val_events", 0)) / seconds
-        )
+        events = row["train_events"] + row.get("val_events", 0)
+        row.update(seconds=seconds, events_per_s=events / seconds if seconds > 0 else None)
         history.append(row)
+        if record_entries:
+            _write_entries(out, epoch + 1, gather_arrays(seen), rank)
         if rank == 0:
-            _write_epoch(
+            checkpoint = {**loop.state(), "epoch": epoch + 1, "history": history}
+            save_checkpoint(
                 out,
-                model,
-                optimizer,
-                history,
-                val_metrics if val is not None else metrics,
-                checkpoint_extra or {},
-                train,
+                {**checkpoint, "metrics": row, "dataset_state": train.state_dict(), **extra},
+                True,
             )
+            write_history(out, history)
+            plot_history(history, out / "plots")
+            final = val_metrics if val is not None else metrics
+            if final.n_classes == 2:
+                plot_roc(*final.roc(), out / "plots" / "roc.png")
         if on_epoch is not None:
             on_epoch(row)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
-    if cuda:
-        torch.cuda.synchronize()
+        log.info("epoch %d: %s", epoch + 1, {k: round(v or 0, 4) for k, v in row.items()})
     return history
 
 
-def _run(
-    model, dataset, device, optimizer, num_workers, amp, class_weights, title, rank
-) -> EpochMetrics:
-    training = optimizer is not None
-    model.train(training)
-    cuda = device.type == "cuda"
-    loader = StatefulDataLoader(
-        dataset, batch_size=None, num_workers=num_workers, pin_memory=cuda, persistent_workers=False
-    )
-    metrics: EpochMetrics | None = None
-    layout_name = "flat" if isinstance(dataset.layout, FlatLayout) else "collection"
-    keys = [
-        key
-        for array, mask, branches in layout_parts(dataset.layout)
-        if branches
-        for key in (array, mask)
-    ]
-    bar = _progress(dataset, title, rank)
-    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    join = model.join() if ddp and training else contextlib.nullcontext()
-    with join, torch.set_grad_enabled(training):
-        for batch in loader:
-            inputs = {key: batch[key].to(device, non_blocking=cuda) for key in keys}
-            labels = batch["label"].to(device, non_blocking=cuda)
-            weight = batch["weight"].to(device, non_blocking=cuda)
-            with torch.autocast(device.type, enabled=amp):
-                output = call_model(model, layout_name, inputs, getattr(model, "module", model))
-            loss_per_event, probs = _loss(output.float(), labels)
-            if class_weights is not None:
-                weight = weight * class_weights[labels]
-            loss = (loss_per_event * weight).sum() / weight.sum().clamp_min(1e-12)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            if metrics is None:
-                metrics = EpochMetrics(
-                    output.shape[1] if output.ndim == 2 and output.shape[1] > 1 else 2, device
-                )
-            metrics.update((loss_per_event * weight).sum(), probs, labels, weight)
-            bar.update(len(labels))
-    bar.close()
-    metrics = metrics or EpochMetrics(2, device)
-    metrics.all_reduce()
-    return metrics
+class _Loop:
+    """The model, optimiser and device settings shared by the training and validation passes."""
+
+    def __init__(self, model, optimizer, lr, device, world, num_workers, amp, class_weights):
+        self.model, self.device, self.num_workers, self.amp = model, device, num_workers, amp
+        self.cuda = device.type == "cuda"
+        self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        self.wrapped = model
+        if world > 1:
+            ids = [device.index] if self.cuda else None
+            self.wrapped = DistributedDataParallel(model, device_ids=ids)
+        # float16 gradients underflow without loss scaling; bfloat16 (CPU autocast) does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.cuda)
+        self.class_weights = (
+            torch.tensor(class_weights, dtype=torch.float32, device=device)
+            if class_weights
+            else None
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scaler_state": self.scaler.state_dict(),
+            "rng_state": rng_state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> tuple[list[dict[str, Any]], int, dict | None]:
+        """Load a checkpoint; returns (history, completed epochs, inside-epoch state or None)."""
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        if state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
+        restore_rng(state.get("rng_state"))  # dropout continues as if never interrupted
+        return list(state.get("history", [])), int(state["epoch"]), state.get("partial")
+
+    def epoch(
+        self,
+        dataset: Any,
+        title: str,
+        rank: int,
+        epoch: int | None = None,
+        partial: dict[str, Any] | None = None,
+        every: int | None = None,
+        save_partial: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        record: bool = False,
+    ) -> tuple[EpochMetrics, dict[str, np.ndarray]]:
+        """One pass over `dataset`: training when `epoch` is given, else evaluation. Returns the
+        metrics (all-reduced over ranks) and, when `record`, the (file, entry) pairs seen."""
+        training = epoch is not None
+        module = self.wrapped if training else self.model
+        module.train(training)
+        # The loader draws its workers' base seed from its own generator, not the global one:
+        # otherwise making a loader would shift dropout's random stream, and a run resumed inside
+        # an epoch (its loader made after the generator state is restored) would differ.
+        seeds = torch.Generator().manual_seed(getattr(dataset, "seed", 0) * 100_003 + (epoch or 0))
+        loader = StatefulDataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.cuda,
+            generator=seeds,
+        )
+        metrics, step, seen = None, 0, []
+        if partial is not None:
+            loader.load_state_dict(partial["loader_state"])
+            metrics = EpochMetrics.from_state_dict(partial["metrics"], self.device)
+            step, seen = partial["step"], list(partial.get("seen", []))
+        layout = "flat" if isinstance(dataset.layout, FlatLayout) else "collection"
+        keys = [k for a, m, branches in layout_parts(dataset.layout) if branches for k in (a, m)]
+        bar = _progress(dataset, title, rank)
+        join = module.join() if training and module is not self.model else contextlib.nullcontext()
+        with join, torch.set_grad_enabled(training):
+            for batch in loader:
+                if record:
+                    seen.append(np.stack([batch["file"].numpy(), batch["entry"].numpy()]))
+                loss, metrics = self._step(module, layout, keys, batch, training, metrics)
+                bar.update(len(batch["label"]))
+                if not training:
+                    continue
+                step += 1
+                if on_step is not None:
+                    on_step({"epoch": epoch + 1, "step": step, "loss": float(loss)})
+                if every and step % every == 0 and save_partial is not None:
+                    state = {"step": step, "loader_state": loader.state_dict(), "seen": seen}
+                    save_partial({**state, "metrics": metrics.state_dict()})
+        bar.close()
+        metrics = metrics or EpochMetrics(2, self.device)
+        metrics.all_reduce()
+        pairs = np.concatenate(seen, axis=1) if seen else np.zeros((2, 0), dtype=np.int64)
+        return metrics, {"file": pairs[0], "entry": pairs[1]}
+
+    def _step(self, module, layout, keys, batch, training, metrics):
+        """Forward (and backward) of one batch; updates and returns the metrics."""
+        inputs = {key: batch[key].to(self.device, non_blocking=self.cuda) for key in keys}
+        labels = batch["label"].to(self.device, non_blocking=self.cuda)
+        weight = batch["weight"].to(self.device, non_blocking=self.cuda)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            output = call_model(module, layout, inputs, self.model)
+        # The loss in float32 outside autocast: BCE on float16 probabilities is not safe.
+        loss_per_event, probs = _loss(output.float(), labels)
+        if metrics is None:
+            classes = output.shape[1] if output.ndim == 2 and output.shape[1] > 1 else 2
+            self._check_classes(classes)
+            metrics = EpochMetrics(classes, self.device)
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[labels]
+        weighted = (loss_per_event * weight).sum()
+        loss = weighted / weight.sum().clamp_min(1e-12)
+        if training:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        metrics.update(weighted, probs, labels, weight)
+        return loss.detach(), metrics
+
+    def _check_classes(self, classes: int) -> None:
+        if self.class_weights is not None and len(self.class_weights) != classes:
+            raise ModelError(
+                f"{len(self.class_weights)} class weights for a model of {classes} classes"
+            )
 
 
 def _loss(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-event loss and the probabilities the metrics use."""
+    """Per-event loss (B,) and the probabilities the metrics use: (B,) for one output column
+    (a probability: binary cross-entropy), (B, C) softmax for C columns (cross-entropy)."""
     if output.ndim == 1 or output.shape[1] == 1:
         probs = output.reshape(-1).clamp(1e-7, 1 - 1e-7)
         return F.binary_cross_entropy(probs, labels.float(), reduction="none"), probs
@@ -193,6 +290,7 @@ def _loss(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _progress(dataset: Any, title: str, rank: int):
+    """A tqdm bar counting events (its rate is events/s) on rank 0, only on a terminal."""
     from tqdm import tqdm
 
     total = getattr(dataset, "num_entries", None)
@@ -207,32 +305,14 @@ def _progress(dataset: Any, title: str, rank: int):
     )
 
 
-def _write_epoch(
-    out: Path, model, optimizer, history, metrics: EpochMetrics, extra: dict, train
-) -> None:
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    state = {
-        "format": 1,
-        "epoch": len(history),
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
-        "history": history,
-        "dataset_state": train.state_dict(),
-        "metrics": history[-1],
-        "rng_state": torch.get_rng_state(),
-        **extra,
-    }
-    epoch_file = out / "checkpoints" / f"epoch_{len(history):03d}.pt"
-    torch.save(state, epoch_file)
-    tmp = out / "checkpoint.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out / "checkpoint.pt")
-    keys = list(history[-1])
-    with open(out / "history.csv", "w") as csv:
-        csv.write(",".join(keys) + "\n")
-        for row in history:
-            csv.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    plot_history(history, out / "plots")
-    if metrics.n_classes == 2:
-        plot_roc(*metrics.roc(), out / "plots" / "roc.png")
+def _write_entries(out: Path, epoch: int, per_rank: list[dict[str, np.ndarray]], rank: int) -> None:
+    """debug/entries_epoch_NNN.npz: every (file index, entry) trained on, and by which rank."""
+    if rank != 0:
+        return
+    (out / "debug").mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out / "debug" / f"entries_epoch_{epoch:03d}.npz",
+        file_index=np.concatenate([r["file"] for r in per_rank]),
+        entry=np.concatenate([r["entry"] for r in per_rank]),
+        rank=np.concatenate([np.full(len(r["file"]), i) for i, r in enumerate(per_rank)]),
+    )

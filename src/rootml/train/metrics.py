@@ -1,7 +1,15 @@
 """Epoch metrics — weighted loss, accuracy and ROC AUC — in memory bounded by a fixed number of
-score bins, never by the number of events, and summable over DDP ranks."""
+score bins, never by the number of events, and summable over DDP ranks.
+
+The AUC is the rank (Mann-Whitney) AUC computed from per-class histograms of the score instead of
+from every score: ranks within one bin of 1/20000 count as ties, which moves the AUC by less than
+2e-4 against sklearn's exact one (tests/train), while the state stays a few hundred kB whatever
+the number of events and DDP ranks combine it with one all_reduce instead of gathering scores.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +37,8 @@ class EpochMetrics:
 
     def __init__(self, n_classes: int, device: torch.device | str = "cpu"):
         self.n_classes = max(int(n_classes), 2)
-        self.sums = torch.zeros(
-            4, dtype=torch.float64, device=device
-        )  # loss, weight, correct, events
+        # loss, weight, correct, events
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
         self.hist = torch.zeros(
             self.n_classes, self.n_classes, BINS, dtype=torch.float64, device=device
         )
@@ -44,9 +51,13 @@ class EpochMetrics:
         labels: torch.Tensor,
         weights: torch.Tensor,
     ) -> None:
-        """probs: (B,) signal probability (binary) or (B, C) class probabilities."""
+        """loss_sum: the weighted loss summed over the batch (0-dim); probs: (B,) signal
+        probability (one output) or (B, C) class probabilities (softmax); labels int64 (B,);
+        weights (B,)."""
         weights = weights.double()
         predicted = (probs > 0.5).long() if probs.ndim == 1 else probs.argmax(1)
+        if probs.ndim == 2 and probs.shape[1] == 2:
+            probs = probs[:, 1]  # two softmax outputs: the binary ROC of class 1's probability
         self.sums += torch.stack(
             [
                 loss_sum.detach().double(),
@@ -60,6 +71,19 @@ class EpochMetrics:
         for k in range(scores.shape[1]):  # a handful of classes, not events
             index = labels * BINS + bins[:, k]
             self.hist[k].view(-1).index_add_(0, index, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far (a checkpoint inside an epoch keeps them)."""
+        return {"n_classes": self.n_classes, "sums": self.sums.cpu(), "hist": self.hist.cpu()}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], device: torch.device | str = "cpu"
+    ) -> EpochMetrics:
+        metrics = cls(state["n_classes"], device)
+        metrics.sums.copy_(state["sums"])
+        metrics.hist.copy_(state["hist"])
+        return metrics
 
     def all_reduce(self) -> None:
         """Sum over DDP ranks (no-op without torch.distributed)."""

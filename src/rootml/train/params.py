@@ -1,5 +1,19 @@
 """params.json: MLaaS4HEP's keys and rootml's own, mapped in this one place to the arguments of
-RootIterableDataset and fit()."""
+RootIterableDataset and fit().
+
+MLaaS4HEP keys: nevts (entries to read over all files, -1 all), shuffle, chunk_size, epochs,
+batch_size, identifier (branches kept as batch["ids"], never features), branch (the tree name),
+selected_branches, exclude_branches, hist (a folder name: per-class histograms of the training
+entries are drawn into RUN/<hist>/), redirector (prefix for grid paths), verbose (1 info, 2 debug
+logging of rootml).
+rootml's own: device (auto|cpu|cuda|cuda:N), num_workers, lr, val_fraction (the last fraction of
+each file's entries), normalize (standard|minmax|null), max_len (pad length: int, quantile or per
+branch), balance ("class"), seed, amp, cut, aliases, sort_by, nan_policy, weights (per file),
+weight_branch, label_branch, class_weights (one per class, multiply the loss weights), pad_value,
+specs_nevts (entries sampled to fit the Specs; null: every training entry), layout
+(flat|collection), checkpoint_every (training steps between checkpoints inside an epoch, single
+process), debug_entries (write the (file, entry) pairs trained on per epoch into RUN/debug/).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "pad_value": 0.0,
     "specs_nevts": None,
     "layout": "flat",
+    "checkpoint_every": None,
+    "debug_entries": False,
 }
 # Arguments passed to RootIterableDataset as they are.
 DATASET_KEYS = (
@@ -97,4 +113,5 @@ def load_params(params: str | os.PathLike | dict[str, Any] | None) -> dict[str, 
 
 
 def dataset_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """The RootIterableDataset keyword arguments of effective parameters (None left out)."""
     return {key: params[key] for key in DATASET_KEYS if params.get(key) is not None}

@@ -1,0 +1,232 @@
+"""Whole runs from MLaaS4HEP-style inputs: the CLI writes every artefact, the validation entries
+are held out and the Specs fitted on the training entries only, resume equals an uninterrupted
+run, DDP over two processes trains on every training entry exactly once per epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import uproot
+
+from rootml.train import load_checkpoint, load_params, run_from_params, split_ranges
+from rootml.train.params import dataset_arguments
+from rootml.transforms import Specs
+
+BRANCHES = ["nJet", "Jet_pt", "Jet_btagDeepB", "HT", "MET_pt"]
+PARAMS = {
+    "nevts": -1,
+    "shuffle": True,
+    "chunk_size": 700,
+    "epochs": 3,
+    "batch_size": 200,
+    "branch": "Events",
+    "selected_branches": BRANCHES,
+    "identifier": ["run", "event"],
+    "lr": 0.003,
+    "val_fraction": 0.25,
+    "seed": 7,
+    "device": "cpu",
+    "max_len": 4,
+    "debug_entries": True,
+}
+MODEL = """import torch
+
+def model(idim):
+    return torch.nn.Sequential(torch.nn.Linear(idim, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 1), torch.nn.Sigmoid())
+"""
+TRAIN_PER_FILE = 2250  # 3000 entries per file, the last quarter held out
+
+
+def run_cli(tth_data, out, *extra, torchrun=False, params=None):
+    params_file = out.parent / f"{out.name}-params.json"
+    params_file.write_text(json.dumps(params or PARAMS))
+    model = write_model(out.parent)
+    args = ["--files", tth_data / "files.txt", "--labels", tth_data / "labels.txt"]
+    args += ["--model", model, "--params", params_file, "--out", out, *extra]
+    prefix = [sys.executable]
+    if torchrun:
+        prefix += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*prefix, "-m", "rootml", "train", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "history.json").read_text())
+
+
+def write_model(folder):
+    path = folder / "model.py"
+    path.write_text(MODEL)
+    return path
+
+
+def trained_entries(run, epoch):
+    """(file, entry) pairs trained on in `epoch` as sorted keys file * 10**6 + entry, and the
+    number of entries each rank trained on."""
+    seen = np.load(run / "debug" / f"entries_epoch_{epoch:03d}.npz")
+    return np.sort(seen["file_index"] * 10**6 + seen["entry"]), np.bincount(seen["rank"])
+
+
+EXPECTED_TRAIN = np.sort(np.concatenate([f * 10**6 + np.arange(TRAIN_PER_FILE) for f in (0, 1)]))
+
+
+def test_cli_writes_every_artefact(tth_data, tmp_path):
+    run = tmp_path / "run"
+    history = run_cli(tth_data, run)
+    for name in (
+        "checkpoint.pt",
+        "checkpoints/epoch_001.pt",
+        "checkpoints/epoch_003.pt",
+        "specs.json",
+        "params.json",
+        "model.py",
+        "history.csv",
+        "summary.json",
+        "plots/loss.png",
+        "plots/accuracy.png",
+        "plots/auc.png",
+        "plots/roc.png",
+    ):
+        assert (run / name).is_file(), name
+    for name in ("loss", "accuracy", "auc", "roc"):
+        assert (run / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(history) == 3 and history[-1]["val_auc"] > 0.75
+    assert all(row["train_events"] == 4500 and row["val_events"] == 1500 for row in history)
+    lines = (run / "history.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert len(lines) == 4 and header[0] == "epoch"
+    assert float(lines[3].split(",")[header.index("val_auc")]) == history[-1]["val_auc"]
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_entries"] == 4500 and summary["val_entries"] == 1500
+    assert summary["events_per_s"] > 0 and len(summary["epoch_seconds"]) == 3
+    assert summary["final"] == history[-1] and summary["device"].startswith("cpu")
+    assert {"rootml", "torch", "uproot", "numpy", "python"} <= set(summary["versions"])
+
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["epoch"] == 3 and state["metrics"] == history[-1]
+    assert state["model_args"] == {"idim": 11} and state["layout"] == "flat"
+    assert state["labels"] == ["background", "signal"] and state["normalize"] == "standard"
+    assert state["feature_names"][:2] == ["nJet", "Jet_pt[0]"]
+    assert {"model_state", "optimizer_state", "dataset_state", "specs", "params"} <= set(state)
+    assert Specs.from_dict(state["specs"]).to_dict() == Specs.load(run / "specs.json").to_dict()
+
+    # Normalisation statistics come from the training entries only, never the held-out ones.
+    ht = [uproot.open(tth_data / f)["Events"]["HT"].array(library="np") for f in FILES]
+    specs = Specs.load(run / "specs.json")
+    train_ht = np.concatenate([values[:TRAIN_PER_FILE] for values in ht])
+    assert specs.branches["HT"].count == 4500
+    assert specs.branches["HT"].mean == pytest.approx(train_ht.astype(np.float64).mean(), rel=1e-9)
+
+    for epoch in (1, 3):
+        keys, _ = trained_entries(run, epoch)
+        np.testing.assert_array_equal(keys, EXPECTED_TRAIN)
+
+
+FILES = ("signal.root", "background.root")
+
+
+def test_resume_reaches_the_same_metrics(tth_data, tmp_path):
+    args = (str(tth_data / "files.txt"), str(tth_data / "labels.txt"), write_model(tmp_path))
+    full = run_from_params(*args, PARAMS, tmp_path / "full")
+    run_from_params(*args, {**PARAMS, "epochs": 1}, tmp_path / "cut")
+    specs_before = (tmp_path / "cut" / "specs.json").read_text()
+    resumed = run_from_params(*args, PARAMS, tmp_path / "cut", resume=True)
+    assert resumed["epochs"] == 3 and (tmp_path / "cut" / "specs.json").read_text() == specs_before
+    for key in ("train_loss", "train_auc", "val_loss", "val_auc", "val_accuracy"):
+        assert resumed["final"][key] == pytest.approx(full["final"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_see_every_entry_once(tth_data, tmp_path):
+    params = {**PARAMS, "chunk_size": 1000}  # 1000/1000/250-entry units: uneven shards
+    single = run_cli(tth_data, tmp_path / "single", params=params)
+    ddp = run_cli(tth_data, tmp_path / "ddp", torchrun=True, params=params)
+    for one, two in zip(single, ddp):
+        assert two["train_events"] == one["train_events"] == 4500  # summed over both ranks
+        assert two["val_events"] == 1500
+    for epoch in (1, 2, 3):
+        keys, per_rank = trained_entries(tmp_path / "ddp", epoch)
+        np.testing.assert_array_equal(keys, EXPECTED_TRAIN)  # each once, none held out
+        assert len(per_rank) == 2 and per_rank.min() > 0
+    # Uneven shards (Join keeps the rank that runs out from hanging the other): at least one
+    # epoch gives the ranks different numbers of entries.
+    assert any(len(set(trained_entries(tmp_path / "ddp", e)[1])) == 2 for e in (1, 2, 3))
+    # Two ranks average gradients over twice the rows per step: close, not equal.
+    assert ddp[-1]["val_auc"] == pytest.approx(single[-1]["val_auc"], abs=0.03)
+    assert ddp[-1]["val_loss"] == pytest.approx(single[-1]["val_loss"], abs=0.05)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+
+
+def test_params_map_mlaas4hep_keys_to_dataset_arguments():
+    params = load_params({**PARAMS, "exclude_branches": ["genWeight"], "nevts": 1000})
+    arguments = dataset_arguments(params)
+    assert arguments["tree"] == "Events" and arguments["branches"] == BRANCHES
+    assert arguments["identifiers"] == ["run", "event"] and arguments["exclude"] == ["genWeight"]
+    assert arguments["chunk_size"] == 700 and arguments["batch_size"] == 200
+    assert params["nevts"] == 1000 and params["normalize"] == "standard"
+    assert load_params({"nevts": -1})["nevts"] is None
+    with pytest.raises(ValueError, match="unknown parameter 'epoch'"):
+        load_params({"epoch": 3})
+
+
+def test_split_ranges_hold_out_the_last_fraction_of_each_file():
+    train, val = split_ranges([(0, 3000), (100, 1100), (5, 5)], 0.25)
+    assert train == [(0, 2250), (100, 850), (5, 5)]
+    assert val == [(2250, 3000), (850, 1100), (5, 5)]
+    with pytest.raises(ValueError):
+        split_ranges([(0, 10)], 1.0)
+
+
+COLLECTION_MODEL = """import torch
+
+class Model(torch.nn.Module):
+    def __init__(self, inputs):
+        super().__init__()
+        channels, length = inputs["Jet"]
+        self.jets = torch.nn.Linear(channels, 8)
+        self.head = torch.nn.Sequential(torch.nn.Linear(8 + inputs["features"], 8), torch.nn.ReLU(),
+                                        torch.nn.Linear(8, 1), torch.nn.Sigmoid())
+
+    def forward(self, features, Jet, Jet_mask):
+        per_jet = self.jets(Jet.transpose(1, 2))                       # (B, N, 8)
+        pooled = (per_jet * Jet_mask.unsqueeze(-1)).sum(1) / Jet_mask.sum(1, keepdim=True).clamp_min(1)
+        return self.head(torch.cat([pooled, features], 1))
+
+def model(inputs):
+    return Model(inputs)
+"""
+
+
+def test_collection_layout_trains_and_exports(tth_data, tmp_path):
+    model_file = tmp_path / "set_model.py"
+    model_file.write_text(COLLECTION_MODEL)
+    params = {
+        **PARAMS,
+        "layout": "collection",
+        "selected_branches": ["HT", "MET_pt", "Jet_pt", "Jet_eta", "Jet_btagDeepB"],
+    }
+    summary = run_from_params(
+        str(tth_data / "files.txt"),
+        str(tth_data / "labels.txt"),
+        model_file,
+        params,
+        tmp_path / "run",
+    )
+    assert summary["final"]["val_auc"] > 0.7 and summary["final"]["train_events"] == 4500
+    from rootml.export import export_run
+
+    version = export_run(tmp_path / "run", tmp_path / "models", "sets")
+    meta = json.loads((tmp_path / "models" / "sets" / "rootml.json").read_text())
+    assert version == 1 and meta["layout"] == "collection" and meta["parity"]["max_abs_diff"] < 1e-5
