@@ -230,3 +230,11 @@ def test_collection_layout_trains_and_exports(tth_data, tmp_path):
     version = export_run(tmp_path / "run", tmp_path / "models", "sets")
     meta = json.loads((tmp_path / "models" / "sets" / "rootml.json").read_text())
     assert version == 1 and meta["layout"] == "collection" and meta["parity"]["max_abs_diff"] < 1e-5
+
+
+def test_hist_draws_every_feature_branch_per_class(tth_data, tmp_path):
+    params = {**PARAMS, "epochs": 1, "hist": "hist", "debug_entries": False}
+    args = (str(tth_data / "files.txt"), str(tth_data / "labels.txt"), write_model(tmp_path))
+    run_from_params(*args, params, tmp_path / "run")
+    drawn = sorted(path.stem for path in (tmp_path / "run" / "hist").glob("*.png"))
+    assert drawn == sorted(BRANCHES)  # the identifiers run and event are not features

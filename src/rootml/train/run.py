@@ -154,7 +154,9 @@ def run_from_params(
             )
         )
         if params["hist"]:
-            _histograms(urls, train._file_labels, params, train_ranges, out / str(params["hist"]))
+            _histograms(
+                urls, train._file_labels, params, reserved, specs, out / str(params["hist"])
+            )
     extra = {
         "model_file": "model.py",
         "model_args": model_args,
@@ -232,17 +234,25 @@ def _model_args(train: RootIterableDataset) -> dict[str, Any]:
     return {"inputs": inputs}
 
 
-def _histograms(urls, labels, params, ranges, folder: Path) -> None:
+def _histograms(urls, labels, params, reserved, specs, folder: Path) -> None:
+    """MLaaS4HEP's "hist": one PNG per feature branch, classes overlaid, over every selected
+    entry (an inspection of the inputs, binned over the training Specs' ranges)."""
     from rootml.datasets import fit_histograms
 
     _, histograms = fit_histograms(
         urls,
         params["tree"],
         params["branches"],
-        params["exclude"],
+        [*(params["exclude"] or []), *reserved],
         params["cut"],
         params["aliases"],
+        params["specs_nevts"],
         labels=labels,
+        class_names=dict(enumerate(_label_names(labels))),
+        ranges=specs,
+        chunk_size=params["chunk_size"],
+        seed=params["seed"],
+        redirector=params["redirector"],
     )
     histograms.plot(folder)
 
