@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 
 import httpx
@@ -187,6 +188,10 @@ def test_atomic_reload_during_upload(server, mlp_bytes, mlp2_bytes):
 
     thread = threading.Thread(target=loop)
     thread.start()
+    # The first swap waits for the loop's first answer, which must then come from the old version.
+    deadline = time.monotonic() + 30
+    while not seen and not failures and time.monotonic() < deadline:
+        time.sleep(0.005)
     try:
         for _ in range(3):
             client.upload("swapped", mlp2_bytes)
