@@ -362,6 +362,50 @@ def test_openapi_config_index(server, client):
     assert {"name": "mlp", "version": "2", "state": "READY", "reason": ""} in index
 
 
+def test_cheap_runs_go_inline_and_slow_ones_back_to_the_run_threads(repo, reference):
+    """A run measured under inline_run_us runs on the event loop; one measured slower goes back
+    to the run threads until its moving average is cheap again. Answers are equal throughout."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from rootml.serve.app import ServeSettings, create_app
+
+    app = create_app(ServeSettings(repo=str(repo), run_slots=1, inline_run_us=1000))
+    doc = _json_doc()
+    expected = reference(make_inputs(2))
+    with TestClient(app) as client:
+        served = app.state.manager.get("mlp")
+        real_run, threads, delay = served.run, [], [0.0]
+
+        def run(feeds):
+            threads.append(threading.current_thread().name)
+            time.sleep(delay[0])
+            return real_run(feeds)
+
+        served.run = run
+
+        def infer() -> None:
+            answer = client.post("/v2/models/mlp/infer", content=orjson.dumps(doc))
+            assert answer.status_code == 200, answer.text
+            score = np.asarray(answer.json()["outputs"][0]["data"], np.float32)
+            np.testing.assert_allclose(score, expected.ravel(), rtol=1e-6)
+
+        infer()
+        assert threads[-1].startswith("rootml-run")  # not measured yet
+        for _ in range(3):
+            infer()
+        assert not threads[-1].startswith("rootml-run")  # measured cheap: on the event loop
+        delay[0] = 0.01
+        infer()  # measured at 10 ms: the moving average is now over 1 ms
+        infer()
+        assert threads[-1].startswith("rootml-run")
+        delay[0] = 0.0
+        for _ in range(12):
+            infer()
+        assert not threads[-1].startswith("rootml-run")
+
+
 def test_deadline_and_full_queue_are_503(repo):
     """In process, with a run slowed down on purpose: the deadline and the bounded queue."""
     import asyncio
@@ -370,7 +414,11 @@ def test_deadline_and_full_queue_are_503(repo):
 
     from rootml.serve.app import ServeSettings, create_app
 
-    app = create_app(ServeSettings(repo=str(repo), request_timeout_s=0.2, max_queue=0, run_slots=1))
+    # No run inline on the event loop: the deadline and the queue bound are the run threads'.
+    settings = ServeSettings(
+        repo=str(repo), request_timeout_s=0.2, max_queue=0, run_slots=1, inline_run_us=0
+    )
+    app = create_app(settings)
     body = orjson.dumps(_json_doc())
     with TestClient(app) as client:
         manager = app.state.manager

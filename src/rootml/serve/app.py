@@ -74,6 +74,7 @@ class ServeSettings:
     workers: int = 1
     threads_per_run: int = 1
     run_slots: int | None = None  # default: the cores of this worker
+    inline_run_us: float = 100.0  # runs measured at most this long run on the event loop
 
     def slots(self) -> int:
         """onnxruntime runs in flight per worker: its share of the cores / threads per run."""
@@ -94,6 +95,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         threads_per_run=settings.threads_per_run,
         max_queue=settings.max_queue,
         metrics=metrics,
+        inline_run_s=settings.inline_run_us * 1e-6,
     )
     state = {"ready": False}
 
@@ -243,7 +245,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     # Inference -------------------------------------------------------------------------------
     async def run(served, feeds):
         try:
-            return await asyncio.wait_for(manager.infer(served, feeds), settings.request_timeout_s)
+            return await manager.infer(served, feeds, settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ProtocolError(
                 f"deadline of {settings.request_timeout_s} s exceeded", 503

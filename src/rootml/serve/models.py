@@ -67,6 +67,15 @@ class ServedVersion:
         self.model = model
         self.batcher = batcher
         self.output_names = [t.name for t in model.outputs]
+        # Seconds per run by size class of the batch (rows.bit_length()): a moving average of
+        # the runs measured, which decides whether a run is cheap enough to run inline.
+        self.run_seconds: dict[int, float] = {}
+
+    def note_run(self, rows: int, seconds: float) -> None:
+        """Record that a run of `rows` rows took `seconds` (thread-safe: one dict store)."""
+        key = rows.bit_length()
+        last = self.run_seconds.get(key)
+        self.run_seconds[key] = seconds if last is None else last + 0.25 * (seconds - last)
 
     name = property(lambda self: self.model.name)
     version = property(lambda self: self.model.version)
@@ -85,7 +94,8 @@ class ModelManager:
 
     At most `run_slots` onnxruntime runs are in flight, each with `threads_per_run` intra-op
     threads: run_slots x threads_per_run should not exceed the cores, so runs never fight over
-    them. Beyond `max_queue` waiting requests, requests are refused with 503.
+    them. Beyond `max_queue` waiting requests, requests are refused with 503. A run of an
+    unbatched version measured to take at most `inline_run_s` runs on the event loop instead.
     """
 
     def __init__(
@@ -96,11 +106,13 @@ class ModelManager:
         threads_per_run: int = 1,
         max_queue: int = 1024,
         metrics: ServeMetrics | None = None,
+        inline_run_s: float = 100e-6,
     ):
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise ModelError(f"model repository {self.repo} is not a directory")
         self.run_slots, self.threads_per_run, self.max_queue = run_slots, threads_per_run, max_queue
+        self.inline_run_s = inline_run_s
         self.metrics = metrics or ServeMetrics()
         self.executor = ThreadPoolExecutor(run_slots, thread_name_prefix="rootml-run")
         self._models: dict[str, dict[int, ServedVersion]] = {}
@@ -291,29 +303,44 @@ class ModelManager:
         return entries
 
     async def infer(
-        self, served: ServedVersion, feeds: dict[str, np.ndarray]
+        self,
+        served: ServedVersion,
+        feeds: dict[str, np.ndarray],
+        timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one request through the batcher of `served`, or directly when it has none.
 
         A version retired by a reload after this request got it still answers the request, on
-        its own session and unbatched: the request never sees the swap. Raises
-        ProtocolError(503) when too many requests wait.
+        its own session and unbatched: the request never sees the swap. A run that earlier runs
+        of its size class show to take at most `inline_run_s` runs right here, on the event loop:
+        handing it to a run thread and back costs more CPU (~100 us) than the run. Otherwise it
+        waits at most `timeout` s for a run thread. Raises ProtocolError(503) when too many
+        requests wait, asyncio.TimeoutError past `timeout`.
         """
         if served.batcher is not None and not served.batcher.closed:
-            return await served.batcher.submit(feeds)
+            return await asyncio.wait_for(served.batcher.submit(feeds), timeout)
+        rows = next(iter(feeds.values())).shape[0] if feeds and served.max_batch_size > 0 else 1
+        cost = served.run_seconds.get(rows.bit_length())
+        if cost is not None and cost <= self.inline_run_s:
+            self.metrics.observe_run(served.name, served.version, rows, [0.0])
+            started = time.perf_counter()
+            outputs = served.run(feeds)
+            served.note_run(rows, time.perf_counter() - started)
+            return outputs
         if self._waiting >= self.max_queue + self.run_slots:
             raise ProtocolError(f"too many requests waiting ({self._waiting}); retry later", 503)
         queued = time.perf_counter()
-        rows = next(iter(feeds.values())).shape[0] if feeds and served.max_batch_size > 0 else 1
 
         def job() -> dict[str, np.ndarray]:
-            self.metrics.observe_run(
-                served.name, served.version, rows, [time.perf_counter() - queued]
-            )
-            return served.run(feeds)
+            started = time.perf_counter()
+            self.metrics.observe_run(served.name, served.version, rows, [started - queued])
+            outputs = served.run(feeds)
+            served.note_run(rows, time.perf_counter() - started)
+            return outputs
 
         self._waiting += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, job)
+            run = asyncio.get_running_loop().run_in_executor(self.executor, job)
+            return await asyncio.wait_for(run, timeout)
         finally:
             self._waiting -= 1
