@@ -362,6 +362,27 @@ def test_openapi_config_index(server, client):
     assert {"name": "mlp", "version": "2", "state": "READY", "reason": ""} in index
 
 
+def test_infer_fast_path_answers_unexpected_errors_in_the_protocol_form(repo, monkeypatch):
+    """Infer requests skip FastAPI's middleware: an unexpected failure is still a 500 {error}."""
+    from starlette.testclient import TestClient
+
+    from rootml.serve.app import ServeSettings, create_app
+
+    app = create_app(ServeSettings(repo=str(repo)))
+    with TestClient(app, raise_server_exceptions=False) as client:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr("rootml.serve.app.encode_infer_response", broken)
+        for path in ("/v2/models/mlp/infer", "/v2/models/mlp/versions/1/infer"):
+            response = client.post(path, content=orjson.dumps(_json_doc()))
+            assert response.status_code == 500
+            assert response.json() == {"error": "internal error: RuntimeError"}
+        response = client.post("/v2/models/nope/infer", content=orjson.dumps(_json_doc()))
+        assert response.status_code == 404 and "nope" in response.json()["error"]
+
+
 def test_cheap_runs_go_inline_and_slow_ones_back_to_the_run_threads(repo, reference):
     """A run measured under inline_run_us runs on the event loop; one measured slower goes back
     to the run threads until its moving average is cheap again. Answers are equal throughout."""
