@@ -68,23 +68,42 @@ class ServeMetrics:
             "rootml_batch_size", "Rows per onnxruntime run", _LABELS, buckets=_ROWS, registry=r
         )
         self.runs = Counter("rootml_session_runs", "onnxruntime session runs", _LABELS, registry=r)
+        # The labelled series of each model version, looked up once: labels() takes a lock and
+        # builds its key on every call, a few us per request.
+        self._series: dict[tuple[str, int], tuple] = {}
+
+    def _of(self, model: str, version: int) -> tuple:
+        series = self._series.get((model, version))
+        if series is None:
+            labels = (model, str(version))
+            series = self._series[model, version] = tuple(
+                metric.labels(*labels)
+                for metric in (
+                    self.requests,
+                    self.failures,
+                    self.latency,
+                    self.queue_time,
+                    self.batch_size,
+                    self.runs,
+                )
+            )
+        return series
 
     def observe_run(self, model: str, version: int, rows: int, queue_times: list[float]) -> None:
         """Record one onnxruntime run of `rows` rows serving requests that waited `queue_times` s."""
-        labels = (model, str(version))
-        self.runs.labels(*labels).inc()
-        self.batch_size.labels(*labels).observe(rows)
-        queue = self.queue_time.labels(*labels)
+        *_, queue, batch_size, runs = self._of(model, version)
+        runs.inc()
+        batch_size.observe(rows)
         for seconds in queue_times:
             queue.observe(seconds)
 
     def observe_request(self, model: str, version: int, seconds: float, ok: bool) -> None:
         """Record one infer request of a known model: its latency and whether it failed."""
-        labels = (model, str(version))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        requests, failures, latency, *_ = self._of(model, version)
+        requests.inc()
+        latency.observe(seconds)
         if not ok:
-            self.failures.labels(*labels).inc()
+            failures.inc()
 
     def render(self) -> bytes:
         """The text exposition format served at /metrics."""
