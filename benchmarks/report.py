@@ -6,7 +6,9 @@ README; everything outside the markers is written by hand and kept as it is. Sec
 - `loader-results`: benchmarks/results/loader.json (python benchmarks/loader.py), the machine it
   ran on, its table, targets and skipped cases;
 - `loader-baseline`: benchmarks/results/loader-baseline.json (the same benchmark before the
-  loader was optimised) next to loader.json, case by case.
+  loader was optimised) next to loader.json, case by case;
+- `serve-results`: benchmarks/results/serve.json (python benchmarks/serve.py), the machine, every
+  case, the targets and the profiles of the target cases.
 
 Another benchmark adds its own section: a function taking the results folder and returning
 markdown, registered in SECTIONS.
@@ -148,9 +150,80 @@ def loader_baseline(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def serve_results(folder: Path) -> str:
+    """benchmarks/results/serve.json (python benchmarks/serve.py): machine, cases, targets and
+    the event loop profiles of the target cases."""
+    results = _load(folder / "serve.json")
+    if results is None:
+        return "_No results yet: run `python benchmarks/serve.py`._"
+    m, settings = results["machine"], results["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    load = " / ".join(f"{x:.2f}" for x in m["load_before"])
+    lines = [
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['platform']}; "
+        "server, load generator and benchmark share these cores",
+        f"- Versions: {versions}; rootml commit {m.get('commit')}",
+        f"- Run: {m['date']}, mode {results['mode']}, {settings['seconds']:g} s per case, best "
+        f"of {settings['repeat']} runs (every run's req/s in the JSON), load generator "
+        f"{settings['client']}; load average (1 / 5 / 15 min) before the run {load}",
+    ]
+    for name, model in results["models"].items():
+        lines.append(
+            f"- Model {name}: {' -> '.join(map(str, model['widths']))}, single-row run "
+            f"{model['single_row_ms']:.3f} ms in-process (p50)"
+        )
+    lines += [
+        "",
+        "| case | requests | errors | req/s | rows/s | p50 ms | p99 ms | server CPU us/req "
+        "| server cores | loop | generator cores | load |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, case in results["cases"].items():
+        if "error" in case:
+            lines.append(f"| {name} | error: {case['error']} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {name} | {case['requests']:,} | {case['errors']} | {case['req_per_s']:,.0f} "
+            f"| {case['rows_per_s']:,.0f} | {case['p50_ms']:.3f} | {case['p99_ms']:.3f} "
+            f"| {_num(case.get('server_cpu_us_per_req'), '.0f')} "
+            f"| {_num(case.get('server_cores'), '.2f')} | {_num(case.get('loop_busy'), '.2f')} "
+            f"| {_num(case.get('client_cores'), '.2f')} | {case.get('load_before', 0):.2f} |"
+        )
+    lines += ["", "| target | cases | value | needed | errors | met |", "|---|---|--:|--:|--:|---|"]
+    for name, target in results["targets"].items():
+        met = "yes" if target["met"] else "**no**"
+        cases = " / ".join(f"`{c}`" for c in target.get("cases", []))
+        lines.append(
+            f"| {name} | {cases} | {_num(target['value'], '.2f')} | {target['need']} "
+            f"| {target.get('errors', '')} | {met} |"
+        )
+    profiles = {k: v for k, v in results.get("profiles", {}).items() if "loop_layers" in v}
+    if profiles:
+        lines += [
+            "",
+            "Profiles (py-spy, run again under the profiler): samples per thread, and where the "
+            "event loop thread's samples were, by the layer of the innermost frame.",
+            "",
+            "| case | req/s (profiled) | loop busy | threads | event loop thread by layer |",
+            "|---|--:|--:|---|---|",
+        ]
+        for name, p in profiles.items():
+            threads = ", ".join(f"{t} {share:.0f}%" for t, share in p["threads"])
+            layers = ", ".join(f"{t} {share:.0f}%" for t, share in p["loop_layers"] if share >= 2)
+            lines.append(
+                f"| {name} | {p['req_per_s']:,.0f} | {p['loop_busy']:.2f} | {threads} | {layers} |"
+            )
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "loader-results": loader_results,
     "loader-baseline": loader_baseline,
+    "serve-results": serve_results,
 }
 
 

@@ -161,9 +161,9 @@ def run_inprocess(session, batch: int, seconds: float, threads: int = 1) -> dict
         w.join()
     elapsed = time.perf_counter() - t0
     latencies = np.concatenate([np.asarray(t) for t in times])
-    return _summary(len(latencies), 0, elapsed, latencies, batch) | {
-        "client_cpu_s": time.process_time() - cpu
-    }
+    used = time.process_time() - cpu
+    summary = _summary(len(latencies), 0, elapsed, latencies, batch)
+    return summary | {"client_cpu_s": used, "client_cores": round(used / elapsed, 3)}
 
 
 def _summary(requests: int, errors: int, seconds: float, latencies, batch: int) -> dict:
@@ -181,7 +181,8 @@ def _summary(requests: int, errors: int, seconds: float, latencies, batch: int) 
 
 # -- the minimal Starlette endpoint (the floor of a Python HTTP server) ---------------------------
 def reference_app(model_path: str):
-    """Starlette + orjson + onnxruntime, nothing else: V2 JSON infer of a one-input model."""
+    """Starlette + orjson + onnxruntime, nothing else: V2 infer of a one-input FP32 model, JSON or
+    binary (one tensor after the JSON header, answered the same way)."""
     import orjson
     from starlette.applications import Starlette
     from starlette.responses import Response
@@ -191,15 +192,25 @@ def reference_app(model_path: str):
     output = session.get_outputs()[0].name
 
     async def infer(request):
-        item = orjson.loads(await request.body())["inputs"][0]
-        x = np.asarray(item["data"], dtype=np.float32).reshape(item["shape"])
+        body = await request.body()
+        length = request.headers.get("inference-header-content-length")
+        if length is None:
+            item = orjson.loads(body)["inputs"][0]
+            x = np.asarray(item["data"], dtype=np.float32).reshape(item["shape"])
+        else:
+            item = orjson.loads(body[: int(length)])["inputs"][0]
+            x = np.frombuffer(body, np.float32, offset=int(length)).reshape(item["shape"])
         y = session.run([output], {item["name"]: x})[0]
-        doc = {
-            "model_name": request.path_params["name"],
-            "outputs": [{"name": output, "datatype": "FP32", "shape": y.shape, "data": y.ravel()}],
-        }
-        body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-        return Response(body, media_type="application/json")
+        out = {"name": output, "datatype": "FP32", "shape": y.shape}
+        doc = {"model_name": request.path_params["name"], "outputs": [out]}
+        if length is None:
+            out["data"] = y.ravel()
+            body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+            return Response(body, media_type="application/json")
+        out["parameters"] = {"binary_data_size": y.nbytes}
+        header = orjson.dumps(doc)
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        return Response(header + y.tobytes(), headers=headers)
 
     async def ready(request):
         return Response(b'{"ready":true}', media_type="application/json")
@@ -231,31 +242,43 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _cpu(stat: str) -> float:
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
-    """A server subprocess on a free loopback port, ready when /v2/health/ready answers 200."""
+    """A server subprocess on a free loopback port; wait_ready() until /v2/health/ready is 200."""
 
     def __init__(self, command: list[str], log: Path, port: int):
-        import httpx
-
-        self.port, self.log = port, log
+        self.port, self.log, self.command = port, log, command
         self.url = f"http://127.0.0.1:{port}"
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
             )
-        deadline = time.monotonic() + 60
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return
             time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{command[:4]} did not become ready:\n{log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"{self.command[:4]} did not become ready:\n{self.log.read_text()[-2000:]}"
+        )
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server process (all its threads) so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU so far of the server's main thread (its event loop: "loop"), and of
+        the process with all its threads ("all")."""
+        pid = self.process.pid
+        return {
+            "loop": _cpu(f"/proc/{pid}/task/{pid}/stat"),
+            "all": _cpu(f"/proc/{pid}/stat"),
+        }
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -345,7 +368,7 @@ async def _python_load(port: int, request: bytes, clients: int, seconds: float):
                 t0 = time.perf_counter()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                 await reader.readexactly(int(length.group(1)) if length else 0)
                 if head[9:12] == b"200":
                     latencies.append(time.perf_counter() - t0)
@@ -377,9 +400,10 @@ def http_cases() -> list[dict]:
     cases = []
     for batch in BATCHES:
         for clients in CLIENTS:
-            cases.append(dict(server="starlette", model="mlp", encoding="json"))
-            cases += [dict(server="rootml", model="mlp", encoding=e) for e in ("json", "binary")]
-            for case in cases[-3:]:
+            for encoding in ("json", "binary"):
+                cases.append(dict(server="starlette", model="mlp", encoding=encoding))
+                cases.append(dict(server="rootml", model="mlp", encoding=encoding))
+            for case in cases[-4:]:
                 case.update(batch=batch, clients=clients)
     cases += [
         dict(server="rootml", model="mlp_batched", encoding=e, batch=1, clients=64)
@@ -443,13 +467,18 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
         result = run_python_client(
             server.port, path, body, header_length, case["clients"], seconds, case["batch"]
         )
-    server_cpu = server.cpu_seconds() - cpu
+    after = server.cpu_seconds()
+    server_cpu = after["all"] - cpu["all"]
     return {
         **case,
         "client": client,
         **result,
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_us_per_req": server_cpu / max(1, result["requests"]) * 1e6,
+        # Cores' worth of CPU the event loop thread used over the case: near 1.0, it is the limit.
+        "loop_busy": round((after["loop"] - cpu["loop"]) / result["seconds"], 3),
+        "server_cores": round(server_cpu / result["seconds"], 3),
+        "client_cores": round(result["client_cpu_s"] / result["seconds"], 3),
         "body_bytes": len(body),
         "load_before": load,
     }
@@ -548,26 +577,31 @@ def run_benchmark(
 
 
 def _start_servers(folder: Path) -> dict:
+    """rootml serve on the repository and the Starlette reference on mlp.onnx, started at once."""
     repo_port, reference_port = _free_port(), _free_port()
     rootml = [sys.executable, "-m", "rootml.cli", "serve", "--repo", str(folder / "repo")]
     reference = [sys.executable, str(Path(__file__).resolve()), "--reference-server"]
     servers = {
-        "rootml": Server([*rootml, "--port", str(repo_port)], folder / "rootml.log", repo_port)
-    }
-    try:
-        servers["starlette"] = Server(
+        "rootml": Server([*rootml, "--port", str(repo_port)], folder / "rootml.log", repo_port),
+        "starlette": Server(
             [*reference, str(folder / "mlp.onnx"), "--port", str(reference_port)],
             folder / "starlette.log",
             reference_port,
-        )
+        ),
+    }
+    try:
+        for server in servers.values():
+            server.wait_ready()
     except Exception:
-        servers["rootml"].stop()
+        for server in servers.values():
+            server.stop()
         raise
     return servers
 
 
 def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder: Path) -> dict:
-    """py-spy (idle frames included) on the server over each target's HTTP cases: top frames."""
+    """py-spy on the server over each target's HTTP cases (run again): where its threads' busy
+    samples went. The raw stacks are kept in results/serve-profile-CASE.txt."""
     if not shutil.which("py-spy"):
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     profiles = {}
@@ -578,46 +612,73 @@ def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder:
         name = case_name(case)
         if name not in wanted:
             continue
-        server = servers[case["server"]]
         raw = folder / f"{name}.txt"
         spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(server.process.pid), "--idle", "--format", "raw",
-             "--rate", "200", "--output", str(raw), "--duration", str(max(1, round(seconds)))],
+            ["py-spy", "record", "--pid", str(servers[case["server"]].process.pid), "--threads",
+             "--nonblocking", "--format", "raw", "--rate", "200", "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(0.5)
+        time.sleep(1.0)  # attached
         result = _run_http(case, servers, sessions, client, seconds, folder)
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
         spy.wait(timeout=60)
-        profiles[name] = {"req_per_s": result["req_per_s"], **summarise_profile(raw)}
+        if not raw.exists():
+            profiles[name] = {"error": "py-spy wrote nothing (ptrace not permitted?)"}
+            continue
+        profiles[name] = {
+            "req_per_s": result["req_per_s"],
+            "loop_busy": result["loop_busy"],
+            **summarise_profile(raw),
+        }
         shutil.copy(raw, HERE / "results" / f"serve-profile-{name}.txt")
     return profiles
 
 
-def summarise_profile(raw: Path, top: int = 15) -> dict:
-    """Per-thread sample shares and the functions with most self / total samples (py-spy raw)."""
-    self_counts: dict[str, int] = {}
-    total_counts: dict[str, int] = {}
+# Where a sample's innermost frame is, by file: the layer of the stack that was running.
+_LAYERS = (
+    ("epoll wait (idle)", "EpollSelector.select"),
+    ("rootml", "rootml/"),
+    ("onnxruntime", "onnxruntime/"),
+    ("prometheus-client", "prometheus_client/"),
+    ("uvicorn + h11 (HTTP)", "uvicorn/|h11/"),
+    ("starlette + fastapi", "starlette/|fastapi/"),
+    ("asyncio + selectors (event loop, socket I/O)", "asyncio/|selectors.py"),
+    ("reference endpoint", "serve.py"),
+)
+
+
+def summarise_profile(raw: Path, top: int = 10) -> dict:
+    """py-spy raw stacks (--threads) -> the share of samples per thread and, for the event loop
+    thread (MainThread), the share of its samples per layer and per function (innermost frame)."""
     threads: dict[str, int] = {}
-    samples = 0
+    layers: dict[str, int] = {}
+    functions: dict[str, int] = {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        n = int(count)
-        frames = stack.split(";")
-        samples += n
-        thread = re.sub(r"\s*\(.*", "", frames[0]) if frames[0].startswith("thread") else "main"
+        n, frames = int(count), stack.split(";")
+        # "thread (123): rootml-run_0" -> "rootml-run"; frames lose their line numbers.
+        thread = re.sub(r"_\d+$", "", frames[0].partition(": ")[2] or frames[0])
         threads[thread] = threads.get(thread, 0) + n
-        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
-        for frame in set(frames):
-            total_counts[frame] = total_counts.get(frame, 0) + n
+        if thread != "MainThread" or len(frames) < 2:
+            continue
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])
+        functions[leaf] = functions.get(leaf, 0) + n
+        layer = next((name for name, where in _LAYERS if re.search(where, leaf)), "other")
+        layers[layer] = layers.get(layer, 0) + n
 
-    def share(counts: dict) -> list:
-        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
-        return [[frame, round(100 * n / max(1, samples), 1)] for frame, n in ranked]
+    def ranked(counts: dict) -> list:
+        total = max(1, sum(counts.values()))
+        shares = [[k, round(100 * v / total, 1)] for k, v in counts.items()]
+        return sorted(shares, key=lambda kv: -kv[1])
 
-    return {"samples": samples, "threads": share(threads), "self": share(self_counts),
-            "total": share(total_counts)}  # fmt: skip
+    return {
+        "samples": sum(threads.values()),
+        "threads": ranked(threads),
+        "loop_layers": ranked(layers),
+        "loop_functions": ranked(functions)[:top],
+    }
 
 
 def targets(cases: dict) -> dict:
@@ -687,24 +748,35 @@ def machine_info() -> dict:
 
 
 # -- output ---------------------------------------------------------------------------------------
+def _num(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def format_table(results: dict) -> str:
     """The results as a fixed-width text table, then the models and the targets."""
     header = (
         f"{'case':<32} {'client':>6} {'requests':>8} {'err':>4} {'req/s':>9} {'rows/s':>11} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'srv us/req':>10} {'load':>5}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'srv us/req':>10} {'srv':>4} {'loop':>4} {'gen':>4} "
+        f"{'load':>5}"
     )
     lines = [header, "-" * len(header)]
     for name, case in results["cases"].items():
         if "error" in case:
             lines.append(f"{name:<32} error: {case['error'][:150]}")
             continue
-        cpu = case.get("server_cpu_us_per_req")
+        cores = " ".join(
+            f"{_num(case.get(k), '.2f'):>4}" for k in ("server_cores", "loop_busy", "client_cores")
+        )
         lines.append(
             f"{name:<32} {case.get('client', '-'):>6} {case['requests']:>8} {case['errors']:>4} "
             f"{case['req_per_s']:>9,.0f} {case['rows_per_s']:>11,.0f} {case['p50_ms']:>8.3f} "
-            f"{case['p99_ms']:>8.3f} {'' if cpu is None else f'{cpu:.0f}':>10} "
-            f"{case.get('load_before', 0):>5.2f}"
+            f"{case['p99_ms']:>8.3f} {_num(case.get('server_cpu_us_per_req'), '.0f'):>10} "
+            f"{cores} {case.get('load_before', 0):>5.2f}"
         )
+    lines.append(
+        "srv / loop / gen: cores' worth of CPU used by the server process, its event loop thread "
+        "and the load generator (or the in-process loop) over the case"
+    )
     lines.append("")
     for name, model in results["models"].items():
         lines.append(

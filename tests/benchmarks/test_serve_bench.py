@@ -1,0 +1,93 @@
+"""benchmarks/serve.py at tiny counts: every case runs, answers correctly, and reports sane figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def serve():
+    return _module("serve")
+
+
+@pytest.fixture(scope="module")
+def results(serve):
+    # The asyncio client of the script (wrk may not be installed): 0.1 s per case.
+    return serve.run_benchmark(quick=True, seconds=0.1, repeat=1, client="python", progress=False)
+
+
+def test_every_case_runs_without_errors(serve, results):
+    http = [serve.case_name(case) for case in serve.http_cases()]
+    inprocess = [f"inprocess-b{b}" for b in serve.BATCHES]
+    inprocess += ["inprocess-2threads-b1024", "heavy-inprocess-b1", "heavy-inprocess-b64"]
+    assert list(results["cases"]) == inprocess + http
+    assert len(set(http)) == len(http) == 4 * len(serve.BATCHES) * len(serve.CLIENTS) + 7
+    for name, case in results["cases"].items():
+        assert "error" not in case, (name, case.get("error"))
+        assert case["errors"] == 0 and case["requests"] > 0, name
+        assert case["rows_per_s"] == pytest.approx(case["req_per_s"] * case["batch"]), name
+        assert 0 < case["p50_ms"] <= case["p99_ms"], name
+    for name in http:
+        case = results["cases"][name]
+        assert case["client"] == "python" and case["server_cpu_us_per_req"] > 0, name
+        assert 0 <= case["loop_busy"] <= 1.2 and case["server_cores"] > 0, name
+
+
+def test_models_targets_and_table(serve, results):
+    mlp, heavy = results["models"]["mlp"], results["models"]["heavy"]
+    assert mlp["widths"] == [100, 128, 64, 1] and heavy["widths"][0] == 100
+    # The heavy model is the one for dynamic batching: much dearer per row than the MLP.
+    assert heavy["single_row_ms"] > 10 * mlp["single_row_ms"] > 0
+    assert set(results["targets"]) == set(serve.TARGETS)
+    for target in results["targets"].values():
+        assert target["value"] > 0 and target["errors"] == 0
+    assert results["machine"]["cores"] >= 1 and len(results["machine"]["load_before"]) == 3
+    json.dumps(results)  # what main() writes
+    table = serve.format_table(results)
+    for name in results["cases"]:
+        assert name in table
+    assert "target json b1 c64: rootml / starlette req/s" in table
+
+
+def test_report_renders_the_results(results, tmp_path):
+    report = _module("report")
+    (tmp_path / "serve.json").write_text(json.dumps(results))
+    readme = "intro\n<!-- serve-results:begin -->\nold\n<!-- serve-results:end -->\nend\n"
+    text = report.render(readme, tmp_path)
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
+    assert "| rootml-json-b1-c64 |" in text and "| heavy_batched-json-b1-c64 |" in text
+
+
+def test_reference_endpoint_answers_json_and_binary_like_onnxruntime(serve, tmp_path):
+    """The Starlette floor decodes and answers both encodings as rootml's codec expects."""
+    import numpy as np
+    from starlette.testclient import TestClient
+
+    from rootml.serve.codec import decode_infer_response
+
+    model = serve.mlp_onnx(serve.MODELS["mlp"])
+    (tmp_path / "m.onnx").write_bytes(model)
+    expected = serve._session(model).run(["score"], {"features": serve._inputs(3)})[0]
+    with TestClient(serve.reference_app(str(tmp_path / "m.onnx"))) as client:
+        for encoding in ("json", "binary"):
+            body, length = serve._body(3, encoding)
+            headers = {} if length is None else {"Inference-Header-Content-Length": str(length)}
+            answer = client.post("/v2/models/mlp/infer", content=body, headers=headers)
+            assert answer.status_code == 200
+            got = decode_infer_response(
+                answer.content, answer.headers.get("inference-header-content-length")
+            )["score"]
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
