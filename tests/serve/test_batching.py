@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
-from rootml.errors import ProtocolError
+from rootml.errors import ModelError, ProtocolError
 from rootml.serve.batching import DynamicBatcher
 from tests.serve.conftest import make_inputs
 
@@ -76,6 +76,29 @@ def test_different_trailing_shapes_are_not_mixed():
     first, second = _run(main())
     assert first["y"].shape == (2, 3) and second["y"].shape == (2, 4)
     assert sorted(run.sizes) == [2, 2]
+
+
+def test_preferred_batch_size_sends_a_batch_without_waiting_for_more():
+    """Ten single-row requests at once: batches of the preferred 4 rows, the rest when it is
+    their turn; without a preferred size, one batch of ten."""
+    arrays = [np.full((1, 3), i, np.float32) for i in range(10)]
+
+    async def main(preferred):
+        run = CountingRun(delay_s=0.02)
+        with ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(
+                run, pool, 64, max_delay_s=0.05, max_queue=100, preferred_batch_size=preferred
+            )
+            results = await asyncio.gather(*[batcher.submit({"x": a}) for a in arrays])
+            await batcher.close()
+        for array, result in zip(arrays, results):
+            np.testing.assert_array_equal(result["y"], array * 2)
+        return run.sizes
+
+    assert _run(main([2, 4])) == [4, 4, 2]
+    assert _run(main([])) == [10]
+    with pytest.raises(ModelError, match="preferred_batch_size"):
+        _run(main([128]))
 
 
 def test_queue_overflow_is_503_and_close_drains():

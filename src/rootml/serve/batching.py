@@ -1,9 +1,9 @@
 """Dynamic batching: concurrent requests of one model version coalesced into one onnxruntime run.
 
 A request waits at most `max_delay_s` after it was queued for others to join it; a batch is sent
-as soon as it holds `max_batch_size` rows or the delay of its first request is over. While every
-run slot is busy, requests keep queuing, so batches grow with load. The queue is bounded: a request
-that finds it full is refused with 503.
+as soon as it holds `max_batch_size` rows (or the largest of Triton's `preferred_batch_size`) or the
+delay of its first request is over. While every run slot is busy, requests keep queuing, so batches
+grow with load. The queue is bounded: a request that finds it full is refused with 503.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -45,6 +45,8 @@ class DynamicBatcher:
 
     `run` maps input arrays (B, ...) to output arrays (B, ...) and is called in the executor;
     `observe(rows, queue_times)` is told about every run. At most `slots` runs are in flight.
+    A batch is sent once it holds the largest of `preferred_batch_size` rows, if given.
+    Raises ModelError for max_batch_size < 1 or preferred sizes outside 1..max_batch_size.
     """
 
     def __init__(
@@ -56,9 +58,18 @@ class DynamicBatcher:
         max_queue: int,
         slots: int = 1,
         observe: ObserveFn | None = None,
+        preferred_batch_size: Sequence[int] = (),
     ):
         if max_batch_size < 1:
             raise ModelError("dynamic batching needs max_batch_size > 0 in config.pbtxt")
+        if not all(isinstance(n, int) and 0 < n <= max_batch_size for n in preferred_batch_size):
+            raise ModelError(
+                f"preferred_batch_size {list(preferred_batch_size)} must be sizes from 1 to "
+                f"max_batch_size {max_batch_size}"
+            )
+        # A batch that reaches this many rows goes without waiting for more: with a cheap HTTP
+        # front and a dear model, a smaller batch started now overlaps the next one's requests.
+        self._target = max(preferred_batch_size, default=max_batch_size)
         self._run_fn, self._executor = run, executor
         self.max_batch_size, self.max_delay_s, self.max_queue = (
             max_batch_size,
@@ -122,7 +133,7 @@ class DynamicBatcher:
                 continue
             deadline = batch[0].queued_at + self.max_delay_s
             rows = sum(p.rows for p in batch)
-            while rows < self.max_batch_size:
+            while rows < self._target:
                 if not self._items:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0 or self._closed or not await self._wait(remaining):

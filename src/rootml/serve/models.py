@@ -30,8 +30,9 @@ from rootml.serve.upload import read_upload
 log = logging.getLogger(__name__)
 
 
-def _batching_settings(model: repo_mod.LoadedModel) -> tuple[float, int] | None:
-    """(max delay in s, max queue size) when dynamic batching is on for `model`, else None."""
+def _batching_settings(model: repo_mod.LoadedModel) -> tuple[float, int, list[int]] | None:
+    """(max delay in s, max queue size, preferred batch sizes) when dynamic batching is on for
+    `model`, else None."""
     settings = model.config.get("dynamic_batching")
     if settings is None and model.metadata:
         settings = model.metadata.get("dynamic_batching")
@@ -43,7 +44,7 @@ def _batching_settings(model: repo_mod.LoadedModel) -> tuple[float, int] | None:
     queue = settings.get("max_queue_size") or (settings.get("default_queue_policy") or {}).get(
         "max_queue_size", 0
     )
-    return float(delay_us) / 1e6, int(queue)
+    return float(delay_us) / 1e6, int(queue), list(settings.get("preferred_batch_size") or [])
 
 
 def select_versions(available: list[int], config: dict[str, Any]) -> list[int]:
@@ -158,7 +159,7 @@ class ModelManager:
         served = ServedVersion(model)
         settings = _batching_settings(model)
         if settings is not None:
-            delay, queue = settings
+            delay, queue, preferred = settings
             served.batcher = DynamicBatcher(
                 served.run,
                 self.executor,
@@ -169,6 +170,7 @@ class ModelManager:
                 observe=lambda rows, waits: self.metrics.observe_run(
                     model.name, model.version, rows, waits
                 ),
+                preferred_batch_size=preferred,
             )
         return served
 
