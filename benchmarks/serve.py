@@ -7,19 +7,22 @@ Models (built here with onnx.helper, random weights, fixed seed):
   for dynamic batching.
 
 Each is served twice by one `rootml serve`: without batching, and as `<name>_batched` with
-dynamic batching (config.pbtxt `dynamic_batching`). Cases:
+dynamic batching (config.pbtxt `dynamic_batching`, see BATCHING). Cases:
 
 - inprocess: `session.run` in a loop on the same batches (1, 64, 1024 rows) with the server's
   session options (1 intra-op thread); `inprocess-2threads`: two threads calling it at once;
 - starlette: the floor of a Python HTTP server, a ~30-line Starlette + orjson endpoint around the
-  same session (defined here, run by uvicorn with the server's options in a subprocess), V2 JSON;
+  same session (defined here, run by uvicorn with the server's options in a subprocess), V2 JSON
+  and binary, the run inline;
 - rootml: KServe V2 infer, JSON and binary tensors, batch 1/64/1024, 1 and 64 clients, batching
   off/on; every request/response pair is first checked against the in-process outputs.
 
 Load comes from wrk (Debian's `wrk`, a Lua script for the POST bodies; one thread) or, without
 wrk or with `--client python`, from an asyncio raw-socket client in this process. The server,
 the load generator and this script share the machine's cores: a load generator that takes CPU
-takes it from the server too. The server's CPU per request (from /proc) is recorded apart.
+takes it from the server too. The CPU of the server, of its event loop thread and of the load
+generator (from /proc and getrusage) is recorded per case: with the loop thread near one core,
+the loop is the limit.
 
 Usage:
     python benchmarks/serve.py              # full (~5 min on 2 cores), benchmarks/results/serve.json
@@ -52,7 +55,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FEATURES = 100
 MODELS = {"mlp": [FEATURES, 128, 64, 1], "heavy": [FEATURES, 2048, 2048, 2048, 2048, 1]}
-BATCHING_DELAY_US = 1000
+# Dynamic batching of the *_batched models (config.pbtxt): wait at most 1 ms for a batch, send it
+# once it holds 32 rows (so with 64 clients one batch runs while the next one's requests arrive).
+BATCHING = {"max_queue_delay_microseconds": 1000, "preferred_batch_size": [32]}
 BATCHES = (1, 64, 1024)
 CLIENTS = (1, 64)
 TARGETS = {
@@ -115,10 +120,9 @@ def make_repository(folder: Path, models: dict[str, bytes]) -> None:
     """Each model as `name` (no batching) and `name_batched` (dynamic batching) under `folder`."""
     from rootml.export.repository import add_onnx_model
 
-    batching = {"dynamic_batching": {"max_queue_delay_microseconds": BATCHING_DELAY_US}}
     for name, data in models.items():
         add_onnx_model(folder, name, data)
-        add_onnx_model(folder, f"{name}_batched", data, config=batching)
+        add_onnx_model(folder, f"{name}_batched", data, config={"dynamic_batching": BATCHING})
 
 
 def _session(data: bytes):
@@ -531,7 +535,7 @@ def run_benchmark(
             "seconds": seconds,
             "repeat": repeat,
             "client": client,
-            "batching_delay_us": BATCHING_DELAY_US,
+            "dynamic_batching": BATCHING,
             "server": "rootml serve, 1 worker, 1 intra-op thread per run, runs in flight = cores",
         },
         "models": {},
