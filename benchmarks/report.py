@@ -179,19 +179,20 @@ def serve_results(folder: Path) -> str:
     lines += [
         "",
         "| case | requests | errors | req/s | rows/s | p50 ms | p99 ms | server CPU us/req "
-        "| server cores | loop | generator cores | load |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server cores | loop | generator cores | machine cores | load |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, case in results["cases"].items():
         if "error" in case:
-            lines.append(f"| {name} | error: {case['error']} |" + " |" * 10)
+            lines.append(f"| {name} | error: {case['error']} |" + " |" * 11)
             continue
         lines.append(
             f"| {name} | {case['requests']:,} | {case['errors']} | {case['req_per_s']:,.0f} "
             f"| {case['rows_per_s']:,.0f} | {case['p50_ms']:.3f} | {case['p99_ms']:.3f} "
             f"| {_num(case.get('server_cpu_us_per_req'), '.0f')} "
             f"| {_num(case.get('server_cores'), '.2f')} | {_num(case.get('loop_busy'), '.2f')} "
-            f"| {_num(case.get('client_cores'), '.2f')} | {case.get('load_before', 0):.2f} |"
+            f"| {_num(case.get('client_cores'), '.2f')} | {_num(case.get('machine_cores'), '.2f')} "
+            f"| {case.get('load_before', 0):.2f} |"
         )
     lines += ["", "| target | cases | value | needed | errors | met |", "|---|---|--:|--:|--:|---|"]
     for name, target in results["targets"].items():

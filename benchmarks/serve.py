@@ -246,6 +246,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _machine_busy() -> float:
+    """Seconds of CPU the whole machine spent not idle so far (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu(stat: str) -> float:
     fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -462,7 +469,7 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
     base_model = case["model"].removesuffix("_batched")
     expected = sessions[base_model].run(["score"], {"features": _inputs(case["batch"])})[0]
     _check(server.url + path, body, header_length, expected)
-    load, cpu = os.getloadavg()[0], server.cpu_seconds()
+    load, cpu, machine = os.getloadavg()[0], server.cpu_seconds(), _machine_busy()
     if client == "wrk":
         result = run_wrk(
             server.url + path, body, header_length, case["clients"], seconds, case["batch"], folder
@@ -471,7 +478,7 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
         result = run_python_client(
             server.port, path, body, header_length, case["clients"], seconds, case["batch"]
         )
-    after = server.cpu_seconds()
+    after, machine = server.cpu_seconds(), _machine_busy() - machine
     server_cpu = after["all"] - cpu["all"]
     return {
         **case,
@@ -483,6 +490,9 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
         "loop_busy": round((after["loop"] - cpu["loop"]) / result["seconds"], 3),
         "server_cores": round(server_cpu / result["seconds"], 3),
         "client_cores": round(result["client_cpu_s"] / result["seconds"], 3),
+        # Every process and the kernel (loopback TCP included): near the core count, the machine
+        # itself is the limit.
+        "machine_cores": round(machine / result["seconds"], 3),
         "body_bytes": len(body),
         "load_before": load,
     }
@@ -605,7 +615,7 @@ def _start_servers(folder: Path) -> dict:
 
 def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder: Path) -> dict:
     """py-spy on the server over each target's HTTP cases (run again): where its threads' busy
-    samples went. The raw stacks are kept in results/serve-profile-CASE.txt."""
+    samples went. The raw stacks are kept in bench-data/serve-profiles/CASE.txt (git-ignored)."""
     if not shutil.which("py-spy"):
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     profiles = {}
@@ -634,7 +644,9 @@ def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder:
             "loop_busy": result["loop_busy"],
             **summarise_profile(raw),
         }
-        shutil.copy(raw, HERE / "results" / f"serve-profile-{name}.txt")
+        kept = ROOT / "bench-data" / "serve-profiles"
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copy(raw, kept / f"{name}.txt")
     return profiles
 
 
@@ -761,7 +773,7 @@ def format_table(results: dict) -> str:
     header = (
         f"{'case':<32} {'client':>6} {'requests':>8} {'err':>4} {'req/s':>9} {'rows/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'srv us/req':>10} {'srv':>4} {'loop':>4} {'gen':>4} "
-        f"{'load':>5}"
+        f"{'all':>4} {'load':>5}"
     )
     lines = [header, "-" * len(header)]
     for name, case in results["cases"].items():
@@ -769,7 +781,8 @@ def format_table(results: dict) -> str:
             lines.append(f"{name:<32} error: {case['error'][:150]}")
             continue
         cores = " ".join(
-            f"{_num(case.get(k), '.2f'):>4}" for k in ("server_cores", "loop_busy", "client_cores")
+            f"{_num(case.get(k), '.2f'):>4}"
+            for k in ("server_cores", "loop_busy", "client_cores", "machine_cores")
         )
         lines.append(
             f"{name:<32} {case.get('client', '-'):>6} {case['requests']:>8} {case['errors']:>4} "
@@ -778,8 +791,8 @@ def format_table(results: dict) -> str:
             f"{cores} {case.get('load_before', 0):>5.2f}"
         )
     lines.append(
-        "srv / loop / gen: cores' worth of CPU used by the server process, its event loop thread "
-        "and the load generator (or the in-process loop) over the case"
+        "srv / loop / gen / all: cores' worth of CPU used over the case by the server process, "
+        "its event loop thread, the load generator (or the in-process loop) and the whole machine"
     )
     lines.append("")
     for name, model in results["models"].items():

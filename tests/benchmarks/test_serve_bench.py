@@ -44,6 +44,7 @@ def test_every_case_runs_without_errors(serve, results):
         case = results["cases"][name]
         assert case["client"] == "python" and case["server_cpu_us_per_req"] > 0, name
         assert 0 <= case["loop_busy"] <= 1.2 and case["server_cores"] > 0, name
+        assert case["machine_cores"] >= case["server_cores"] * 0.8, name
 
 
 def test_models_targets_and_table(serve, results):
