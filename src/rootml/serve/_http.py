@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -24,19 +25,38 @@ def error_response(
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed for Content-Encoding gzip/deflate; 413 beyond `limit` bytes
-    either on the wire or decompressed, 400 for a bad or unknown encoding."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"body of {declared} bytes is over the limit of {limit} bytes", 413)
+    """The body of a Starlette request: `receive_body` with its headers."""
+    headers = request.headers
+    return await receive_body(
+        request.receive, limit, headers.get("content-length"), headers.get("content-encoding")
+    )
+
+
+async def receive_body(
+    receive: Callable[[], Awaitable[dict]],
+    limit: int,
+    length: str | None = None,
+    encoding: str | None = None,
+) -> bytes:
+    """The request body from ASGI `receive`, decompressed for Content-Encoding (`encoding`)
+    gzip/deflate; 413 beyond `limit` bytes either as declared (`length`, Content-Length), on the
+    wire or decompressed, 400 for a bad or unknown encoding or a client gone before the end."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ProtocolError(f"body of {length} bytes is over the limit of {limit} bytes", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ProtocolError("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ProtocolError(f"body is over the limit of {limit} bytes", 413)
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = (encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
