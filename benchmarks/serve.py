@@ -80,6 +80,19 @@ TARGETS = {
         "req_per_s",
         3.0,
     ),
+    # The same two with one worker process per core (--workers), the reference likewise.
+    "json b1 c64, a worker per core: rootml / starlette req/s": (
+        "rootml_workers-json-b1-c64",
+        "starlette_workers-json-b1-c64",
+        "req_per_s",
+        0.8,
+    ),
+    "binary b1024 c64, a worker per core: rootml / in-process rows/s": (
+        "rootml_workers-binary-b1024-c64",
+        "inprocess-b1024",
+        "rows_per_s",
+        0.7,
+    ),
 }
 
 
@@ -226,17 +239,22 @@ def reference_app(model_path: str):
     return Starlette(routes=routes)
 
 
-def _serve_reference(model_path: str, port: int) -> None:
+def reference_from_env():
+    """App factory of the reference's uvicorn worker processes: the model path in the env."""
+    return reference_app(os.environ["BENCH_REFERENCE_MODEL"])
+
+
+def _serve_reference(model_path: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     # The options of rootml.serve.app.run_server, so both servers run on the same HTTP stack.
-    uvicorn.run(
-        reference_app(model_path),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-    )
+    options = {"host": "127.0.0.1", "port": port, "log_level": "warning", "access_log": False}
+    if workers <= 1:
+        uvicorn.run(reference_app(model_path), **options)
+        return
+    os.environ["BENCH_REFERENCE_MODEL"] = model_path
+    uvicorn.run("serve:reference_from_env", factory=True, workers=workers, app_dir=str(HERE),
+                **options)  # fmt: skip
 
 
 # -- servers --------------------------------------------------------------------------------------
@@ -258,6 +276,18 @@ def _cpu(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's worker processes), from /proc."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                children = Path(f"/proc/{pids[i]}/task/{task}/children").read_text().split()
+                pids += [int(c) for c in children]
+        i += 1
+    return pids
+
+
 class Server:
     """A server subprocess on a free loopback port; wait_ready() until /v2/health/ready is 200."""
 
@@ -272,24 +302,30 @@ class Server:
     def wait_ready(self, timeout: float = 60) -> None:
         import httpx
 
-        deadline = time.monotonic() + timeout
+        # 20 ready answers in a row, each on a new connection: with worker processes, those
+        # still loading the models accept none, so a run of answers means all are up.
+        deadline, answers = time.monotonic() + timeout, 0
         while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                ok = httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200
+                answers = answers + 1 if ok else 0
+                if answers == 20:
                     return
-            time.sleep(0.1)
+            time.sleep(0.02 if answers else 0.1)
         raise RuntimeError(
             f"{self.command[:4]} did not become ready:\n{self.log.read_text()[-2000:]}"
         )
 
     def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU so far of the server's main thread (its event loop: "loop"), and of
-        the process with all its threads ("all")."""
-        pid = self.process.pid
-        return {
-            "loop": _cpu(f"/proc/{pid}/task/{pid}/stat"),
-            "all": _cpu(f"/proc/{pid}/stat"),
-        }
+        """User + system CPU so far of the server's main threads (its event loops, one per
+        worker process: "loop"), and of its processes with all their threads ("all")."""
+        out = {"loop": 0.0, "all": 0.0}
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(OSError):  # a process that just ended
+                loop, everything = _cpu(f"/proc/{pid}/task/{pid}/stat"), _cpu(f"/proc/{pid}/stat")
+                out["loop"] += loop
+                out["all"] += everything
+        return out
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -424,13 +460,21 @@ def http_cases() -> list[dict]:
         for model in ("heavy", "heavy_batched"):
             cases.append(dict(server="rootml", model=model, encoding=encoding, batch=1, clients=64))
     cases.append(dict(server="rootml", model="heavy_batched", encoding="json", batch=1, clients=1))
+    # One worker process per core (--workers): each with its own event loop.
+    for encoding, batch in (("json", 1), ("binary", 1024)):
+        for server in ("starlette_workers", "rootml_workers"):
+            cases.append(
+                dict(server=server, model="mlp", encoding=encoding, batch=batch, clients=64)
+            )
     return cases
 
 
 def case_name(case: dict) -> str:
-    """rootml-json-b1-c64, rootml_batched-..., heavy-..., heavy_batched-..., starlette-..."""
+    """rootml-json-b1-c64, rootml_batched-..., heavy-..., heavy_batched-..., starlette-...,
+    rootml_workers-..., starlette_workers-..."""
     prefix = {"mlp": "rootml", "mlp_batched": "rootml_batched"}.get(case["model"], case["model"])
-    prefix = "starlette" if case["server"] == "starlette" else prefix
+    if case["server"] != "rootml":
+        prefix = case["server"]
     return f"{prefix}-{case['encoding']}-b{case['batch']}-c{case['clients']}"
 
 
@@ -486,7 +530,8 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
         **result,
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_us_per_req": server_cpu / max(1, result["requests"]) * 1e6,
-        # Cores' worth of CPU the event loop thread used over the case: near 1.0, it is the limit.
+        # Cores' worth of CPU the event loop threads used over the case (one per worker
+        # process): near 1.0 per worker, the loops are the limit.
         "loop_busy": round((after["loop"] - cpu["loop"]) / result["seconds"], 3),
         "server_cores": round(server_cpu / result["seconds"], 3),
         "client_cores": round(result["client_cpu_s"] / result["seconds"], 3),
@@ -546,7 +591,8 @@ def run_benchmark(
             "repeat": repeat,
             "client": client,
             "dynamic_batching": BATCHING,
-            "server": "rootml serve, 1 worker, 1 intra-op thread per run, runs in flight = cores",
+            "server": "rootml serve: 1 worker process (runs in flight = cores) or one per core "
+            "(*_workers, one run in flight each); 1 intra-op thread per run",
         },
         "models": {},
         "cases": {},
@@ -591,18 +637,22 @@ def run_benchmark(
 
 
 def _start_servers(folder: Path) -> dict:
-    """rootml serve on the repository and the Starlette reference on mlp.onnx, started at once."""
-    repo_port, reference_port = _free_port(), _free_port()
+    """rootml serve on the repository and the Starlette reference on mlp.onnx, each with one
+    worker process and with one per core (*_workers), all started at once."""
     rootml = [sys.executable, "-m", "rootml.cli", "serve", "--repo", str(folder / "repo")]
     reference = [sys.executable, str(Path(__file__).resolve()), "--reference-server"]
-    servers = {
-        "rootml": Server([*rootml, "--port", str(repo_port)], folder / "rootml.log", repo_port),
-        "starlette": Server(
-            [*reference, str(folder / "mlp.onnx"), "--port", str(reference_port)],
-            folder / "starlette.log",
-            reference_port,
-        ),
+    reference.append(str(folder / "mlp.onnx"))
+    workers = ["--workers", str(_cores())]
+    commands = {
+        "rootml": rootml,
+        "starlette": reference,
+        "rootml_workers": [*rootml, *workers],
+        "starlette_workers": [*reference, *workers],
     }
+    servers = {}
+    for name, command in commands.items():
+        port = _free_port()
+        servers[name] = Server([*command, "--port", str(port)], folder / f"{name}.log", port)
     try:
         for server in servers.values():
             server.wait_ready()
@@ -653,10 +703,11 @@ def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder:
 # Where a sample's innermost frame is, by file: the layer of the stack that was running.
 _LAYERS = (
     ("epoll wait (idle)", "EpollSelector.select"),
+    ("uvloop (C: socket I/O, callbacks, idle)", r"Runner\.run \(asyncio/runners\.py"),
     ("rootml", "rootml/"),
     ("onnxruntime", "onnxruntime/"),
     ("prometheus-client", "prometheus_client/"),
-    ("uvicorn + h11 (HTTP)", "uvicorn/|h11/"),
+    ("uvicorn (HTTP)", "uvicorn/|h11/|httptools/"),
     ("starlette + fastapi", "starlette/|fastapi/"),
     ("asyncio + selectors (event loop, socket I/O)", "asyncio/|selectors.py"),
     ("reference endpoint", "serve.py"),
@@ -722,6 +773,10 @@ def _say(progress: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine_info() -> dict:
     """CPU, cores, memory, versions, commit, date and the load average at the start."""
     import importlib.metadata
@@ -750,10 +805,9 @@ def machine_info() -> dict:
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": cpu,
-        "cores": cores,
+        "cores": _cores(),
         "memory_gib": memory,
         "platform": platform.platform(),
         "versions": versions,
@@ -791,8 +845,9 @@ def format_table(results: dict) -> str:
             f"{cores} {case.get('load_before', 0):>5.2f}"
         )
     lines.append(
-        "srv / loop / gen / all: cores' worth of CPU used over the case by the server process, "
-        "its event loop thread, the load generator (or the in-process loop) and the whole machine"
+        "srv / loop / gen / all: cores' worth of CPU used over the case by the server's "
+        "processes, their event loop threads, the load generator (or the in-process loop) and "
+        "the whole machine"
     )
     lines.append("")
     for name, model in results["models"].items():
@@ -825,9 +880,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument("--reference-server", help=argparse.SUPPRESS)  # internal: MODEL.onnx
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reference_server:
-        _serve_reference(args.reference_server, args.port)
+        _serve_reference(args.reference_server, args.port, args.workers)
         return 0
     (HERE / "results").mkdir(exist_ok=True)
     results = run_benchmark(args.quick, args.seconds, args.repeat, args.client, args.profile)

@@ -34,7 +34,7 @@ def test_every_case_runs_without_errors(serve, results):
     inprocess = [f"inprocess-b{b}" for b in serve.BATCHES]
     inprocess += ["inprocess-2threads-b1024", "heavy-inprocess-b1", "heavy-inprocess-b64"]
     assert list(results["cases"]) == inprocess + http
-    assert len(set(http)) == len(http) == 4 * len(serve.BATCHES) * len(serve.CLIENTS) + 7
+    assert len(set(http)) == len(http) == 4 * len(serve.BATCHES) * len(serve.CLIENTS) + 11
     for name, case in results["cases"].items():
         assert "error" not in case, (name, case.get("error"))
         assert case["errors"] == 0 and case["requests"] > 0, name
@@ -43,8 +43,11 @@ def test_every_case_runs_without_errors(serve, results):
     for name in http:
         case = results["cases"][name]
         assert case["client"] == "python" and case["server_cpu_us_per_req"] > 0, name
-        assert 0 <= case["loop_busy"] <= 1.2 and case["server_cores"] > 0, name
-        assert case["machine_cores"] >= case["server_cores"] * 0.8, name
+        # Event loop threads: one per worker process, each at most one core.
+        loops = results["machine"]["cores"] if "_workers" in name else 1
+        assert 0 <= case["loop_busy"] <= 1.2 * loops and case["server_cores"] > 0, name
+        # Both counted in 10 ms clock ticks, over 0.1 s: a few ticks either way.
+        assert case["machine_cores"] >= case["server_cores"] * 0.8 - 0.3, name
 
 
 def test_models_targets_and_table(serve, results):
