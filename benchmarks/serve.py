@@ -679,6 +679,7 @@ def _profile(servers: dict, sessions: dict, client: str, seconds: float, folder:
         raw = folder / f"{name}.txt"
         spy = subprocess.Popen(
             ["py-spy", "record", "--pid", str(servers[case["server"]].process.pid), "--threads",
+             "--subprocesses",
              "--nonblocking", "--format", "raw", "--rate", "200", "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -725,6 +726,9 @@ def summarise_profile(raw: Path, top: int = 10) -> dict:
         if not count.isdigit():
             continue
         n, frames = int(count), stack.split(";")
+        # --subprocesses: "process PID:command" frames (supervisor, worker) come first.
+        while len(frames) > 1 and frames[0].startswith("process "):
+            frames = frames[1:]
         # "thread (123): rootml-run_0" -> "rootml-run"; frames lose their line numbers.
         thread = re.sub(r"_\d+$", "", frames[0].partition(": ")[2] or frames[0])
         threads[thread] = threads.get(thread, 0) + n

@@ -95,3 +95,21 @@ def test_reference_endpoint_answers_json_and_binary_like_onnxruntime(serve, tmp_
                 answer.content, answer.headers.get("inference-header-content-length")
             )["score"]
             np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_profile_summary_counts_threads_and_loop_layers(serve, tmp_path):
+    """py-spy raw stacks, with the process frames of --subprocesses, summarised by hand's count."""
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        'process 1:"python -m rootml.cli serve";process 2:"python worker";thread (2): MainThread;'
+        "run (uvicorn/server.py:1);infer_body (rootml/serve/app.py:3) 6\n"
+        'process 1:"python -m rootml.cli serve";thread (1): MainThread;'
+        "run (uvicorn/server.py:1);data_received (uvicorn/protocols/http/httptools_impl.py:9) 2\n"
+        "thread (7): rootml-run_0;_worker (concurrent/futures/thread.py:81);"
+        "Session.run (onnxruntime/capi/x.py:406) 12\n"
+    )
+    summary = serve.summarise_profile(raw)
+    assert summary["samples"] == 20
+    assert summary["threads"] == [["rootml-run", 60.0], ["MainThread", 40.0]]
+    assert summary["loop_layers"] == [["rootml", 75.0], ["uvicorn (HTTP)", 25.0]]
+    assert summary["loop_functions"][0] == ["infer_body (rootml/serve/app.py)", 75.0]
