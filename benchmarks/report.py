@@ -8,7 +8,9 @@ README; everything outside the markers is written by hand and kept as it is. Sec
 - `loader-baseline`: benchmarks/results/loader-baseline.json (the same benchmark before the
   loader was optimised) next to loader.json, case by case;
 - `serve-results`: benchmarks/results/serve.json (python benchmarks/serve.py), the machine, every
-  case, the targets and the profiles of the target cases.
+  case, the targets and the profiles of the target cases;
+- `serve-baseline`: benchmarks/results/serve-baseline.json (the server code before it was
+  optimised, run by the same script) next to serve.json.
 
 Another benchmark adds its own section: a function taking the results folder and returning
 markdown, registered in SECTIONS.
@@ -221,10 +223,64 @@ def serve_results(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _serve_reference(results: dict, name: str) -> dict | None:
+    """The case a serve case is compared with: binary b1024 -> in-process onnxruntime,
+    heavy_batched -> heavy unbatched, rootml* -> the Starlette endpoint with as many worker
+    processes; None for the rest."""
+    cases = results["cases"]
+    if re.match(r"rootml(_workers)?-binary-b1024-", name):
+        return cases.get("inprocess-b1024")
+    if name.startswith("heavy_batched-"):
+        return cases.get(name.replace("heavy_batched-", "heavy-", 1))
+    if name.startswith("rootml_workers-"):
+        return cases.get(name.replace("rootml_workers-", "starlette_workers-", 1))
+    if name.startswith("rootml"):
+        return cases.get(re.sub(r"^rootml[^-]*-", "starlette-", name))
+    return None
+
+
+def serve_baseline(folder: Path) -> str:
+    """benchmarks/results/serve-baseline.json (the server code before its optimisations, run by
+    the same benchmark script) next to serve.json, case by case, each with its reference."""
+    before, after = _load(folder / "serve-baseline.json"), _load(folder / "serve.json")
+    if before is None or after is None:
+        return "_Needs benchmarks/results/serve-baseline.json and serve.json._"
+    lines = [
+        f"Baseline: server code of commit {before['machine'].get('server_code')} "
+        f"({before['machine']['date']}); now: commit {after['machine'].get('server_code')} "
+        f'({after["machine"]["date"]}). "x ref" is the ratio to the reference of the same run: '
+        "the Starlette endpoint with as many worker processes, in-process onnxruntime for binary "
+        "batch 1024, the unbatched model for dynamic batching.",
+        "",
+        "| case | before req/s | x ref | before CPU us/req | before p99 ms | now req/s | x ref "
+        "| now CPU us/req | now p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def ratio(results: dict, name: str, case: dict) -> str:
+        other = _serve_reference(results, name)
+        return _num(case["req_per_s"] / other["req_per_s"], ".2f") if other else ""
+
+    for name, case in after["cases"].items():
+        old = before["cases"].get(name)
+        if not name.startswith(("rootml", "heavy")) or "inprocess" in name:
+            continue
+        if old is None or "req_per_s" not in old or "req_per_s" not in case:
+            continue
+        lines.append(
+            f"| {name} | {old['req_per_s']:,.0f} | {ratio(before, name, old)} "
+            f"| {old['server_cpu_us_per_req']:.0f} | {old['p99_ms']:.1f} | {case['req_per_s']:,.0f} "
+            f"| {ratio(after, name, case)} | {case['server_cpu_us_per_req']:.0f} "
+            f"| {case['p99_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "loader-results": loader_results,
     "loader-baseline": loader_baseline,
     "serve-results": serve_results,
+    "serve-baseline": serve_baseline,
 }
 
 

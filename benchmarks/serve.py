@@ -725,10 +725,9 @@ def summarise_profile(raw: Path, top: int = 10) -> dict:
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        n, frames = int(count), stack.split(";")
-        # --subprocesses: "process PID:command" frames (supervisor, worker) come first.
-        while len(frames) > 1 and frames[0].startswith("process "):
-            frames = frames[1:]
+        # --subprocesses: 'process PID:"command";' frames (supervisor, worker) come first; a
+        # command may hold ";" (python -c "...; spawn_main(...)").
+        n, frames = int(count), re.sub(r'^(process \d+:"[^"]*";)+', "", stack).split(";")
         # "thread (123): rootml-run_0" -> "rootml-run"; frames lose their line numbers.
         thread = re.sub(r"_\d+$", "", frames[0].partition(": ")[2] or frames[0])
         threads[thread] = threads.get(thread, 0) + n
@@ -806,16 +805,25 @@ def machine_info() -> dict:
     if shutil.which("wrk"):
         probe = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
         versions["wrk"] = (probe.stdout + probe.stderr).split("[")[0].replace("wrk", "").strip()
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    import rootml
+
+    def commit_of(folder: Path) -> str | None:
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip() or None
+
     return {
         "cpu": cpu,
         "cores": _cores(),
         "memory_gib": memory,
         "platform": platform.platform(),
         "versions": versions,
-        "commit": commit or None,
+        "commit": commit_of(ROOT),
+        # The rootml code served (another checkout for a baseline run: PYTHONPATH=OLD/src).
+        "server_code": commit_of(Path(rootml.__file__).parent),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "load_before": os.getloadavg(),
     }

@@ -365,7 +365,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # name -> script in the checkout's benchmarks/ folder; each defines run_benchmark(quick=...) -> dict
 # and format_table(results) -> str. Another benchmark adds itself here.
-_BENCHMARKS = {"loader": "loader.py", "serve": "serve.py"}
+# gpu: skipped (reported as such) where there is no CUDA device.
+_BENCHMARKS = {"loader": "loader.py", "serve": "serve.py", "gpu": "gpu.py"}
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -101,7 +101,8 @@ def test_profile_summary_counts_threads_and_loop_layers(serve, tmp_path):
     """py-spy raw stacks, with the process frames of --subprocesses, summarised by hand's count."""
     raw = tmp_path / "raw.txt"
     raw.write_text(
-        'process 1:"python -m rootml.cli serve";process 2:"python worker";thread (2): MainThread;'
+        'process 1:"python -m rootml.cli serve";process 2:"python -c import x; x.main()";'
+        "thread (2): MainThread;"
         "run (uvicorn/server.py:1);infer_body (rootml/serve/app.py:3) 6\n"
         'process 1:"python -m rootml.cli serve";thread (1): MainThread;'
         "run (uvicorn/server.py:1);data_received (uvicorn/protocols/http/httptools_impl.py:9) 2\n"
