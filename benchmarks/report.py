@@ -196,12 +196,22 @@ def serve_results(folder: Path) -> str:
             f"| {_num(case.get('client_cores'), '.2f')} | {_num(case.get('machine_cores'), '.2f')} "
             f"| {case.get('load_before', 0):.2f} |"
         )
-    lines += ["", "| target | cases | value | needed | errors | met |", "|---|---|--:|--:|--:|---|"]
+    lines += [
+        "",
+        "Each target's value is the median of its paired rounds (its two cases run back to back, "
+        "the order alternating), so that both sides of a ratio see the same minute of this shared "
+        "machine; the ratio of the two cases' best runs in the table above is shown next to it.",
+        "",
+        "| target | cases | value | paired rounds | best runs | needed | errors | met |",
+        "|---|---|--:|--:|--:|--:|--:|---|",
+    ]
     for name, target in results["targets"].items():
         met = "yes" if target["met"] else "**no**"
         cases = " / ".join(f"`{c}`" for c in target.get("cases", []))
+        rounds = ", ".join(f"{r:.2f}" for r in target.get("rounds", []))
         lines.append(
-            f"| {name} | {cases} | {_num(target['value'], '.2f')} | {target['need']} "
+            f"| {name} | {cases} | {_num(target['value'], '.2f')} | {rounds} "
+            f"| {_num(target.get('cases_ratio'), '.2f')} | {target['need']} "
             f"| {target.get('errors', '')} | {met} |"
         )
     profiles = {k: v for k, v in results.get("profiles", {}).items() if "loop_layers" in v}

@@ -15,7 +15,13 @@ dynamic batching (config.pbtxt `dynamic_batching`, see BATCHING). Cases:
   same session (defined here, run by uvicorn with the server's options in a subprocess), V2 JSON
   and binary, the run inline;
 - rootml: KServe V2 infer, JSON and binary tensors, batch 1/64/1024, 1 and 64 clients, batching
-  off/on; every request/response pair is first checked against the in-process outputs.
+  off/on; every request/response pair is first checked against the in-process outputs;
+- rootml_workers, starlette_workers: both servers with one worker process per core
+  (`--workers`), single-row JSON and binary batch 1024 with 64 clients.
+
+Every target's two cases are then run again back to back, three times with the order
+alternating (paired rounds): the target is the median of those ratios, so that a machine whose
+speed drifts over the minutes of a run (seen here: 15-20%) does not decide it.
 
 Load comes from wrk (Debian's `wrk`, a Lua script for the POST bodies; one thread) or, without
 wrk or with `--client python`, from an asyncio raw-socket client in this process. The server,
@@ -25,7 +31,7 @@ generator (from /proc and getrusage) is recorded per case: with the loop thread 
 the loop is the limit.
 
 Usage:
-    python benchmarks/serve.py              # full (~5 min on 2 cores), benchmarks/results/serve.json
+    python benchmarks/serve.py              # full (~12 min on 2 cores), results/serve.json
     python benchmarks/serve.py --quick      # 1 s per case (~1 min; what `rootml bench` runs)
     python benchmarks/serve.py --profile    # also py-spy the server over the target cases
 """
@@ -42,6 +48,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -543,12 +550,18 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
     }
 
 
+# name: (model, batch, threads calling session.run at once)
+INPROCESS = {
+    **{f"inprocess-b{b}": ("mlp", b, 1) for b in BATCHES},
+    "inprocess-2threads-b1024": ("mlp", 1024, 2),
+    "heavy-inprocess-b1": ("heavy", 1, 1),
+    "heavy-inprocess-b64": ("heavy", 64, 1),
+}
+
+
 def _inprocess_cases(sessions: dict, seconds: float, repeat: int) -> dict:
     cases = {}
-    specs = [(f"inprocess-b{b}", "mlp", b, 1) for b in BATCHES]
-    specs += [("inprocess-2threads-b1024", "mlp", 1024, 2)]
-    specs += [("heavy-inprocess-b1", "heavy", 1, 1), ("heavy-inprocess-b64", "heavy", 64, 1)]
-    for name, model, batch, threads in specs:
+    for name, (model, batch, threads) in INPROCESS.items():
         load = os.getloadavg()[0]
         runs = [run_inprocess(sessions[model], batch, seconds, threads) for _ in range(repeat)]
         best = max(runs, key=lambda r: r["rows_per_s"])
@@ -564,6 +577,32 @@ def _inprocess_cases(sessions: dict, seconds: float, repeat: int) -> dict:
     return cases
 
 
+def _paired_rounds(servers: dict, sessions: dict, client: str, seconds: float, folder: Path,
+                   rounds: int, progress: bool) -> dict:  # fmt: skip
+    """Each target's two cases measured back to back `rounds` times, which one first alternating:
+    one ratio per round, both sides measured in the same half minute, so the drift of a shared
+    machine over a run of minutes (seen here: 15-20%) stays out of the ratio."""
+    http = {case_name(case): case for case in http_cases()}
+
+    def measure(name: str) -> dict:
+        if name in INPROCESS:
+            model, batch, threads = INPROCESS[name]
+            return run_inprocess(sessions[model], batch, min(seconds, 2.0), threads)
+        return _run_http(http[name], servers, sessions, client, seconds, folder)
+
+    out = {}
+    for target, (numerator, denominator, key, _) in TARGETS.items():
+        _say(progress, f"  target {target}: {rounds} paired rounds ...")
+        ratios, errors = [], 0
+        for i in range(rounds):
+            order = (numerator, denominator) if i % 2 == 0 else (denominator, numerator)
+            got = {name: measure(name) for name in order}
+            errors += sum(got[name].get("errors", 0) for name in order)
+            ratios.append(got[numerator][key] / got[denominator][key])
+        out[target] = {"ratios": ratios, "errors": errors}
+    return out
+
+
 def run_benchmark(
     quick: bool = False,
     seconds: float | None = None,
@@ -571,14 +610,18 @@ def run_benchmark(
     client: str | None = None,
     profile: bool = False,
     progress: bool = True,
+    rounds: int | None = None,
 ) -> dict:
     """Run every case and return the results dict (see the module docstring).
 
     `seconds` per case (full 5, quick 1); HTTP cases run `repeat` times (full 2, quick 1) and keep
     the run with the most requests/s. `client` is "wrk" (default when installed) or "python".
+    Each target's cases are then run `rounds` more times in pairs (full 3, quick 0: the target
+    is then the ratio of the cases' best runs).
     """
     seconds = seconds or (1.0 if quick else 5.0)
     repeat = repeat or (1 if quick else 2)
+    rounds = (0 if quick else 3) if rounds is None else rounds
     client = client or ("wrk" if shutil.which("wrk") else "python")
     if client == "wrk" and not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed (apt-get install wrk), or use --client python")
@@ -589,6 +632,7 @@ def run_benchmark(
         "settings": {
             "seconds": seconds,
             "repeat": repeat,
+            "rounds": rounds,
             "client": client,
             "dynamic_batching": BATCHING,
             "server": "rootml serve: 1 worker process (runs in flight = cores) or one per core "
@@ -626,13 +670,17 @@ def run_benchmark(
                 best = max(timed, key=lambda r: r["req_per_s"]) if timed else runs[0]
                 best["runs"] = [round(r["req_per_s"], 1) for r in timed]
                 results["cases"][name] = best
+            if rounds:
+                results["rounds"] = _paired_rounds(
+                    servers, sessions, client, seconds, folder, rounds, progress
+                )
             if profile:
                 results["profiles"] = _profile(servers, sessions, client, seconds, folder)
         finally:
             for server in servers.values():
                 server.stop()
     results["machine"]["load_after"] = os.getloadavg()
-    results["targets"] = targets(results["cases"])
+    results["targets"] = targets(results["cases"], results.get("rounds"))
     return results
 
 
@@ -751,22 +799,27 @@ def summarise_profile(raw: Path, top: int = 10) -> dict:
     }
 
 
-def targets(cases: dict) -> dict:
-    """Each target's ratio of two cases of the same run, and whether it holds (0 errors too)."""
+def targets(cases: dict, rounds: dict | None = None) -> dict:
+    """Each target's ratio, and whether it holds (0 errors too): the median of its paired rounds
+    where there are some, else the ratio of its two cases' best runs."""
     out = {}
     for name, (numerator, denominator, key, need) in TARGETS.items():
         a, b = cases.get(numerator, {}), cases.get(denominator, {})
         if key not in a or key not in b:
             out[name] = {"value": None, "need": f">= {need}", "met": False}
             continue
-        value = a[key] / b[key]
-        errors = a.get("errors", 0) + b.get("errors", 0)
+        cases_ratio = a[key] / b[key]
+        paired = (rounds or {}).get(name)
+        value = statistics.median(paired["ratios"]) if paired else cases_ratio
+        errors = a.get("errors", 0) + b.get("errors", 0) + (paired["errors"] if paired else 0)
         out[name] = {
             "value": value,
             "need": f">= {need}",
             "errors": errors,
             "met": value >= need and errors == 0,
             "cases": [numerator, denominator],
+            "cases_ratio": cases_ratio,
+            "rounds": list(paired["ratios"]) if paired else [],
         }
     return out
 
@@ -878,7 +931,9 @@ def format_table(results: dict) -> str:
         value = target["value"]
         verdict = "met" if target["met"] else "NOT met"
         shown = "-" if value is None else f"{value:.2f}"
-        lines.append(f"target {name:<46} {shown:>6} {target['need']:>7}  {verdict}")
+        rounds = ", ".join(f"{r:.2f}" for r in target.get("rounds", []))
+        paired = f"  (paired rounds {rounds})" if rounds else ""
+        lines.append(f"target {name:<46} {shown:>6} {target['need']:>7}  {verdict}{paired}")
     return "\n".join(lines)
 
 

@@ -26,7 +26,9 @@ def serve():
 @pytest.fixture(scope="module")
 def results(serve):
     # The asyncio client of the script (wrk may not be installed): 0.1 s per case.
-    return serve.run_benchmark(quick=True, seconds=0.1, repeat=1, client="python", progress=False)
+    return serve.run_benchmark(
+        quick=True, seconds=0.1, repeat=1, client="python", progress=False, rounds=1
+    )
 
 
 def test_every_case_runs_without_errors(serve, results):
@@ -56,8 +58,11 @@ def test_models_targets_and_table(serve, results):
     # The heavy model is the one for dynamic batching: much dearer per row than the MLP.
     assert heavy["single_row_ms"] > 10 * mlp["single_row_ms"] > 0
     assert set(results["targets"]) == set(serve.TARGETS)
-    for target in results["targets"].values():
-        assert target["value"] > 0 and target["errors"] == 0
+    for name, target in results["targets"].items():
+        assert target["value"] > 0 and target["errors"] == 0, name
+        # One paired round: the value is its ratio, measured apart from the cases' runs.
+        assert target["value"] == target["rounds"][0] == results["rounds"][name]["ratios"][0]
+        assert target["cases_ratio"] > 0
     assert results["machine"]["cores"] >= 1 and len(results["machine"]["load_before"]) == 3
     json.dumps(results)  # what main() writes
     table = serve.format_table(results)
