@@ -385,7 +385,9 @@ def test_infer_fast_path_answers_unexpected_errors_in_the_protocol_form(repo, mo
 
 def test_cheap_runs_go_inline_and_slow_ones_back_to_the_run_threads(repo, reference):
     """A run measured under inline_run_us runs on the event loop; one measured slower goes back
-    to the run threads until its moving average is cheap again. Answers are equal throughout."""
+    to the run threads until its moving average is cheap again. What counts is the run's CPU
+    time, not time spent waiting (for a core, the GIL; here asleep). Answers are equal
+    throughout."""
     import threading
 
     from starlette.testclient import TestClient
@@ -397,11 +399,14 @@ def test_cheap_runs_go_inline_and_slow_ones_back_to_the_run_threads(repo, refere
     expected = reference(make_inputs(2))
     with TestClient(app) as client:
         served = app.state.manager.get("mlp")
-        real_run, threads, delay = served.run, [], [0.0]
+        real_run, threads, busy, asleep = served.run, [], [0.0], [0.0]
 
         def run(feeds):
             threads.append(threading.current_thread().name)
-            time.sleep(delay[0])
+            started = time.thread_time()
+            while time.thread_time() - started < busy[0]:
+                pass  # a run that costs `busy` s of CPU
+            time.sleep(asleep[0])
             return real_run(feeds)
 
         served.run = run
@@ -417,11 +422,15 @@ def test_cheap_runs_go_inline_and_slow_ones_back_to_the_run_threads(repo, refere
         for _ in range(3):
             infer()
         assert not threads[-1].startswith("rootml-run")  # measured cheap: on the event loop
-        delay[0] = 0.01
-        infer()  # measured at 10 ms: the moving average is now over 1 ms
+        asleep[0] = 0.01
+        for _ in range(3):
+            infer()  # 10 ms waiting, no CPU: still cheap
+        assert not any(t.startswith("rootml-run") for t in threads[-3:])
+        asleep[0], busy[0] = 0.0, 0.01
+        infer()  # measured at 10 ms of CPU: the moving average is now over 1 ms
         infer()
         assert threads[-1].startswith("rootml-run")
-        delay[0] = 0.0
+        busy[0] = 0.0
         for _ in range(12):
             infer()
         assert not threads[-1].startswith("rootml-run")
