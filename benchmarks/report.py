@@ -10,7 +10,8 @@ README; everything outside the markers is written by hand and kept as it is. Sec
 - `serve-results`: benchmarks/results/serve.json (python benchmarks/serve.py), the machine, every
   case, the targets and the profiles of the target cases;
 - `serve-baseline`: benchmarks/results/serve-baseline.json (the server code before it was
-  optimised, run by the same script) next to serve.json.
+  optimised, run by the same script) next to serve.json;
+- `gpu-results`: benchmarks/results/gpu.json (python benchmarks/gpu.py, on a GPU machine).
 
 Another benchmark adds its own section: a function taking the results folder and returning
 markdown, registered in SECTIONS.
@@ -168,7 +169,8 @@ def serve_results(folder: Path) -> str:
     lines = [
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['platform']}; "
         "server, load generator and benchmark share these cores",
-        f"- Versions: {versions}; rootml commit {m.get('commit')}",
+        f"- Versions: {versions}; HTTP stack (uvicorn's auto): "
+        f"{m.get('http_stack', 'not recorded')}; rootml commit {m.get('commit')}",
         f"- Run: {m['date']}, mode {results['mode']}, {settings['seconds']:g} s per case, best "
         f"of {settings['repeat']} runs (every run's req/s in the JSON), load generator "
         f"{settings['client']}; load average (1 / 5 / 15 min) before the run {load}",
@@ -273,7 +275,8 @@ def serve_baseline(folder: Path) -> str:
 
     for name, case in after["cases"].items():
         old = before["cases"].get(name)
-        if not name.startswith(("rootml", "heavy")) or "inprocess" in name:
+        # One server process: the baseline is the default server before its optimisations.
+        if not name.startswith(("rootml", "heavy")) or "inprocess" in name or "_workers" in name:
             continue
         if old is None or "req_per_s" not in old or "req_per_s" not in case:
             continue
@@ -286,11 +289,38 @@ def serve_baseline(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def gpu_results(folder: Path) -> str:
+    """benchmarks/results/gpu.json (python benchmarks/gpu.py on a machine with a GPU)."""
+    results = _load(folder / "gpu.json")
+    if results is None:
+        return "_Not measured yet: `python benchmarks/gpu.py` needs a machine with a GPU._"
+    m, s, t = results["machine"], results["settings"], results["target"]
+    lines = [
+        f"- Machine: {m['gpu']}, {m['cores']} cores; {m['platform']}; torch {m['torch']}, CUDA "
+        f"{m['cuda']}; rootml commit {m['commit']}; run {m['date']}",
+        f"- Settings: {s['events']:,} events, batch {s['batch_size']}, {s['features']} features, "
+        f"{s['workers']} loader workers, AMP {s['amp']}, {s['steps']} timed steps per phase after "
+        f"{s['warmup']} warm-up steps, {s['resident_batches']} batches resident on the GPU",
+        "",
+        "| phase | steps/s | events/s | GPU utilisation % |",
+        "|---|--:|--:|--:|",
+    ]
+    for name, p in results["phases"].items():
+        lines.append(
+            f"| {name} | {p['steps_per_s']:,.1f} | {p['events_per_s']:,.0f} "
+            f"| {_num(p['gpu_utilisation'], '.0f')} |"
+        )
+    met = "yes" if t["met"] else "**no**"
+    lines += ["", f"Loader / resident step rate: {t['value']:.3f} (needed {t['need']}): {met}"]
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "loader-results": loader_results,
     "loader-baseline": loader_baseline,
     "serve-results": serve_results,
     "serve-baseline": serve_baseline,
+    "gpu-results": gpu_results,
 }
 
 

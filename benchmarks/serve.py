@@ -829,6 +829,19 @@ def _say(progress: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _http_stack() -> str:
+    """What uvicorn's "auto" runs here: httptools or h11, uvloop or asyncio."""
+    stack = []
+    for module, fallback in (("httptools", "h11"), ("uvloop", "asyncio")):
+        try:
+            __import__(module)
+        except ImportError:
+            stack.append(fallback)
+        else:
+            stack.append(module)
+    return " + ".join(stack)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -874,6 +887,7 @@ def machine_info() -> dict:
         "memory_gib": memory,
         "platform": platform.platform(),
         "versions": versions,
+        "http_stack": _http_stack(),
         "commit": commit_of(ROOT),
         # The rootml code served (another checkout for a baseline run: PYTHONPATH=OLD/src).
         "server_code": commit_of(Path(rootml.__file__).parent),
@@ -944,6 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="runs per HTTP case, fastest kept (full 2)")
     parser.add_argument("--client", choices=("wrk", "python"), help="load generator")
     parser.add_argument("--profile", action="store_true", help="py-spy the target cases too")
+    parser.add_argument("--rounds", type=int, help="paired rounds per target (full 3, quick 0)")
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument("--reference-server", help=argparse.SUPPRESS)  # internal: MODEL.onnx
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -953,7 +968,9 @@ def main(argv: list[str] | None = None) -> int:
         _serve_reference(args.reference_server, args.port, args.workers)
         return 0
     (HERE / "results").mkdir(exist_ok=True)
-    results = run_benchmark(args.quick, args.seconds, args.repeat, args.client, args.profile)
+    results = run_benchmark(
+        args.quick, args.seconds, args.repeat, args.client, args.profile, rounds=args.rounds
+    )
     output = args.json or HERE / "results" / ("serve-quick.json" if args.quick else "serve.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
