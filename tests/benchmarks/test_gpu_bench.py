@@ -59,3 +59,24 @@ def test_rootml_bench_gpu_says_skipped_without_cuda(capsys):
         pytest.skip("with a GPU, `rootml bench gpu` runs the real benchmark")
     assert main(["bench", "gpu"]) == 0
     assert "skipped: no CUDA device on this machine" in capsys.readouterr().out
+
+
+def test_report_renders_gpu_results(tmp_path):
+    report = _module("report")
+    readme = "a\n<!-- gpu-results:begin -->\nold\n<!-- gpu-results:end -->\n"
+    assert "needs a machine with a GPU" in report.render(readme, tmp_path)
+    results = {
+        "machine": {"gpu": "G", "cores": 16, "platform": "P", "torch": "T", "cuda": "C",
+                    "commit": "abc", "date": "D"},
+        "settings": {"events": 1000, "batch_size": 10, "features": 131, "workers": 4, "amp": True,
+                     "steps": 5, "warmup": 1, "resident_batches": 2},
+        "phases": {"resident": {"steps_per_s": 100.0, "events_per_s": 1000.0,
+                                "gpu_utilisation": 90.0},
+                   "loader": {"steps_per_s": 96.0, "events_per_s": 960.0,
+                              "gpu_utilisation": None}},
+        "target": {"value": 0.96, "need": ">= 0.95", "met": True},
+    }  # fmt: skip
+    (tmp_path / "gpu.json").write_text(json.dumps(results))
+    text = report.render(readme, tmp_path)
+    assert "| resident | 100.0 | 1,000 | 90 |" in text and "| loader | 96.0 | 960 |  |" in text
+    assert "0.960 (needed >= 0.95): yes" in text and "old" not in text
