@@ -65,14 +65,15 @@ _INFER_HEADERS = frozenset(
 )
 
 
-def _infer_headers(content: bytes, header_length: int | None) -> list[tuple[str, str]]:
-    """Headers of an infer answer: JSON, or a JSON header of `header_length` bytes + tensors."""
+def _infer_headers(content: bytes, header_length: int | None) -> list[tuple[bytes, bytes]]:
+    """ASGI headers of an infer answer: JSON, or a JSON header of `header_length` bytes and
+    tensors."""
     if header_length is None:
-        return [("content-type", "application/json"), ("content-length", str(len(content)))]
+        return [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
     return [
-        ("content-type", "application/octet-stream"),
-        ("content-length", str(len(content))),
-        ("inference-header-content-length", str(header_length)),
+        (b"content-type", b"application/octet-stream"),
+        (b"content-length", b"%d" % len(content)),
+        (b"inference-header-content-length", b"%d" % header_length),
     ]
 
 
@@ -320,7 +321,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         content, header_length = await infer_body(
             request.headers, request.receive, model_name, model_version
         )
-        return Response(content, headers=_infer_headers(content, header_length))
+        response = Response(content)
+        response.raw_headers = _infer_headers(content, header_length)
+        return response
 
     async def infer_fast(scope, receive, send, model_name: str, model_version: str | None):
         # Raw ASGI past every middleware (no Request, Headers or Response objects: ~10 us of a
@@ -339,8 +342,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             log.exception("infer request for model %s failed", model_name)
             response = error_response(f"internal error: {type(err).__name__}", 500)
         else:
-            raw = [(k.encode(), v.encode()) for k, v in _infer_headers(content, header_length)]
-            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            headers = _infer_headers(content, header_length)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": content})
             return
         await response(scope, receive, send)

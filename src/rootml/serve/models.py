@@ -68,6 +68,7 @@ class ServedVersion:
         self.model = model
         self.batcher = batcher
         self.output_names = [t.name for t in model.outputs]
+        self.max_batch_size = model.max_batch_size  # read on every request
         # Seconds per run by size class of the batch (rows.bit_length()): a moving average of
         # the runs measured, which decides whether a run is cheap enough to run inline.
         self.run_seconds: dict[int, float] = {}
@@ -82,7 +83,6 @@ class ServedVersion:
     version = property(lambda self: self.model.version)
     inputs = property(lambda self: self.model.inputs)
     outputs = property(lambda self: self.model.outputs)
-    max_batch_size = property(lambda self: self.model.max_batch_size)
     metadata = property(lambda self: self.model.metadata)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

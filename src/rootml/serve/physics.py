@@ -332,14 +332,15 @@ def _by_name(inputs: Sequence[InferInput]) -> dict[str, InferInput]:
 # reload gets its own and a retired version's entry goes with it).
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
+_UNSET = object()
 
 
 def raw_columns(served: Any) -> RawColumns | None:
     """The RawColumns of a served version (rootml.serve.models.ServedVersion), or None when its
     rootml.json has no usable Specs."""
-    with _CACHE_LOCK:
-        if served in _CACHE:
-            return _CACHE[served]
+    cached = _CACHE.get(served, _UNSET)  # a read needs no lock: only building does
+    if cached is not _UNSET:
+        return cached
     raw = None
     if served.metadata and served.metadata.get("specs"):
         try:
