@@ -204,8 +204,7 @@ def run_benchmark(
     events = events or (500_000 if quick else 2_000_000)
     steps = steps or (300 if quick else 1000)
     device = torch.device(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(8, cores) if workers is None else workers
+    workers = min(8, _cores()) if workers is None else workers
     paths = ensure_data(data or ROOT / "bench-data" / "gpu", events)
     dataset = make_dataset(paths, batch_size)
     torch.manual_seed(0)
@@ -252,6 +251,10 @@ def run_benchmark(
     return results
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine_info(device: torch.device) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     commit = subprocess.run(
@@ -259,7 +262,7 @@ def machine_info(device: torch.device) -> dict:
     ).stdout.strip()
     return {
         "gpu": gpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores": _cores(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

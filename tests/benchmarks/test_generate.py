@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,10 @@ import numpy as np
 import pytest
 import uproot
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generate.py"
-_spec = importlib.util.spec_from_file_location("generate", SCRIPT)
-generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(generate)
+from tests.benchmarks import BENCH, load_script
+
+SCRIPT = BENCH / "generate.py"
+generate = load_script(SCRIPT)
 
 CODECS = {"zlib": uproot.ZLIB(1), "lz4": uproot.LZ4(4), "zstd": uproot.ZSTD(5), "none": None}
 
@@ -201,20 +200,13 @@ def test_command_line(tmp_path):
     assert exit_.value.code == 0
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tth_example_writes_files_labels_and_builds_the_seed_model(tmp_path):
     import json
 
     import torch
 
     example = SCRIPT.parents[1] / "examples" / "tth"
-    written = _load(example / "make_data.py").make_data(tmp_path / "data", events=500, seed=1)
+    written = load_script(example / "make_data.py").make_data(tmp_path / "data", events=500, seed=1)
     files = written["files"].read_text().split()
     labels = written["labels"].read_text().split()
     assert files == [str(written["signal"]), str(written["background"])]
@@ -227,7 +219,7 @@ def test_tth_example_writes_files_labels_and_builds_the_seed_model(tmp_path):
     params = json.loads((example / "params.json").read_text())
     assert params["identifier"] == ["run", "luminosityBlock", "event"]
     assert set(params["exclude_branches"]) <= set(generate.branch_names())
-    net = _load(example / "model.py").model(7)
+    net = load_script(example / "model.py").model(7)
     linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(7, 128), (128, 64), (64, 1)]
     assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]

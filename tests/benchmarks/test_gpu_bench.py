@@ -3,27 +3,18 @@ same batches' shape, and the ratio and table come out (the GPU figures need a GP
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_script
 
 
 @pytest.mark.slow
 def test_both_phases_on_cpu(tmp_path):
     import uproot
 
-    gpu = _module("gpu")
+    gpu = load_script("gpu")
     out = tmp_path / "gpu.json"
     argv = ["--device", "cpu", "--events", "6000", "--steps", "5", "--warmup", "2"]
     argv += ["--resident", "3", "--workers", "0", "--batch-size", "256"]
@@ -62,7 +53,7 @@ def test_rootml_bench_gpu_says_skipped_without_cuda(capsys):
 
 
 def test_report_renders_gpu_results(tmp_path):
-    report = _module("report")
+    report = load_script("report")
     readme = "a\n<!-- gpu-results:begin -->\nold\n<!-- gpu-results:end -->\n"
     assert "needs a machine with a GPU" in report.render(readme, tmp_path)
     results = {

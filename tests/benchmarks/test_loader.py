@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from rootml.cli import main
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_script
 
 
 def test_small_run_counts_every_event_and_reports(tmp_path, capsys):
-    loader, report = _module("loader"), _module("report")
+    loader, report = load_script("loader"), load_script("report")
     output = tmp_path / "results" / "loader.json"
     code = loader.main(
         [

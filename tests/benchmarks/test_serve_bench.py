@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_script
 
 
 @pytest.fixture(scope="module")
 def serve():
-    return _module("serve")
+    return load_script("serve")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +63,7 @@ def test_models_targets_and_table(serve, results):
 
 
 def test_report_renders_the_results(results, tmp_path):
-    report = _module("report")
+    report = load_script("report")
     (tmp_path / "serve.json").write_text(json.dumps(results))
     readme = "intro\n<!-- serve-results:begin -->\nold\n<!-- serve-results:end -->\nend\n"
     text = report.render(readme, tmp_path)
