@@ -2,6 +2,7 @@
 
 from rootml.datasets import RootIterableDataset, fit_specs
 from rootml.errors import (
+    ConfigError,
     DataValueError,
     FileAccessError,
     ModelError,
@@ -15,6 +16,7 @@ from rootml.transforms import Specs
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "DataValueError",
     "FileAccessError",
     "ModelError",

@@ -1,10 +1,82 @@
-"""rootml's exceptions: each message names the file URL, tree, branch or entry range involved."""
+"""rootml's exceptions: each keeps the file URL, tree, branch and entry range it is about as data.
+
+`str(err)` composes them in uproot's style (``in file X, tree 'Y', branch 'Z', entries a-b: what``),
+so the CLI can print any RootmlError as one line, and callers (``on_error="skip"``, a retry loop,
+a report) can read ``err.url``, ``err.tree``, ``err.branch`` and ``err.entries`` instead of
+parsing the text.
+"""
 
 from __future__ import annotations
 
 
+def where(
+    url: str | None = None,
+    tree: str | None = None,
+    branch: str | None = None,
+    entries: tuple[int, int] | None = None,
+) -> str:
+    """The context of an error in uproot's style: ``in file X, tree 'Y', branch 'Z', entries a-b``."""
+    parts = []
+    if url is not None:
+        parts.append(f"in file {url}")
+    if tree is not None:
+        parts.append(f"tree {tree!r}")
+    if branch is not None:
+        parts.append(f"branch {branch!r}")
+    if entries is not None:
+        parts.append(f"entries {entries[0]}-{entries[1]}")
+    return ", ".join(parts)
+
+
 class RootmlError(Exception):
-    """Base class of every error rootml raises on purpose."""
+    """Base class of every error rootml raises on purpose.
+
+    message: what is wrong; url / tree / branch / entries (start, stop): where, kept as attributes
+    and put in front of the message by `str()`.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        url: str | None = None,
+        tree: str | None = None,
+        branch: str | None = None,
+        entries: tuple[int, int] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.tree = tree
+        self.branch = branch
+        self.entries = None if entries is None else (int(entries[0]), int(entries[1]))
+
+    @property
+    def context(self) -> dict:
+        """url, tree, branch and entries as a dict (only those that are set)."""
+        items = {"url": self.url, "tree": self.tree, "branch": self.branch, "entries": self.entries}
+        return {key: value for key, value in items.items() if value is not None}
+
+    def __str__(self) -> str:
+        context = where(self.url, self.tree, self.branch, self.entries)
+        if not context:
+            return self.message
+        return f"{context}: {self.message}" if self.message else context
+
+    def __reduce__(self):
+        # Keyword-only context survives pickling (DataLoader workers, spawn, multiprocessing).
+        return _rebuild, (type(self), self.message, self.context, self.__dict__)
+
+
+def _rebuild(cls: type, message: str, context: dict, state: dict) -> RootmlError:
+    err = cls.__new__(cls)
+    RootmlError.__init__(err, message, **context)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(RootmlError, ValueError):
+    """An argument or parameter that cannot work (names the argument, or the params.json key)."""
 
 
 class FileAccessError(RootmlError):
@@ -33,22 +105,3 @@ class ProtocolError(RootmlError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def where(
-    url: str | None = None,
-    tree: str | None = None,
-    branch: str | None = None,
-    entries: tuple[int, int] | None = None,
-) -> str:
-    """The context of an error in uproot's style: ``in file X, tree Y, branch Z, entries a-b``."""
-    parts = []
-    if url is not None:
-        parts.append(f"in file {url}")
-    if tree is not None:
-        parts.append(f"tree {tree!r}")
-    if branch is not None:
-        parts.append(f"branch {branch!r}")
-    if entries is not None:
-        parts.append(f"entries {entries[0]}-{entries[1]}")
-    return ", ".join(parts)
