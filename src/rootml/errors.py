@@ -8,6 +8,8 @@ parsing the text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def where(
     url: str | None = None,
@@ -26,6 +28,14 @@ def where(
     if entries is not None:
         parts.append(f"entries {entries[0]}-{entries[1]}")
     return ", ".join(parts)
+
+
+def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """Up to `n` of `names` closest to `name` (case-insensitive), for "closest: [...]" hints."""
+    import difflib
+
+    lower = {candidate.lower(): candidate for candidate in names}
+    return [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=n)]
 
 
 class RootmlError(Exception):

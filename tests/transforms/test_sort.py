@@ -102,7 +102,7 @@ def test_sort_by_counter_name_and_keys() -> None:
     for name in ("Jet_pt", "Jet_eta"):
         assert ak.to_list(out[name]) == ak.to_list(chunk[name][order])
     assert ak.to_list(out["Mu_pt"]) == ak.to_list(chunk["Mu_pt"])
-    with pytest.raises(KeyError, match="Photon"):
+    with pytest.raises(SchemaError, match="Photon"):
         SortBy({"Photon": "Photon_pt"}, specs)
     bad = dict(chunk, Jet_eta=ak.Array([[0.3], [], [0.5, 0.4]]))
     with pytest.raises(ValueError, match="Jet_eta"):

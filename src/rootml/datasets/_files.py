@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from rootml.errors import FileAccessError, SchemaError, where
+from rootml.errors import FileAccessError, SchemaError, closest, where
 
 log = logging.getLogger(__name__)
 
@@ -89,38 +89,39 @@ def _expand(item: str, redirector: str | None) -> list[str]:
 
 
 def with_retries(
-    action: Callable[[], T], context: str, retries: int = 3, backoff: float = 0.5
+    action: Callable[[], T], retries: int = 3, backoff: float = 0.5, **context: Any
 ) -> T:
     """Run `action`, retrying transport errors (OSError, TimeoutError) with exponential backoff.
 
-    A missing local file is not retried. After the budget, raises FileAccessError with `context`.
+    A missing local file is not retried. After the budget, raises FileAccessError with the
+    `context` keywords (url, tree, entries) as its attributes.
     """
     for attempt in range(retries + 1):
         try:
             return action()
         except FileNotFoundError as err:
-            raise FileAccessError(f"file not found: {context}: {err}") from err
+            raise FileAccessError(f"file not found: {err}", **context) from err
         except (OSError, TimeoutError) as err:
             if attempt == retries:
                 raise FileAccessError(
-                    f"cannot read {context} after {retries + 1} attempts: {err}"
+                    f"cannot read after {retries + 1} attempts: {err}", **context
                 ) from err
             delay = backoff * 2**attempt
-            log.warning("read failed %s (%s); retrying in %.1f s", context, err, delay)
+            log.warning("read failed %s (%s); retrying in %.1f s", where(**context), err, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 def open_file(url: str, retries: int = 3, backoff: float = 0.5) -> Any:
     """Open a ROOT file through uproot (fsspec for remote URLs), with bounded retries."""
-    return with_retries(lambda: open_once(url), url, retries, backoff)
+    return with_retries(lambda: open_once(url), retries, backoff, url=url)
 
 
 def open_once(url: str) -> Any:
     """Open a ROOT file once. Transport failures raise OSError (for the caller to retry); a
     missing local file or a file that is not ROOT raises FileAccessError."""
     if not is_remote(url) and not os.path.exists(url):
-        raise FileAccessError(f"file not found: {url}")
+        raise FileAccessError("file not found", url=url)
     try:
         # No array cache: every unit is read once, and uproot's default (100 MB per open file)
         # would make memory grow with the number of files open in a worker.
@@ -134,7 +135,7 @@ def open_once(url: str) -> Any:
         if is_remote(url):  # a half-dead connection surfaces as ValueError & co: retry it
             forget_connections(url)
             raise OSError(f"{type(err).__name__}: {err}") from err
-        raise FileAccessError(f"not a readable ROOT file: {url}: {err}") from err
+        raise FileAccessError(f"not a readable ROOT file: {err}", url=url) from err
 
 
 def forget_connections(url: str) -> None:
@@ -162,29 +163,30 @@ def find_tree(file: Any, tree: str | None, url: str) -> tuple[str, Any]:
     if tree is None:
         if len(trees) != 1:
             what = "no TTree or RNTuple" if not trees else f"several trees {sorted(trees)}"
-            raise SchemaError(f"{where(url)}: {what}; pass tree=NAME")
+            raise SchemaError(f"{what}; pass tree=NAME", url=url)
         tree = next(iter(trees))
     if tree not in trees:
-        raise SchemaError(
-            f"{where(url)}: no TTree or RNTuple named {tree!r}; found {sorted(trees)}"
-        )
+        raise SchemaError(f"no TTree or RNTuple named {tree!r}; found {sorted(trees)}", url=url)
     return tree, file[tree]
 
 
-def match_names(patterns: Sequence[str], available: Sequence[str], context: str) -> list[str]:
+def match_names(
+    patterns: Sequence[str],
+    available: Sequence[str],
+    url: str | None = None,
+    tree: str | None = None,
+) -> list[str]:
     """Names of `available` matching names or glob patterns, in `available` order.
 
-    Raises SchemaError naming the closest matches for a name or pattern that matches nothing.
+    Raises SchemaError (with `url` and `tree`) naming the closest matches for a name or pattern
+    that matches nothing.
     """
-    import difflib
-
     chosen = set()
     for pattern in patterns:
         hits = fnmatch.filter(available, pattern)
         if not hits:
-            lower = {name.lower(): name for name in available}
-            close = [lower[n] for n in difflib.get_close_matches(pattern.lower(), list(lower), n=3)]
+            close = closest(pattern, available)
             hint = f"; closest: {close}" if close else ""
-            raise SchemaError(f"{context}: no branch matches {pattern!r}{hint}")
+            raise SchemaError(f"no branch matches {pattern!r}{hint}", url=url, tree=tree)
         chosen.update(hits)
     return [name for name in available if name in chosen]

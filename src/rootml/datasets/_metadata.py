@@ -5,22 +5,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rootml.datasets._files import find_tree, match_names, open_file
 from rootml.datasets._schema import BranchInfo, describe, is_rntuple
-from rootml.errors import SchemaError, where
+from rootml.errors import SchemaError, closest, where
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FileMeta:
+    """url, tree, entries, the top-level branches (name -> BranchInfo), cluster boundaries, and
+    `keys`: every name the tree answers to, sub-branches of split objects included, each mapped
+    to the top-level branch holding it."""
+
     url: str
     tree: str
     entries: int
     branches: dict[str, BranchInfo]
     boundaries: tuple[int, ...]
+    keys: Mapping[str, str] = field(default_factory=dict)
 
 
 def read_metadata(
@@ -33,7 +38,9 @@ def read_metadata(
         file = open_file(url, retries, backoff)
         try:
             name, obj = find_tree(file, tree, url)
-            return FileMeta(url, name, int(obj.num_entries), describe(obj), _boundaries(obj))
+            return FileMeta(
+                url, name, int(obj.num_entries), describe(obj), _boundaries(obj), _keys(obj)
+            )
         finally:
             file.close()
 
@@ -43,6 +50,20 @@ def read_metadata(
     if len(names) > 1:
         raise SchemaError(f"files hold differently named trees {sorted(names)}; pass tree=NAME")
     return metas
+
+
+def _keys(obj) -> dict[str, str]:
+    """Every name the tree answers to (for expressions) -> the top-level branch holding it."""
+    if is_rntuple(obj):
+        return {name: name for name in obj.keys(recursive=False)}
+    keys = {}
+    for top in obj.branches:
+        keys[top.name] = top.name
+        for full in (True, False):
+            for name in top.keys(recursive=True, full_paths=full):
+                keys.setdefault(name, top.name)
+                keys.setdefault(f"{top.name}/{name}", top.name)
+    return keys
 
 
 def _boundaries(obj) -> tuple[int, ...]:
@@ -59,55 +80,100 @@ def select_branches(
     metas: Sequence[FileMeta],
     branches: Sequence[str] | None,
     exclude: Sequence[str] | None,
-    reserved: Sequence[str],
+    reserved: Mapping[str, str],
     aliases: Mapping[str, str],
 ) -> dict[str, BranchInfo]:
     """The feature branches (name -> BranchInfo of the first file) in stored order.
 
-    Every file must have them with the same kind; unsupported types requested by exact name
-    raise (with a hint to exclude them); those only matched by a pattern or the default are
-    skipped with a warning. Identifier, label and weight branches are never features.
+    reserved: identifier, label and weight branches (name -> argument, e.g. "label_branch"):
+    never features; each must exist and hold one number per entry. Every file must have the
+    branches with the same kind; unsupported types requested by exact name raise (with a hint to
+    exclude them); those only matched by a pattern or the default are skipped with one warning
+    naming them. Raises SchemaError with the file URL, tree and branch.
     """
     first = metas[0]
     available = [*first.branches, *[a for a in aliases if a not in first.branches]]
-    context = where(first.url, first.tree)
-    for name in reserved:
-        if name not in first.branches and name not in aliases:
-            match_names([name], available, context)
-    chosen = match_names(branches, available, context) if branches else list(available)
+    context = {"url": first.url, "tree": first.tree}
+    for name, argument in reserved.items():
+        _check_reserved(first, name, argument, aliases, available)
+    for name in [*(branches or ()), *(exclude or ())]:
+        _check_not_inside_object(first, name, available)
+    chosen = match_names(branches, available, **context) if branches else list(available)
     if exclude:
-        dropped = set(match_names(exclude, available, context))
+        dropped = set(match_names(exclude, available, **context))
         chosen = [name for name in chosen if name not in dropped]
     chosen = [name for name in chosen if name not in reserved]
     exact = {b for b in branches or () if not any(ch in b for ch in "*?[")}
-    selected = {}
+    selected, skipped = {}, []
     for name in chosen:
         info = first.branches.get(name) or BranchInfo(name, "alias", "", aliases[name])
         if info.kind == "unsupported":
             if name in exact:
                 raise SchemaError(
-                    f"{where(first.url, first.tree, name)}: type {info.typename!r} cannot be "
-                    f"turned into numbers; pass exclude=[{name!r}]"
+                    f"type {info.typename!r} cannot be turned into numbers; "
+                    f"pass exclude=[{name!r}]",
+                    branch=name,
+                    **context,
                 )
-            log.warning(
-                "%s: type %r is not numeric; skipped",
-                where(first.url, first.tree, name),
-                info.typename,
-            )
+            skipped.append(f"{name} ({info.typename})")
             continue
         selected[name] = info
+    if skipped:
+        log.warning(
+            "%s: %d branches are not numbers and are left out: %s",
+            where(**context),
+            len(skipped),
+            ", ".join(skipped),
+        )
     if not selected:
-        raise SchemaError(f"{context}: no numeric feature branch selected")
-    _check_same(metas, [*selected, *[r for r in reserved if r not in aliases]], aliases)
+        raise SchemaError("no numeric feature branch selected", **context)
     return selected
 
 
-def _check_same(
-    metas: Sequence[FileMeta], names: Sequence[str], aliases: Mapping[str, str]
+def _check_reserved(
+    meta: FileMeta, name: str, argument: str, aliases: Mapping[str, str], available: list[str]
 ) -> None:
+    """An identifier, label or weight branch: present, and one number per entry."""
+    if name in aliases:
+        return  # its values are checked when read
+    if name not in meta.branches:
+        _check_not_inside_object(meta, name, available)
+        raise SchemaError(
+            f"{argument} {name!r}: no such branch; closest: {closest(name, available)}",
+            url=meta.url,
+            tree=meta.tree,
+            branch=name,
+        )
+    info = meta.branches[name]
+    if info.kind != "flat":
+        raise SchemaError(
+            f"{argument} must hold one number per entry, but {name!r} is "
+            f"{'not numbers' if info.kind == 'unsupported' else info.kind} ({info.typename})",
+            url=meta.url,
+            tree=meta.tree,
+            branch=name,
+        )
+
+
+def _check_not_inside_object(meta: FileMeta, name: str, available: list[str]) -> None:
+    """A sub-branch of a split object is named as such, not as a missing branch."""
+    if name in available or name not in meta.keys:
+        return
+    raise SchemaError(
+        f"{name!r} is a sub-branch of the split object {meta.keys[name]!r}; rootml reads top-level "
+        "branches of numbers only (write the members out as branches of their own)",
+        url=meta.url,
+        tree=meta.tree,
+        branch=name,
+    )
+
+
+def check_same(metas: Sequence[FileMeta], names: Sequence[str], aliases: Mapping[str, str]) -> None:
+    """Raise SchemaError naming a file that lacks one of `names` (branches, not aliases) or holds
+    it with another kind or shape than the first file."""
     first = metas[0]
     for meta in metas[1:]:
-        missing = [n for n in names if n not in aliases and n not in meta.branches]
+        missing = [n for n in names if n not in aliases and n not in meta.keys]
         changed = [
             n
             for n in names
@@ -118,11 +184,13 @@ def _check_same(
         ]
         if missing or changed:
             raise SchemaError(
-                f"{where(meta.url, meta.tree)} differs from {first.url}: "
+                f"differs from {first.url}: "
                 + "; ".join(
                     filter(
                         None,
                         [missing and f"missing {missing}", changed and f"other types {changed}"],
                     )
-                )
+                ),
+                url=meta.url,
+                tree=meta.tree,
             )

@@ -15,6 +15,7 @@ import numpy as np
 
 from rootml.datasets._reader import UnitReader
 from rootml.transforms import Specs, jagged_parts
+from rootml.transforms.specs import check_pad_keys, pad_keys
 
 
 def multiplicity_specs(ds: Any, max_len: Any) -> Specs:
@@ -30,6 +31,8 @@ def multiplicity_specs(ds: Any, max_len: Any) -> Specs:
     for name, (kind, _, collection) in kinds.items():
         if kind in ("jagged", "alias"):
             leaders.setdefault(collection or name, name)
+    # Before the pass: a key naming nothing is refused now, not after reading every file.
+    check_pad_keys(max_len, {n: k[2] for n, k in kinds.items() if k[0] in ("jagged", "alias")})
     fixed = isinstance(max_len, int) or (
         isinstance(max_len, dict) and all(isinstance(v, int) for v in max_len.values())
     )
@@ -55,8 +58,7 @@ def _covers(max_len: Any, branch_info: dict) -> bool:
     if isinstance(max_len, int):
         return True
     return all(
-        info.kind != "jagged"
-        or any(k in max_len for k in (name, info.collection, name.split("_", 1)[0]))
+        info.kind != "jagged" or any(k in max_len for k in pad_keys(name, info.collection))
         for name, info in branch_info.items()
     )
 

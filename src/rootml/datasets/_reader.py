@@ -14,7 +14,7 @@ import numpy as np
 from rootml.datasets._files import find_tree, forget_connections, open_once, with_retries
 from rootml.datasets._plan import Unit
 from rootml.datasets._schema import is_rntuple
-from rootml.errors import FileAccessError, RootmlError, SchemaError, where
+from rootml.errors import FileAccessError, RootmlError, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ class UnitReader:
         self._executor: Any = None
 
     def read(self, unit: Unit) -> tuple[dict[str, Any], np.ndarray]:
-        url = self.urls[unit.file]
-        context = where(url, self.tree, entries=(unit.start, unit.stop))
+        context = {"url": self.urls[unit.file], "tree": self.tree, "entries": unit[1:]}
 
         def attempt() -> dict[str, Any]:
             try:
@@ -76,15 +75,24 @@ class UnitReader:
                 raise
 
         try:
-            columns = with_retries(attempt, context, self.retries, self.backoff)
+            columns = with_retries(attempt, self.retries, self.backoff, **context)
         except RootmlError:
             raise
+        except KeyError as err:  # uproot.KeyInFileError: a branch this file lacks
+            raise SchemaError(f"no branch {err.args[0]!r}", **context) from err
         except Exception as err:  # decompression and deserialisation errors of corrupt files
             self._forget(unit.file)
-            raise FileAccessError(f"cannot read {context}: {type(err).__name__}: {err}") from err
+            raise FileAccessError(f"cannot read: {type(err).__name__}: {err}", **context) from err
         entries = np.arange(unit.start, unit.stop, dtype=np.int64)
         if self.cut is not None:
-            keep = np.asarray(columns.pop(_CUT), dtype=bool)
+            keep = columns.pop(_CUT)
+            if getattr(keep, "ndim", 1) != 1:
+                raise SchemaError(
+                    f"cut {self.cut!r} gives a list of values per entry, not one True/False "
+                    "(reduce it per entry, e.g. count the items that pass)",
+                    **context,
+                )
+            keep = np.asarray(keep, dtype=bool)
             entries = entries[keep]
             columns = {name: values[keep] for name, values in columns.items()}
         return columns, entries
@@ -140,15 +148,26 @@ class UnitReader:
         wanted = [n for n in self.names if n not in self.aliases]
         for expression in [*self.aliases.values(), *([self.cut] if self.cut else [])]:
             wanted += language.free_symbols(expression, list(fields), self.aliases, url, self.tree)
+        context = {
+            "url": url,
+            "tree": self.tree,
+            "entries": (span["entry_start"], span["entry_stop"]),
+        }
         missing = sorted(set(wanted) - fields - set(self.aliases))
         if missing:
-            raise SchemaError(f"{where(url, self.tree)}: no field {missing}")
+            raise SchemaError(f"no field {missing}", **context)
         columns = {n: ntuple[n].array(**span) for n in dict.fromkeys(wanted)}
         namespace = {**language.functions, **columns}
-        for name, expression in self.aliases.items():
-            namespace[name] = columns[name] = eval(expression, {"__builtins__": {}}, namespace)
-        if self.cut is not None:
-            columns[_CUT] = eval(self.cut, {"__builtins__": {}}, namespace)
+        expressions = {**self.aliases, **({_CUT: self.cut} if self.cut is not None else {})}
+        for name, expression in expressions.items():
+            try:
+                namespace[name] = columns[name] = eval(expression, {"__builtins__": {}}, namespace)
+            except Exception as err:  # the expression, not the data: on_error="skip" keeps it
+                what = "cut" if name == _CUT else f"alias {name!r}"
+                raise SchemaError(
+                    f"{what} {expression!r} cannot be computed: {type(err).__name__}: {err}",
+                    **context,
+                ) from err
         return {n: columns[n] for n in [*self.names, *([_CUT] if self.cut else [])]}
 
     def _forget(self, index: int) -> None:

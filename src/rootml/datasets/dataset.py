@@ -13,15 +13,37 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootml.datasets import _arguments as args
 from rootml.datasets._batching import Batcher
+from rootml.datasets._expressions import expression_branches
 from rootml.datasets._files import resolve_files
-from rootml.datasets._metadata import FileMeta, read_metadata, select_branches
+from rootml.datasets._metadata import FileMeta, check_same, read_metadata, select_branches
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
+from rootml.datasets._reserved import exact_int64, numbers_per_entry
 from rootml.datasets._transport import TensorBatch
-from rootml.errors import DataValueError, FileAccessError, RootmlError, SchemaError, where
-from rootml.transforms import Compose, NonFinite, Normalize, SortBy, Specs, make_layout, to_torch
+from rootml.errors import (
+    ConfigError,
+    DataValueError,
+    FileAccessError,
+    RootmlError,
+    SchemaError,
+    closest,
+    where,
+)
+from rootml.transforms import (
+    Compose,
+    NonFinite,
+    Normalize,
+    SortBy,
+    Specs,
+    make_layout,
+    parse_sort_key,
+    to_torch,
+)
+from rootml.transforms.normalize import NAN_POLICIES
+from rootml.transforms.specs import regularize_max_len
 
 log = logging.getLogger(__name__)
 
@@ -108,55 +130,50 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         layout: str = "flat",
     ):
         super().__init__()
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        if balance not in (None, "class"):
-            raise ValueError(f"balance must be None or 'class', not {balance!r}")
+        self.on_error = args.one_of("on_error", on_error, ("raise", "skip"))
+        args.one_of("balance", balance, (None, "class"))
+        self.batch_size = args.positive_int("batch_size", batch_size)
+        self.chunk_size = args.positive_int("chunk_size", chunk_size)
+        self.shuffle_buffer = (
+            2 * self.chunk_size
+            if shuffle_buffer is None
+            else args.non_negative_int("shuffle_buffer", shuffle_buffer)
+        )
+        self.prefetch = args.positive_int("prefetch", prefetch)
+        self.retries = args.non_negative_int("retries", retries)
+        self.backoff = args.real("backoff", backoff, minimum=0.0)
+        self.seed = args.non_negative_int("seed", seed)
+        self.pad_value = args.real("pad_value", pad_value)
+        self.rank, self.world_size = _regularize_shard(rank, world_size)
+        max_len = regularize_max_len(max_len)
+        nevts = args.nevts(nevts)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.files, dict_labels = resolve_files(files, redirector)
-        self.batch_size, self.chunk_size, self.drop_last = (
-            int(batch_size),
-            int(chunk_size),
-            drop_last,
-        )
-        self.shuffle, self.seed, self.pad_value = shuffle, int(seed), float(pad_value)
-        self.shuffle_buffer = 2 * self.chunk_size if shuffle_buffer is None else int(shuffle_buffer)
-        self.prefetch, self.on_error, self.retries, self.backoff = (
-            max(int(prefetch), 1),
-            on_error,
-            retries,
-            backoff,
-        )
         self.identifiers, self.label_branch, self.weight_branch = (
             list(identifiers or []),
             label_branch,
             weight_branch,
         )
+        self.nan_policy = args.one_of("nan_policy", nan_policy, NAN_POLICIES)
         self.cut, self.aliases = cut, dict(aliases or {})
-        self.rank, self.world_size = rank, world_size
         self.preprocess = preprocess  # a "module.py:function" string is loaded in each worker
         self.transform = transform
 
-        metas = read_metadata(self.files, tree, retries, backoff)
-        self._report = SharedReport(
-            ["empty_files", "skipped_units", "skipped_entries", "dropped_last"]
-            + [
-                f"{what}:{name}"
-                for what in ("truncated", "nonfinite")
-                for name in [*metas[0].branches, *self.aliases]
-            ]
-        )
+        metas = read_metadata(self.files, tree, self.retries, self.backoff)
         self.tree = metas[0].tree
-        self.branch_info = select_branches(
+        self._report = SharedReport(self._report_keys(metas))
+        self.branch_info = select_branches(metas, branches, exclude, self._reserved(), self.aliases)
+        read = expression_branches(self.cut, self.aliases, metas[0].keys, metas[0].url, self.tree)
+        self._sort_keys = _check_sort_by(sort_by, metas[0], self.aliases)
+        check_same(
             metas,
-            branches,
-            exclude,
-            [*self.identifiers, *filter(None, [label_branch, weight_branch])],
+            [*self.branch_info, *self._reserved(), *read, *self._sort_keys],
             self.aliases,
         )
         self._file_labels = self._per_file(
-            dict_labels if labels is None else labels, "labels", 0, int
+            dict_labels if labels is None else labels, "labels", 0, args.label
         )
-        self._file_weights = self._per_file(weights, "weights", 1.0, float)
+        self._file_weights = self._per_file(weights, "weights", 1.0, args.weight)
         ranges = self._ranges(metas, nevts, entries)
         self.ranges = ranges  # the selected [start, stop) of each file, before the cut
         self.num_entries = int(sum(stop - start for start, stop in ranges))
@@ -179,6 +196,27 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             + ([Normalize(self.specs, normalize, self.pad_value, self.layout)] if normalize else [])
         )
         self._epoch, self._resume, self._current = 0, None, None
+
+    def _reserved(self) -> dict[str, str]:
+        """Identifier, label and weight branches -> the argument naming them."""
+        reserved = {name: "identifiers" for name in self.identifiers}
+        if self.label_branch:
+            reserved[self.label_branch] = "label_branch"
+        if self.weight_branch:
+            reserved[self.weight_branch] = "weight_branch"
+        return reserved
+
+    def _report_keys(self, metas: Sequence[FileMeta]) -> list[str]:
+        names = [*metas[0].branches, *self.aliases]
+        return [
+            "empty_files",
+            "skipped_units",
+            "skipped_entries",
+            "dropped_last",
+            *(f"{what}:{name}" for what in ("truncated", "nonfinite") for name in names),
+            *([f"negative:{self.weight_branch}"] if self.weight_branch else []),
+            *(f"skipped:{url}" for url in self.files),
+        ]
 
     # -- public state ------------------------------------------------------------------------
     @property
@@ -292,10 +330,15 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         try:
             return future.result()
         except FileAccessError as err:
+            # Only unreadable data is skipped: a mistake in the request (SchemaError,
+            # ConfigError) or refused values (DataValueError) always stop the iteration.
             if self.on_error == "raise":
                 raise
+            url = err.url if err.url in self.files else self.files[unit.file]
+            start, stop = err.entries or (unit.start, unit.stop)
             self._report.add("skipped_units", 1)
-            self._report.add("skipped_entries", unit.stop - unit.start)
+            self._report.add("skipped_entries", stop - start)
+            self._report.add(f"skipped:{url}", stop - start)
             log.warning("skipped (on_error='skip'): %s", err)
             return None
 
@@ -312,28 +355,27 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
 
     def _read_block(self, read: Future, unit: Unit) -> dict[str, np.ndarray]:
         columns, entries = read.result()
+        context = {"url": self.files[unit.file], "tree": self.tree, "entries": unit[1:]}
         if self.preprocess is not None:
             columns = _load_hook(self.preprocess)(columns)
         try:
             block = self._values(self.layout(self._sort(columns)))
         except DataValueError as err:
-            context = where(self.files[unit.file], self.tree, entries=(unit.start, unit.stop))
-            raise DataValueError(f"{context}: {err}") from err
+            raise DataValueError(err.message, **{**context, **err.context}) from err
         except (TypeError, ValueError, KeyError) as err:
-            raise SchemaError(
-                f"{where(self.files[unit.file], self.tree, entries=(unit.start, unit.stop))}: "
-                f"cannot turn the branches into numbers: {err}"
-            ) from err
+            raise SchemaError(f"cannot turn the branches into numbers: {err}", **context) from err
         for kind, counts in block.pop("stats").items():
             for branch, count in counts.items():
                 self._report.add(f"{kind}:{branch}", count)
         n = len(entries)
         label = np.full(n, self._file_labels[unit.file], dtype=np.int64)
         if self.label_branch:
-            label = np.asarray(columns[self.label_branch]).astype(np.int64)
+            label = exact_int64(
+                columns[self.label_branch], "label_branch", self.label_branch, entries, **context
+            )
         weight = np.full(n, self._file_weights[unit.file], dtype=np.float32)
         if self.weight_branch:
-            weight *= np.asarray(columns[self.weight_branch], dtype=np.float32)
+            weight *= self._weights(columns[self.weight_branch], entries, context)
         if self._class_weights is not None:
             weight *= self._class_weights[unit.file]
         block.update(
@@ -341,9 +383,38 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         )
         if self.identifiers:
             block["ids"] = np.stack(
-                [np.asarray(columns[i]).astype(np.int64) for i in self.identifiers], axis=1
-            )
+                [
+                    exact_int64(columns[i], "identifiers", i, entries, **context)
+                    for i in self.identifiers
+                ],
+                axis=1,
+            ).reshape(n, len(self.identifiers))
         return self.transform(block) if self.transform is not None else block
+
+    def _weights(self, values: Any, entries: np.ndarray, context: dict) -> np.ndarray:
+        """The weight branch's values as float32, NaN/inf and negative ones counted in `report`
+        and handled by nan_policy: "keep" keeps them, "mask" makes them 0 (the entry then
+        counts for nothing), "raise" raises DataValueError naming the branch and an entry."""
+        branch = self.weight_branch
+        weight = numbers_per_entry(values, "weight_branch", branch, **context).astype(np.float32)
+        nonfinite, negative = ~np.isfinite(weight), weight < 0
+        bad = nonfinite | negative
+        if not bad.any():
+            return weight
+        self._report.add(f"nonfinite:{branch}", int(nonfinite.sum()))
+        self._report.add(f"negative:{branch}", int(negative.sum()))
+        if self.nan_policy == "raise":
+            first = int(np.flatnonzero(bad)[0])
+            raise DataValueError(
+                f"weight_branch has {int(nonfinite.sum())} NaN/inf and {int(negative.sum())} "
+                f"negative values (entry {int(entries[first])}: {weight[first]}); pass "
+                "nan_policy='keep' to keep them or 'mask' to give those entries weight 0",
+                branch=branch,
+                **context,
+            )
+        if self.nan_policy == "mask":
+            weight = np.where(bad, np.float32(0), weight)
+        return weight
 
     def _shard(self) -> tuple[int, int, int, int]:
         rank, world = self.rank, self.world_size
@@ -357,7 +428,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         return rank, world, worker, workers
 
     # -- construction helpers ----------------------------------------------------------------
-    def _per_file(self, values: PerFile, what: str, default: Any, cast: type) -> list[Any]:
+    def _per_file(self, values: PerFile, what: str, default: Any, cast: Callable) -> list[Any]:
         if values is None:
             return [default] * len(self.files)
         if isinstance(values, str) and os.path.isfile(values):
@@ -367,12 +438,16 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         if isinstance(values, Mapping):
             unknown = set(values) - set(self.files)
             if unknown:
-                raise FileAccessError(f"{what} name files that are not inputs: {sorted(unknown)}")
+                raise ConfigError(f"{what} name files that are not inputs: {sorted(unknown)}")
             return [cast(values.get(url, default)) for url in self.files]
+        if isinstance(values, str) or not isinstance(values, (Sequence, np.ndarray)):
+            raise ConfigError(
+                f"{what} must be a list per file or a dict file -> value, not {values!r}"
+            )
         values = list(values)
         if len(values) != len(self.files):
-            raise FileAccessError(f"{len(values)} {what} for {len(self.files)} files")
-        return [cast(float(v)) if cast is int else cast(v) for v in values]
+            raise ConfigError(f"{len(values)} {what} for {len(self.files)} files")
+        return [cast(v) for v in values]
 
     def _ranges(self, metas: Sequence[FileMeta], nevts: Any, entries: Any) -> list[tuple[int, int]]:
         spans = (
@@ -380,31 +455,32 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             if entries is not None and not isinstance(entries, tuple)
             else [entries] * len(metas)
         )
-        spans = self._per_file(spans, "entry ranges", None, lambda v: v)
+        spans = self._per_file(spans, "entry ranges", None, _entry_range)
         ranges = []
         for meta, span in zip(metas, spans):
-            start, stop = (0, meta.entries) if span is None else (int(span[0]), int(span[1]))
+            start, stop = (0, meta.entries) if span is None else span
             if not 0 <= start <= stop <= meta.entries:
-                raise SchemaError(
-                    f"{where(meta.url, meta.tree)}: entry range {start}-{stop} is outside "
-                    f"0-{meta.entries}"
+                raise ConfigError(
+                    f"entry range {start}-{stop} is outside 0-{meta.entries}",
+                    url=meta.url,
+                    tree=meta.tree,
                 )
             ranges.append((start, stop))
-        if nevts is None or (isinstance(nevts, int) and nevts < 0):
+        if nevts is None:
             return ranges
         sizes = [stop - start for start, stop in ranges]
         if isinstance(nevts, int):
             counts = split_nevts(sizes, nevts)
         else:
             counts = [
-                size if n is None or int(n) < 0 else min(int(n), size)
-                for n, size in zip(self._per_file(nevts, "nevts", None, lambda v: v), sizes)
+                size if n is None else min(n, size)
+                for n, size in zip(self._per_file(nevts, "nevts", None, args.file_nevts), sizes)
             ]
         return [(start, start + n) for (start, _), n in zip(ranges, counts)]
 
     def _balance_weights(self, ranges: Sequence[tuple[int, int]]) -> list[float]:
         if self.label_branch:
-            raise ValueError("balance='class' needs per-file labels, not label_branch")
+            raise ConfigError("balance='class' needs per-file labels, not label_branch")
         per_class = Counter()
         for label, (start, stop) in zip(self._file_labels, ranges):
             per_class[label] += stop - start
@@ -418,10 +494,61 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             missing = set(self.branch_info) - set(specs.branches)
             if missing:
                 raise SchemaError(f"the Specs have no statistics for branches {sorted(missing)}")
+            if max_len is not None:
+                log.warning("max_len=%r is not used: the pad lengths come from specs", max_len)
             return specs
         from rootml.datasets._multiplicity import multiplicity_specs
 
         return multiplicity_specs(self, max_len)
+
+
+def _regularize_shard(rank: Any, world_size: Any) -> tuple[int | None, int | None]:
+    if rank is None and world_size is None:
+        return None, None  # from torch.distributed when iterating
+    if rank is None or world_size is None:
+        raise ConfigError(
+            f"give both rank and world_size, not rank={rank!r}, world_size={world_size!r}"
+        )
+    world = args.positive_int("world_size", world_size)
+    rank = args.non_negative_int("rank", rank)
+    if rank >= world:
+        raise ConfigError(f"rank must be below world_size={world}, not {rank}")
+    return rank, world
+
+
+def _entry_range(span: Any) -> tuple[int, int] | None:
+    if span is None:
+        return None
+    if isinstance(span, str) or len(span) != 2:
+        raise ConfigError(f"an entry range is (start, stop), not {span!r}")
+    return args.non_negative_int("entries start", span[0]), args.non_negative_int(
+        "entries stop", span[1]
+    )
+
+
+def _check_sort_by(
+    sort_by: Mapping[str, Any] | None, meta: FileMeta, aliases: Mapping[str, str]
+) -> list[str]:
+    """The key branches of `sort_by`, each checked to be a jagged branch or an alias of the first
+    file (SchemaError naming it and the closest jagged branches otherwise)."""
+    keys = []
+    jagged = [n for n, info in meta.branches.items() if info.kind == "jagged"]
+    for collection, key in (sort_by or {}).items():
+        branch, _ = parse_sort_key(key)
+        info = meta.branches.get(branch)
+        if branch in aliases:
+            continue
+        if info is None or info.kind != "jagged":
+            what = "no branch" if info is None else f"not a jagged branch ({info.typename})"
+            raise SchemaError(
+                f"sort_by[{collection!r}]: key {branch!r} is {what}; closest jagged branches: "
+                f"{closest(branch, jagged)}",
+                url=meta.url,
+                tree=meta.tree,
+                branch=branch,
+            )
+        keys.append(branch)
+    return keys
 
 
 @functools.lru_cache(maxsize=8)

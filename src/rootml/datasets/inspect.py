@@ -12,8 +12,11 @@ def inspect_file(url: str) -> dict[str, Any]:
     """A JSON-ready report of every TTree and RNTuple in the file at `url`.
 
     {"url", "compression", "trees": [{"name", "class", "entries", "branches": [{"name", "type",
-    "kind", "jagged", "counter", "compressed_bytes", "uncompressed_bytes"}]}]}. Sizes are None
-    where uproot does not know them (RNTuple fields). Raises FileAccessError.
+    "kind", "jagged", "counter", "compressed_bytes", "uncompressed_bytes"}]}]}. kind
+    "unsupported" marks what rootml cannot read as numbers (objects, strings); "counter" is the
+    branch holding a jagged branch's item counts (None for a std::vector, which has none). A
+    split object's sizes are those of all its sub-branches. Sizes are None where uproot does not
+    know them (RNTuple fields). Raises FileAccessError.
     """
     import uproot
 
@@ -40,20 +43,24 @@ def inspect_file(url: str) -> dict[str, Any]:
         file.close()
 
 
+_SIZES = ("compressed_bytes", "uncompressed_bytes")
+
+
 def _branches(tree: Any) -> list[dict[str, Any]]:
     rows = []
     for name, info in describe(tree).items():
         sizes = (None, None)
         if not is_rntuple(tree):
-            branch = tree[name]
-            sizes = (int(branch.compressed_bytes), int(branch.uncompressed_bytes))
+            # A split object's own baskets are empty: its data is in its sub-branches.
+            parts = [tree[name], *tree[name].itervalues(recursive=True)]
+            sizes = tuple(sum(int(getattr(b, what)) for b in parts) for what in _SIZES)
         rows.append(
             {
                 "name": name,
                 "type": info.typename,
                 "kind": info.kind,
                 "jagged": info.kind == "jagged",
-                "counter": info.collection if not is_rntuple(tree) else None,
+                "counter": info.counter,
                 "compressed_bytes": sizes[0],
                 "uncompressed_bytes": sizes[1],
             }

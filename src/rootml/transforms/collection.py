@@ -16,9 +16,13 @@ _RESERVED = {"features", "mask", "label", "weight", "file", "entry", "ids", "sta
 
 
 def collection_name(branch: str) -> str:
-    """The collection a jagged branch belongs to by name: its prefix before the first "_"
-    ("Jet_pt" -> "Jet"); a name without "_" is its own collection."""
-    return branch.split("_", 1)[0]
+    """The collection a jagged branch belongs to by name: its prefix before the first ":" or "."
+    (ATLAS PHYSLITE: "AnalysisJetsAuxDyn:pt" -> "AnalysisJetsAuxDyn"), else before the first "_"
+    (NanoAOD: "Jet_pt" -> "Jet"); a name without any of them is its own collection."""
+    for separator in (":", ".", "_"):
+        if separator in branch:
+            return branch.split(separator, 1)[0]
+    return branch
 
 
 class CollectionLayout:

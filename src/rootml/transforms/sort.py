@@ -9,6 +9,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from rootml.errors import SchemaError, closest
 from rootml.transforms.collection import collection_name
 from rootml.transforms.pad import jagged_offsets
 
@@ -36,7 +37,7 @@ class SortBy:
 
     Every jagged branch of the collection is reordered with the same permutation (one
     ak.argsort of the key per chunk, stable: ties keep their stored order). The key branch must
-    be in the chunk, but need not be a feature. Raises KeyError for a collection with no jagged
+    be in the chunk, but need not be a feature. Raises SchemaError for a collection with no jagged
     branch; the call raises ValueError when a branch of the collection has other item counts
     than the key.
     """
@@ -56,9 +57,10 @@ class SortBy:
                 members += [n for n, s in jagged.items() if s.collection == same]
             members = list(dict.fromkeys(members))
             if not members:
-                raise KeyError(
-                    f"sort_by: no jagged branch in collection {collection!r} "
-                    f"(jagged branches: {sorted(jagged)})"
+                known = {collection_name(n) for n in jagged} | {s.collection for s in jagged.values()}
+                raise SchemaError(
+                    f"sort_by: no jagged branch in collection {collection!r}; closest: "
+                    f"{closest(collection, known - {None})}; jagged branches: {sorted(jagged)}"
                 )
             self.groups[collection] = (branch, ascending, members)
 

@@ -8,14 +8,16 @@ sums of squared deviations (Chan et al.), min/max and multiplicity histograms al
 from __future__ import annotations
 
 import json
+import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rootml.errors import SpecsMismatch
+from rootml.errors import ConfigError, SchemaError, SpecsMismatch, closest
+from rootml.transforms.collection import collection_name
 from rootml.transforms.layout import Column, make_columns
 from rootml.transforms.pad import jagged_parts
 
@@ -144,8 +146,13 @@ class Specs:
 
         `max_len`: None (the largest multiplicity seen), an int (fixed length), a float in (0, 1)
         (that quantile of the multiplicity), or a dict keyed by branch, collection (e.g. "nJet")
-        or prefix (e.g. "Jet") with such values. At least 1.
+        or prefix (e.g. "Jet") with such values (see `regularize_max_len`). Raises SchemaError
+        for a dict key that names no jagged branch or collection.
         """
+        max_len = regularize_max_len(max_len)
+        check_pad_keys(
+            max_len, {n: s.collection for n, s in self.branches.items() if s.kind == "jagged"}
+        )
         for name, spec in self.branches.items():
             if spec.kind != "jagged":
                 continue
@@ -156,7 +163,7 @@ class Specs:
                 length = spec.multiplicity_quantile(policy)
             else:
                 length = int(policy)
-            self.pad[name] = max(length, 1)
+            self.pad[name] = max(length, 1)  # an empty collection still gets one column
         return dict(self.pad)
 
     def columns(self) -> list[Column]:
@@ -232,11 +239,61 @@ class Specs:
             return cls.from_dict(json.load(source))
 
 
+def regularize_max_len(max_len: Any) -> int | float | dict[str, int | float | None] | None:
+    """`max_len` checked: None, an int >= 1 (a pad length), a float in (0, 1) (a quantile of the
+    multiplicity), or a dict of such values (None: the largest multiplicity) keyed by branch,
+    collection or prefix. Raises ConfigError naming the value otherwise (0, -3, 1.5, NaN, True)."""
+    if max_len is None:
+        return None
+    if isinstance(max_len, Mapping):
+        return {
+            str(key): None if value is None else _pad_policy(f"max_len[{key!r}]", value)
+            for key, value in max_len.items()
+        }
+    return _pad_policy("max_len", max_len)
+
+
+def _pad_policy(name: str, value: Any) -> int | float:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < 1:
+        return float(value)
+    raise ConfigError(
+        f"{name} must be a pad length (an int >= 1) or a quantile in (0, 1), not {value!r}"
+    )
+
+
+def pad_keys(branch: str, collection: str | None) -> list[str]:
+    """The keys of a max_len dict that name a jagged branch: itself, its collection (counter)
+    and its prefix (rootml.transforms.collection_name), in that order of precedence."""
+    return [k for k in dict.fromkeys((branch, collection, collection_name(branch))) if k]
+
+
+def check_pad_keys(max_len: Any, jagged: Mapping[str, str | None]) -> None:
+    """Raise SchemaError for a key of a max_len dict that names none of the `jagged` branches
+    (name -> collection) by `pad_keys`, with the closest names: a key that matches nothing would
+    otherwise be ignored and leave that collection at its default length."""
+    if not isinstance(max_len, Mapping):
+        return
+    known = {key for name, collection in jagged.items() for key in pad_keys(name, collection)}
+    for key in max_len:
+        if key not in known:
+            raise SchemaError(
+                f"max_len key {key!r} names no jagged branch or collection; "
+                f"closest: {closest(key, known)}; jagged branches: {_some(jagged)}"
+            )
+
+
+def _some(names: Iterable[str], n: int = 12) -> str:
+    names = sorted(names)
+    return str(names[:n])[:-1] + (f", ... {len(names) - n} more]" if len(names) > n else "]")
+
+
 def _lookup(policy: Any, branch: str, collection: str | None) -> Any:
     if not isinstance(policy, Mapping):
         return policy
-    for key in (branch, collection, branch.split("_", 1)[0]):
-        if key is not None and key in policy:
+    for key in pad_keys(branch, collection):
+        if key in policy:
             return policy[key]
     return None
 

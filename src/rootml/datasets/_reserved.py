@@ -1,0 +1,76 @@
+"""Label, weight and identifier branches: their values as the batch holds them, exactly, or refused.
+
+A label is a class and an identifier an event number: both must come out as the very integer
+that was stored. A value int64 cannot hold (a uint64 at or above 2**63, NaN, 0.5) is refused
+with a DataValueError naming the branch, the entry and the value, never cast into another
+number. uint64 identifiers (NanoAOD's `event` is ULong64_t) are kept exact below 2**63, which
+real event numbers are; beyond, the batch's int64 "ids" could only show them negative.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from rootml.errors import DataValueError, SchemaError
+
+_INT64_LIMIT = 2.0**63  # floats at or beyond it do not fit int64
+
+
+def numbers_per_entry(values: Any, argument: str, branch: str, **context: Any) -> np.ndarray:
+    """`values` (numpy or awkward, one per entry) as a 1-D numpy array of numbers.
+
+    Raises SchemaError naming `argument` and `branch` for lists, records or strings (an alias
+    computing a list per entry, say)."""
+    if isinstance(values, ak.Array):
+        if values.ndim != 1:
+            raise SchemaError(
+                f"{argument} must hold one number per entry, not a list ({values.type})",
+                branch=branch,
+                **context,
+            )
+        try:
+            values = ak.to_numpy(values)
+        except (TypeError, ValueError) as err:
+            raise SchemaError(
+                f"{argument} holds no numbers: {err}", branch=branch, **context
+            ) from None
+    values = np.asarray(values)
+    if values.ndim != 1 or values.dtype.kind not in "biuf":
+        raise SchemaError(
+            f"{argument} must hold one number per entry, not {values.dtype} of shape "
+            f"{values.shape[1:]}",
+            branch=branch,
+            **context,
+        )
+    return values
+
+
+def exact_int64(
+    values: Any, argument: str, branch: str, entry_numbers: np.ndarray, **context: Any
+) -> np.ndarray:
+    """`values` as int64, every value exactly: integers and bools as they are, floats when they
+    are whole numbers. Raises DataValueError naming the first value that is not (NaN, 0.5,
+    a uint64 >= 2**63), with its entry number (from `entry_numbers`)."""
+    values = numbers_per_entry(values, argument, branch, **context)
+    kind = values.dtype.kind
+    if kind in "bi":
+        return values.astype(np.int64, copy=False)
+    if kind == "u":
+        bad = values > np.iinfo(np.int64).max
+        why = "is at or above 2**63, which int64 cannot hold"
+    else:
+        bad = ~np.isfinite(values) | (values != np.trunc(values)) | (np.abs(values) >= _INT64_LIMIT)
+        why = "is not a whole number int64 can hold"
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataValueError(
+            f"{argument} value {values[first]!r} at entry {int(entry_numbers[first])} {why} "
+            f"({int(bad.sum())} such values in these entries); labels and identifiers are "
+            "stored exactly or refused",
+            branch=branch,
+            **context,
+        )
+    return values.astype(np.int64)
