@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from rootml.datasets import _arguments as args
 from rootml.datasets._plan import Unit
 from rootml.datasets._reader import UnitReader
 from rootml.datasets.dataset import RootIterableDataset, _load_hook
+from rootml.errors import ConfigError
 from rootml.transforms import Specs
 from rootml.transforms.hist import Histograms
+from rootml.transforms.specs import regularize_max_len
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ def fit_histograms(
         tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, labels=labels,
         preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
     )  # fmt: skip
-    hist = (class_names, bins, ranges)
+    hist = (class_names, args.positive_int("bins", bins), ranges)
     return _fit(files, options, nevts, max_len, chunk_size, seed, workers, hist)
 
 
@@ -112,10 +115,16 @@ def _fit(
     workers: int,
     hist: tuple | None = None,
 ) -> tuple[Specs, Histograms | None]:
-    unit_size = int(chunk_size)
+    unit_size = args.positive_int("chunk_size", chunk_size)
+    nevts = args.nevts(nevts)
+    if nevts is not None and not isinstance(nevts, int):
+        raise ConfigError(f"nevts must be a number of entries to sample, not {nevts!r}")
+    max_len = regularize_max_len(max_len)
+    seed = args.non_negative_int("seed", seed)
+    workers = args.positive_int("workers", workers)
     if nevts is not None:
         # Small enough units that the sample is drawn from about 16 places or more.
-        unit_size = min(unit_size, max(-(-int(nevts) // 16), 1000))
+        unit_size = min(unit_size, max(-(-nevts // 16), 1000))
     # The dataset's constructor resolves files and branches and plans the units; an int max_len
     # skips its multiplicity pass (still made when there are aliases, to learn their kinds).
     ds = RootIterableDataset(files, chunk_size=unit_size, max_len=1, **options)
@@ -123,7 +132,7 @@ def _fit(
     fingerprint = ds.fingerprint()
     units = ds.units(0)
     if nevts is not None:
-        units = _sample(units, int(nevts), seed)
+        units = _sample(units, nevts, seed)
     histograms = _histograms(ds, kinds, units, *hist) if hist is not None else None
     by_file: dict[int, list[Unit]] = {}
     for unit in units:

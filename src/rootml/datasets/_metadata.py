@@ -96,8 +96,8 @@ def select_branches(
     context = {"url": first.url, "tree": first.tree}
     for name, argument in reserved.items():
         _check_reserved(first, name, argument, aliases, available)
-    for name in [*(branches or ()), *(exclude or ())]:
-        _check_not_inside_object(first, name, available)
+    for name in branches or ():
+        _check_not_inside_object(first, name, available, "branches")
     chosen = match_names(branches, available, **context) if branches else list(available)
     if exclude:
         dropped = set(match_names(exclude, available, **context))
@@ -137,7 +137,7 @@ def _check_reserved(
     if name in aliases:
         return  # its values are checked when read
     if name not in meta.branches:
-        _check_not_inside_object(meta, name, available)
+        _check_not_inside_object(meta, name, available, argument)
         raise SchemaError(
             f"{argument} {name!r}: no such branch; closest: {closest(name, available)}",
             url=meta.url,
@@ -155,12 +155,14 @@ def _check_reserved(
         )
 
 
-def _check_not_inside_object(meta: FileMeta, name: str, available: list[str]) -> None:
+def _check_not_inside_object(
+    meta: FileMeta, name: str, available: list[str], argument: str
+) -> None:
     """A sub-branch of a split object is named as such, not as a missing branch."""
     if name in available or name not in meta.keys:
         return
     raise SchemaError(
-        f"{name!r} is a sub-branch of the split object {meta.keys[name]!r}; rootml reads top-level "
+        f"{argument}: {name!r} is a sub-branch of the split object {meta.keys[name]!r}; rootml reads top-level "
         "branches of numbers only (write the members out as branches of their own)",
         url=meta.url,
         tree=meta.tree,

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rootml.errors import ConfigError
+
 
 class Unit(NamedTuple):
     file: int
@@ -23,7 +25,10 @@ def split_range(
     start: int, stop: int, chunk_size: int, boundaries: Sequence[int] = ()
 ) -> list[tuple[int, int]]:
     """Cut [start, stop) into pieces of about `chunk_size` entries, ending on `boundaries`
-    (cluster/basket edges) where one lies within the last half of a piece."""
+    (cluster/basket edges) where one lies within the last half of a piece. Raises ConfigError
+    for a chunk_size below 1 (which would never advance)."""
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be at least 1, not {chunk_size!r}")
     edges = np.asarray([b for b in boundaries if start < b < stop], dtype=np.int64)
     pieces, begin = [], start
     while begin < stop:

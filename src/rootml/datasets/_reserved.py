@@ -67,7 +67,7 @@ def exact_int64(
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise DataValueError(
-            f"{argument} value {values[first]!r} at entry {int(entry_numbers[first])} {why} "
+            f"{argument} value {values[first].item()!r} at entry {int(entry_numbers[first])} {why} "
             f"({int(bad.sum())} such values in these entries); labels and identifiers are "
             "stored exactly or refused",
             branch=branch,

@@ -15,6 +15,7 @@ from rootml.export.checkpoint import TrainedRun
 from rootml.transforms import Normalize
 from rootml.transforms.collection import layout_parts
 from rootml.transforms.feed import call_model
+from rootml.transforms.normalize import split_offset
 
 OUTPUT_NAME = "score"
 DEFAULT_OPSET = 17
@@ -26,13 +27,16 @@ def input_names(run: TrainedRun) -> list[str]:
     return [name for key, mask_key, _ in run.parts for name in (key, mask_key)]
 
 
-def fold_parameters(run: TrainedRun) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
-    """Per array key: (mask key, offset, scale) as float32, shaped as one row of the array:
-    (F,) for "features", (C, 1) for a collection's (C, N) rows.
+def fold_parameters(
+    run: TrainedRun,
+) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per array key: (mask key, offset high part, offset low part, scale) as float32, shaped as
+    one row of the array: (F,) for "features", (C, 1) for a collection's (C, N) rows.
 
     The values are those of rootml.transforms.Normalize (its flat-layout offset/scale per column,
-    a branch's shared by all its columns), so the folded graph computes what training fed the
-    model. Raises ModelError when the run was trained without normalisation.
+    a branch's shared by all its columns, the offset split by `split_offset`), so the folded
+    graph computes what training fed the model, to the bit. Raises ModelError when the run was
+    trained without normalisation.
     """
     if run.normalize is None:
         raise ModelError(
@@ -44,11 +48,11 @@ def fold_parameters(run: TrainedRun) -> dict[str, tuple[str, np.ndarray, np.ndar
     per_branch = {b: (o, s) for b, o, s in zip(columns, flat.offset, flat.scale)}
     folded = {}
     for key, mask_key, branches in run.parts:
-        offset = np.asarray([per_branch[b][0] for b in branches], dtype=np.float32)
+        offset = np.asarray([per_branch[b][0] for b in branches], dtype=np.float64)
         scale = np.asarray([per_branch[b][1] for b in branches], dtype=np.float32)
         if key != "features":
             offset, scale = offset[:, None], scale[:, None]
-        folded[key] = (mask_key, offset, scale)
+        folded[key] = (mask_key, *split_offset(offset), scale)
     return folded
 
 
@@ -56,8 +60,8 @@ class ExportedModel(torch.nn.Module):
     """The trained model behind named positional inputs, as the ONNX graph sees it.
 
     With `fold` (from `fold_parameters`), each array is normalised first,
-    x' = (x - offset) / scale where its mask is True and `pad_value` where False, so the graph
-    takes raw physics values.
+    x' = ((x - offset_high) - offset_low) / scale where its mask is True and `pad_value` where
+    False, so the graph takes raw physics values.
     """
 
     def __init__(
@@ -65,22 +69,24 @@ class ExportedModel(torch.nn.Module):
         model: torch.nn.Module,
         layout_name: str,
         names: Sequence[str],
-        fold: Mapping[str, tuple[str, np.ndarray, np.ndarray]] | None = None,
+        fold: Mapping[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None = None,
         pad_value: float = 0.0,
     ):
         super().__init__()
         self.model, self.layout_name, self.names = model, layout_name, list(names)
         self.pad_value = float(pad_value)
         self.fold_masks: dict[str, str] = {}
-        for key, (mask_key, offset, scale) in (fold or {}).items():
-            self.register_buffer(f"offset_{key}", torch.from_numpy(offset.copy()))
+        for key, (mask_key, high, low, scale) in (fold or {}).items():
+            self.register_buffer(f"offset_{key}", torch.from_numpy(high.copy()))
+            self.register_buffer(f"offset_low_{key}", torch.from_numpy(low.copy()))
             self.register_buffer(f"scale_{key}", torch.from_numpy(scale.copy()))
             self.fold_masks[key] = mask_key
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         inputs = dict(zip(self.names, tensors))
         for key, mask_key in self.fold_masks.items():
-            values = (inputs[key] - getattr(self, f"offset_{key}")) / getattr(self, f"scale_{key}")
+            values = inputs[key] - getattr(self, f"offset_{key}")
+            values = (values - getattr(self, f"offset_low_{key}")) / getattr(self, f"scale_{key}")
             mask = inputs[mask_key]
             if values.dim() == 3:  # (B, C, N) values, (B, N) mask
                 mask = mask.unsqueeze(1)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rootml.errors import DataValueError, SpecsMismatch
+from rootml.errors import ConfigError, DataValueError, SpecsMismatch
 from rootml.transforms.collection import CollectionLayout, layout_parts
 from rootml.transforms.layout import FlatLayout
 
@@ -38,17 +38,20 @@ class Normalize:
     0); "minmax": offset = min, scale = max - min (1 where that is 0). A branch's statistics are
     shared by all its columns (flat layout: "Jet_pt[0]".."Jet_pt[N-1]") or by its channel
     (collection layout). Branches without any real value get offset 0, scale 1.
-    Values where the mask is False stay `pad_value`. Arithmetic is float32, like the features.
+    Values where the mask is False stay `pad_value`. Arithmetic is float32, like the features,
+    with the offset split in two float32 parts (`split_offset`), so that large-valued columns
+    (a luminosity block near 2.27e6) come out as the float64 (x - offset) / scale rounded to
+    float32, not shifted by the rounding of the offset to float32.
 
     layout: "flat", "collection" or the layout object producing the blocks. Raises SpecsMismatch
-    when `specs` holds no statistics (only pad lengths), ValueError for an unknown method.
+    when `specs` holds no statistics (only pad lengths), ConfigError for an unknown method.
     `offset` and `scale` ((F,) float64) are those of the flat "features", e.g. to fold them into
     an exported model's first layer.
     """
 
     def __init__(self, specs: Any, method: str = "standard", pad_value: float = 0.0, layout="flat"):
         if method not in METHODS:
-            raise ValueError(f"normalize must be one of {METHODS} or None, not {method!r}")
+            raise ConfigError(f"normalize must be one of {METHODS} or None, not {method!r}")
         if not specs.entries or not any(s.count for s in specs.branches.values()):
             raise SpecsMismatch(
                 f"normalize={method!r} needs a Specs with statistics, but these hold only pad "
@@ -58,8 +61,9 @@ class Normalize:
         self.method, self.pad_value = method, float(pad_value)
         self.layout = make_layout(specs, layout, pad_value)
         offsets, scales = _branch_scales(specs, method)
-        # key -> (mask key, offset, scale) as float32, shaped to broadcast against the array.
-        self._parts: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
+        # key -> (mask key, offset high and low parts, scale) as float32, shaped to broadcast
+        # against the array.
+        self._parts: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] = {}
         for key, mask_key, branches in layout_parts(self.layout):
             offset = np.asarray([offsets[b] for b in branches], dtype=np.float64)
             scale = np.asarray([scales[b] for b in branches], dtype=np.float64)
@@ -67,13 +71,14 @@ class Normalize:
                 offset, scale = offset[:, None], scale[:, None]
             if key == "features":
                 self.offset, self.scale = offset, scale
-            self._parts[key] = (mask_key, offset.astype(np.float32), scale.astype(np.float32))
+            self._parts[key] = (mask_key, *split_offset(offset), scale.astype(np.float32))
 
     def __call__(self, block: Mapping[str, Any]) -> dict[str, Any]:
         """The block with every feature array normalised (new arrays; other keys as they are)."""
         out = dict(block)
-        for key, (mask_key, offset, scale) in self._parts.items():
-            values = np.subtract(block[key], offset)
+        for key, (mask_key, high, low, scale) in self._parts.items():
+            values = np.subtract(block[key], high)
+            values -= low
             values /= scale
             out[key] = _keep_padding(values, block[mask_key], self.pad_value)
         return out
@@ -81,9 +86,10 @@ class Normalize:
     def inverse(self, block: Mapping[str, Any]) -> dict[str, Any]:
         """Undo the normalisation: x = x' * scale + offset (padding stays `pad_value`)."""
         out = dict(block)
-        for key, (mask_key, offset, scale) in self._parts.items():
+        for key, (mask_key, high, low, scale) in self._parts.items():
             values = np.multiply(block[key], scale)
-            values += offset
+            values += low
+            values += high
             out[key] = _keep_padding(values, block[mask_key], self.pad_value)
         return out
 
@@ -103,7 +109,7 @@ class NonFinite:
 
     def __init__(self, layout: Any, policy: str = "keep", pad_value: float = 0.0):
         if policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {policy!r}")
+            raise ConfigError(f"nan_policy must be one of {NAN_POLICIES}, not {policy!r}")
         self.policy, self.pad_value = policy, float(pad_value)
         self._parts = layout_parts(layout)
 
@@ -139,6 +145,20 @@ class NonFinite:
 
     def __repr__(self) -> str:
         return f"NonFinite(policy={self.policy!r})"
+
+
+def split_offset(offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float64 offset as float32 (high, low) with high + low = offset to about 2**-48.
+
+    float32(offset) alone is off by up to half its ulp: 0.125 near 2.27e6, 0.09 sigma of a
+    column whose std is 1.4. Computing (x - high) - low in float32 removes that: x - high is
+    exact for x within a factor 2 of the offset (Sterbenz), and subtracting low then rounds
+    once, so the result is the exact (x - offset) to float32 precision. Training (numpy), the
+    exported graph (two Sub nodes) and serving compute it the same way.
+    """
+    offset = np.asarray(offset, dtype=np.float64)
+    high = offset.astype(np.float32)
+    return high, (offset - high.astype(np.float64)).astype(np.float32)
 
 
 def _branch_scales(specs: Any, method: str) -> tuple[dict[str, float], dict[str, float]]:

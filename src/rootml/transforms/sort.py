@@ -52,17 +52,18 @@ class SortBy:
                 for name, spec in jagged.items()
                 if collection in (collection_name(name), spec.collection)
             ]
-            if branch in jagged:
-                same = jagged[branch].collection
-                members += [n for n, s in jagged.items() if s.collection == same]
-            members = list(dict.fromkeys(members))
             if not members:
-                known = {collection_name(n) for n in jagged} | {s.collection for s in jagged.values()}
+                known = {collection_name(n) for n in jagged} | {
+                    s.collection for s in jagged.values()
+                }
                 raise SchemaError(
                     f"sort_by: no jagged branch in collection {collection!r}; closest: "
                     f"{closest(collection, known - {None})}; jagged branches: {sorted(jagged)}"
                 )
-            self.groups[collection] = (branch, ascending, members)
+            if branch in jagged:
+                same = jagged[branch].collection
+                members += [n for n, s in jagged.items() if s.collection == same]
+            self.groups[collection] = (branch, ascending, list(dict.fromkeys(members)))
 
     @property
     def keys(self) -> list[str]:
