@@ -100,7 +100,9 @@ def test_empty_files_are_counted(tmp_path):
 def test_refused_connection_fails_fast_naming_the_url():
     url = f"root://127.0.0.1:{free_port()}//data/f.root"
     begin = time.monotonic()
-    with pytest.raises(FileAccessError, match=f"in file {url}: cannot read after 2 attempts") as err:
+    with pytest.raises(
+        FileAccessError, match=f"in file {url}: cannot read after 2 attempts"
+    ) as err:
         RootIterableDataset(url, retries=1, backoff=0.1)
     assert err.value.url == url
     assert time.monotonic() - begin < 30

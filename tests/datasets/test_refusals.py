@@ -26,7 +26,7 @@ from rootml.datasets._plan import split_range
 from rootml.datasets.inspect import inspect_file
 from tests.conftest import DATA, HZZ, RNTUPLE
 
-OBJECTS = DATA / "uproot-HZZ-objects.root"  # std::vector<TLorentzVector>, TVector2, TVector3
+OBJECTS = DATA / "HZZ-objects.root"  # std::vector<TLorentzVector>, TVector2, TVector3
 STAFF = DATA / "ntpl001_staff_rntuple_v1-0-0-0.root"  # RNTuple with std::string fields
 SPLIT = DATA / "uproot-small-evnt-tree-fullsplit.root"
 

@@ -91,3 +91,21 @@ def weight(value: Any) -> float:
         except ValueError:
             raise ConfigError(f"weights must be numbers, not {value!r}") from None
     return real("weights", value, minimum=0.0)
+
+
+def shard(rank: Any, world_size: Any) -> tuple[int | None, int | None]:
+    """(rank, world_size); None takes it from torch.distributed when iterating."""
+    rank = None if rank is None else non_negative_int("rank", rank)
+    world = None if world_size is None else positive_int("world_size", world_size)
+    if rank is not None and world is not None and rank >= world:
+        raise ConfigError(f"rank must be below world_size={world}, not {rank}")
+    return rank, world
+
+
+def entry_range(span: Any) -> tuple[int, int] | None:
+    """One file's (start, stop), or None for all its entries."""
+    if span is None:
+        return None
+    if isinstance(span, str) or len(span) != 2:
+        raise ConfigError(f"an entry range is (start, stop), not {span!r}")
+    return non_negative_int("entries start", span[0]), non_negative_int("entries stop", span[1])

@@ -9,8 +9,10 @@ Names are found by uproot's own expression language, the one that evaluates them
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import Any
 
 from rootml.errors import ConfigError, SchemaError, closest
+from rootml.transforms import parse_sort_key
 
 
 def expression_branches(
@@ -80,3 +82,28 @@ def _check_cycles(uses: Mapping[str, list[str]], url: str, tree: str) -> None:
 
     for name in uses:
         visit(name, ())
+
+
+def sort_key_branches(
+    sort_by: Mapping[str, Any] | None, meta: Any, aliases: Mapping[str, str]
+) -> list[str]:
+    """The key branches of `sort_by`, each checked to be a jagged branch or an alias of the first
+    file (SchemaError naming it and the closest jagged branches otherwise)."""
+    keys = []
+    jagged = [n for n, info in meta.branches.items() if info.kind == "jagged"]
+    for collection, key in (sort_by or {}).items():
+        branch, _ = parse_sort_key(key)
+        info = meta.branches.get(branch)
+        if branch in aliases:
+            continue
+        if info is None or info.kind != "jagged":
+            what = "no branch" if info is None else f"not a jagged branch ({info.typename})"
+            raise SchemaError(
+                f"sort_by[{collection!r}]: key {branch!r} is {what}; closest jagged branches: "
+                f"{closest(branch, jagged)}",
+                url=meta.url,
+                tree=meta.tree,
+                branch=branch,
+            )
+        keys.append(branch)
+    return keys

@@ -74,3 +74,36 @@ def exact_int64(
             **context,
         )
     return values.astype(np.int64)
+
+
+def policy_weights(
+    values: Any,
+    branch: str,
+    policy: str,
+    report: Any,
+    entry_numbers: np.ndarray,
+    **context: Any,
+) -> np.ndarray:
+    """The weight branch's values as float32. NaN/inf and negative ones are counted in `report`
+    (nonfinite:<branch>, negative:<branch>) and handled by the nan_policy: "keep" keeps them,
+    "mask" makes them 0 (the entry then counts for nothing), "raise" raises DataValueError
+    naming the branch and the first such entry."""
+    weight = numbers_per_entry(values, "weight_branch", branch, **context).astype(np.float32)
+    nonfinite, negative = ~np.isfinite(weight), weight < 0
+    bad = nonfinite | negative
+    if not bad.any():
+        return weight
+    report.add(f"nonfinite:{branch}", int(nonfinite.sum()))
+    report.add(f"negative:{branch}", int(negative.sum()))
+    if policy == "raise":
+        first = int(np.flatnonzero(bad)[0])
+        raise DataValueError(
+            f"weight_branch has {int(nonfinite.sum())} NaN/inf and {int(negative.sum())} "
+            f"negative values (entry {int(entry_numbers[first])}: {weight[first].item()}); pass "
+            "nan_policy='keep' to keep them or 'mask' to give those entries weight 0",
+            branch=branch,
+            **context,
+        )
+    if policy == "mask":
+        weight = np.where(bad, np.float32(0), weight)
+    return weight

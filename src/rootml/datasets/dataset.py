@@ -15,13 +15,13 @@ import torch
 
 from rootml.datasets import _arguments as args
 from rootml.datasets._batching import Batcher
-from rootml.datasets._expressions import expression_branches
+from rootml.datasets._expressions import expression_branches, sort_key_branches
 from rootml.datasets._files import resolve_files
 from rootml.datasets._metadata import FileMeta, check_same, read_metadata, select_branches
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
-from rootml.datasets._reserved import exact_int64, numbers_per_entry
+from rootml.datasets._reserved import exact_int64, policy_weights
 from rootml.datasets._transport import TensorBatch
 from rootml.errors import (
     ConfigError,
@@ -29,7 +29,6 @@ from rootml.errors import (
     FileAccessError,
     RootmlError,
     SchemaError,
-    closest,
     where,
 )
 from rootml.transforms import (
@@ -39,7 +38,6 @@ from rootml.transforms import (
     SortBy,
     Specs,
     make_layout,
-    parse_sort_key,
     to_torch,
 )
 from rootml.transforms.normalize import NAN_POLICIES
@@ -62,12 +60,19 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     tree: TTree or RNTuple name; None takes the only one in the file.
     branches / exclude: names or glob patterns of feature branches (default: every numeric one).
     labels / weights: per file (list in file order, or dict url -> value); `label_branch` and
-        `weight_branch` read them per entry (weights multiply).
+        `weight_branch` read them per entry (weights multiply). Labels and `identifiers` come out
+        exactly or are refused (DataValueError naming branch and entry): integers and bools as
+        stored, floats only when whole; uint64 values at or above 2**63 do not fit the int64
+        "ids" and are refused. NaN/inf and negative weights are counted in `report`
+        (nonfinite:<b>, negative:<b>) and follow `nan_policy` ("mask": weight 0).
     nevts: entries to read: a total split over files by their entries, or per file (list/dict).
     entries: (start, stop) for every file, or per file (list/dict).
-    cut / aliases: uproot expressions (e.g. cut="nJet >= 4", aliases={"HT2": "HT**2"}).
-    max_len: pad length of jagged branches: int, quantile in (0, 1), dict per branch/collection,
-        or None for the largest multiplicity (found by a first pass over the counts).
+    cut / aliases: uproot expressions (e.g. cut="nJet >= 4", aliases={"HT2": "HT**2"}), checked
+        against the branches at construction (SchemaError naming the expression).
+    max_len: pad length of jagged branches: int >= 1, quantile in (0, 1), dict per branch,
+        collection (counter, or prefix: "Jet" of "Jet_pt", "AnalysisJetsAuxDyn" of
+        "AnalysisJetsAuxDyn:pt"), or None for the largest multiplicity (found by a first pass
+        over the counts); a dict key naming no jagged branch or collection is refused.
     specs: a fitted Specs (pad lengths, statistics); refused if fitted on other inputs unless
         `reuse_specs=True`.
     preprocess: callable (or "module.py:function") taking and returning a chunk (dict of awkward
@@ -76,7 +81,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         rows (default 2 x chunk_size: files mix in proportion once it spans several units).
         balance="class" multiplies weights so classes weigh the same.
     rank / world_size: default from torch.distributed when initialised, else 0 / 1.
-    on_error: "raise" (default) or "skip" unreadable units; skipped entries are in `report`.
+    on_error: "raise" (default) or "skip" unreadable units (FileAccessError only: mistakes in the
+        request are never skipped); skipped entries are in `report`, also per file.
     sort_by: collection -> key branch, e.g. {"Jet": "Jet_pt"}: items sorted descending ("+Jet_pt"
         ascending) before padding, so truncation keeps the leading ones (rootml.transforms.SortBy).
     nan_policy: NaN/inf among real values are counted in `report` (nonfinite:<branch>) and kept
@@ -85,7 +91,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         hold statistics (rootml.fit_specs); padding stays `pad_value`.
     layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet") K
         float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
-    Raises FileAccessError / SchemaError / SpecsMismatch with the file URL, tree and branch.
+    Raises ConfigError for an argument that cannot work (naming it and its value), and
+    FileAccessError / SchemaError / SpecsMismatch / DataValueError with the file URL, tree,
+    branch and entry range as attributes (err.url, err.tree, err.branch, err.entries).
     """
 
     def __init__(
@@ -144,7 +152,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self.backoff = args.real("backoff", backoff, minimum=0.0)
         self.seed = args.non_negative_int("seed", seed)
         self.pad_value = args.real("pad_value", pad_value)
-        self.rank, self.world_size = _regularize_shard(rank, world_size)
+        self.rank, self.world_size = args.shard(rank, world_size)
         max_len = regularize_max_len(max_len)
         nevts = args.nevts(nevts)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
@@ -164,7 +172,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self._report = SharedReport(self._report_keys(metas))
         self.branch_info = select_branches(metas, branches, exclude, self._reserved(), self.aliases)
         read = expression_branches(self.cut, self.aliases, metas[0].keys, metas[0].url, self.tree)
-        self._sort_keys = _check_sort_by(sort_by, metas[0], self.aliases)
+        self._sort_keys = sort_key_branches(sort_by, metas[0], self.aliases)
         check_same(
             metas,
             [*self.branch_info, *self._reserved(), *read, *self._sort_keys],
@@ -222,9 +230,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     @property
     def report(self) -> Counter:
         """What was skipped, truncated or dropped since construction, summed over this process
-        and its DataLoader workers: empty_files, skipped_units, skipped_entries (on_error="skip"),
-        dropped_last (drop_last), truncated:<branch> (items cut by padding), nonfinite:<branch>
-        (NaN/inf values)."""
+        and its DataLoader workers: empty_files, skipped_units, skipped_entries and
+        skipped:<url> (on_error="skip"), dropped_last (drop_last), truncated:<branch> (items cut
+        by padding), nonfinite:<branch> (NaN/inf values), negative:<weight_branch>."""
         return self._report.counts()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -375,7 +383,10 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             )
         weight = np.full(n, self._file_weights[unit.file], dtype=np.float32)
         if self.weight_branch:
-            weight *= self._weights(columns[self.weight_branch], entries, context)
+            weight *= policy_weights(
+                columns[self.weight_branch], self.weight_branch, self.nan_policy, self._report,
+                entries, **context,
+            )  # fmt: skip
         if self._class_weights is not None:
             weight *= self._class_weights[unit.file]
         block.update(
@@ -390,31 +401,6 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
                 axis=1,
             ).reshape(n, len(self.identifiers))
         return self.transform(block) if self.transform is not None else block
-
-    def _weights(self, values: Any, entries: np.ndarray, context: dict) -> np.ndarray:
-        """The weight branch's values as float32, NaN/inf and negative ones counted in `report`
-        and handled by nan_policy: "keep" keeps them, "mask" makes them 0 (the entry then
-        counts for nothing), "raise" raises DataValueError naming the branch and an entry."""
-        branch = self.weight_branch
-        weight = numbers_per_entry(values, "weight_branch", branch, **context).astype(np.float32)
-        nonfinite, negative = ~np.isfinite(weight), weight < 0
-        bad = nonfinite | negative
-        if not bad.any():
-            return weight
-        self._report.add(f"nonfinite:{branch}", int(nonfinite.sum()))
-        self._report.add(f"negative:{branch}", int(negative.sum()))
-        if self.nan_policy == "raise":
-            first = int(np.flatnonzero(bad)[0])
-            raise DataValueError(
-                f"weight_branch has {int(nonfinite.sum())} NaN/inf and {int(negative.sum())} "
-                f"negative values (entry {int(entries[first])}: {weight[first]}); pass "
-                "nan_policy='keep' to keep them or 'mask' to give those entries weight 0",
-                branch=branch,
-                **context,
-            )
-        if self.nan_policy == "mask":
-            weight = np.where(bad, np.float32(0), weight)
-        return weight
 
     def _shard(self) -> tuple[int, int, int, int]:
         rank, world = self.rank, self.world_size
@@ -455,7 +441,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             if entries is not None and not isinstance(entries, tuple)
             else [entries] * len(metas)
         )
-        spans = self._per_file(spans, "entry ranges", None, _entry_range)
+        spans = self._per_file(spans, "entry ranges", None, args.entry_range)
         ranges = []
         for meta, span in zip(metas, spans):
             start, stop = (0, meta.entries) if span is None else span
@@ -500,55 +486,6 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         from rootml.datasets._multiplicity import multiplicity_specs
 
         return multiplicity_specs(self, max_len)
-
-
-def _regularize_shard(rank: Any, world_size: Any) -> tuple[int | None, int | None]:
-    if rank is None and world_size is None:
-        return None, None  # from torch.distributed when iterating
-    if rank is None or world_size is None:
-        raise ConfigError(
-            f"give both rank and world_size, not rank={rank!r}, world_size={world_size!r}"
-        )
-    world = args.positive_int("world_size", world_size)
-    rank = args.non_negative_int("rank", rank)
-    if rank >= world:
-        raise ConfigError(f"rank must be below world_size={world}, not {rank}")
-    return rank, world
-
-
-def _entry_range(span: Any) -> tuple[int, int] | None:
-    if span is None:
-        return None
-    if isinstance(span, str) or len(span) != 2:
-        raise ConfigError(f"an entry range is (start, stop), not {span!r}")
-    return args.non_negative_int("entries start", span[0]), args.non_negative_int(
-        "entries stop", span[1]
-    )
-
-
-def _check_sort_by(
-    sort_by: Mapping[str, Any] | None, meta: FileMeta, aliases: Mapping[str, str]
-) -> list[str]:
-    """The key branches of `sort_by`, each checked to be a jagged branch or an alias of the first
-    file (SchemaError naming it and the closest jagged branches otherwise)."""
-    keys = []
-    jagged = [n for n, info in meta.branches.items() if info.kind == "jagged"]
-    for collection, key in (sort_by or {}).items():
-        branch, _ = parse_sort_key(key)
-        info = meta.branches.get(branch)
-        if branch in aliases:
-            continue
-        if info is None or info.kind != "jagged":
-            what = "no branch" if info is None else f"not a jagged branch ({info.typename})"
-            raise SchemaError(
-                f"sort_by[{collection!r}]: key {branch!r} is {what}; closest jagged branches: "
-                f"{closest(branch, jagged)}",
-                url=meta.url,
-                tree=meta.tree,
-                branch=branch,
-            )
-        keys.append(branch)
-    return keys
 
 
 @functools.lru_cache(maxsize=8)
