@@ -75,22 +75,23 @@ def file_nevts(value: Any) -> int | None:
 
 def label(value: Any) -> int:
     """A per-file label: an integer class (an integral float such as 1.0 is accepted)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"labels must be integers, not {value!r}") from None
+    value = _from_text("labels", value)
     return _integer("labels", value) if not isinstance(value, bool) else int(value)
 
 
 def weight(value: Any) -> float:
     """A per-file weight: a finite number >= 0."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"weights must be numbers, not {value!r}") from None
-    return real("weights", value, minimum=0.0)
+    return real("weights", _from_text("weights", value), minimum=0.0)
+
+
+def _from_text(name: str, value: Any) -> Any:
+    """A number read from a list file is text: "1", "0.3"."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be numbers, not {value!r}") from None
 
 
 def shard(rank: Any, world_size: Any) -> tuple[int | None, int | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from rootml.datasets._metadata import FileMeta, schema_error
 from rootml.errors import ConfigError, SchemaError, closest
 from rootml.transforms import parse_sort_key
 
@@ -85,7 +86,7 @@ def _check_cycles(uses: Mapping[str, list[str]], url: str, tree: str) -> None:
 
 
 def sort_key_branches(
-    sort_by: Mapping[str, Any] | None, meta: Any, aliases: Mapping[str, str]
+    sort_by: Mapping[str, Any] | None, meta: FileMeta, aliases: Mapping[str, str]
 ) -> list[str]:
     """The key branches of `sort_by`, each checked to be a jagged branch or an alias of the first
     file (SchemaError naming it and the closest jagged branches otherwise)."""
@@ -98,12 +99,11 @@ def sort_key_branches(
             continue
         if info is None or info.kind != "jagged":
             what = "no branch" if info is None else f"not a jagged branch ({info.typename})"
-            raise SchemaError(
+            raise schema_error(
+                meta,
                 f"sort_by[{collection!r}]: key {branch!r} is {what}; closest jagged branches: "
                 f"{closest(branch, jagged)}",
-                url=meta.url,
-                tree=meta.tree,
-                branch=branch,
+                branch,
             )
         keys.append(branch)
     return keys

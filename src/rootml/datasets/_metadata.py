@@ -130,6 +130,11 @@ def select_branches(
     return selected
 
 
+def schema_error(meta: FileMeta, message: str, branch: str | None = None) -> SchemaError:
+    """A SchemaError about `branch` (or the whole tree) of the file of `meta`."""
+    return SchemaError(message, url=meta.url, tree=meta.tree, branch=branch)
+
+
 def _check_reserved(
     meta: FileMeta, name: str, argument: str, aliases: Mapping[str, str], available: list[str]
 ) -> None:
@@ -138,20 +143,16 @@ def _check_reserved(
         return  # its values are checked when read
     if name not in meta.branches:
         _check_not_inside_object(meta, name, available, argument)
-        raise SchemaError(
-            f"{argument} {name!r}: no such branch; closest: {closest(name, available)}",
-            url=meta.url,
-            tree=meta.tree,
-            branch=name,
+        raise schema_error(
+            meta, f"{argument} {name!r}: no such branch; closest: {closest(name, available)}", name
         )
     info = meta.branches[name]
     if info.kind != "flat":
-        raise SchemaError(
-            f"{argument} must hold one number per entry, but {name!r} is "
-            f"{'not numbers' if info.kind == 'unsupported' else info.kind} ({info.typename})",
-            url=meta.url,
-            tree=meta.tree,
-            branch=name,
+        kind = "not numbers" if info.kind == "unsupported" else info.kind
+        raise schema_error(
+            meta,
+            f"{argument} must hold one number per entry, but {name!r} is {kind} ({info.typename})",
+            name,
         )
 
 
@@ -161,12 +162,11 @@ def _check_not_inside_object(
     """A sub-branch of a split object is named as such, not as a missing branch."""
     if name in available or name not in meta.keys:
         return
-    raise SchemaError(
-        f"{argument}: {name!r} is a sub-branch of the split object {meta.keys[name]!r}; rootml reads top-level "
-        "branches of numbers only (write the members out as branches of their own)",
-        url=meta.url,
-        tree=meta.tree,
-        branch=name,
+    raise schema_error(
+        meta,
+        f"{argument}: {name!r} is a sub-branch of the split object {meta.keys[name]!r}; rootml "
+        "reads top-level branches of numbers only (write the members out as branches of their own)",
+        name,
     )
 
 
