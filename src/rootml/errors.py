@@ -31,11 +31,14 @@ def where(
 
 
 def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:
-    """Up to `n` of `names` closest to `name` (case-insensitive), for "closest: [...]" hints."""
+    """Up to `n` of `names` closest to `name` (case-insensitive), for "closest: [...]" hints:
+    similar spellings first, then names containing it ("Jets" -> "AnalysisJetsAuxDyn")."""
     import difflib
 
     lower = {candidate.lower(): candidate for candidate in names}
-    return [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=n)]
+    similar = difflib.get_close_matches(name.lower(), list(lower), n=n)
+    containing = sorted((k for k in lower if name.lower() in k and k not in similar), key=len)
+    return [lower[m] for m in [*similar, *containing][:n]]
 
 
 class RootmlError(Exception):

@@ -130,6 +130,8 @@ def test_max_len_keys_of_vectors_without_counter(tmp_path):
         SchemaError, match=r"max_len key 'AnalysisJets' .*closest: \['AnalysisJetsAuxDyn'"
     ):
         RootIterableDataset(path, max_len={"AnalysisJetsAuxDyn": 3, "AnalysisJets": 3})
+    with pytest.raises(SchemaError, match=r"max_len key 'Jets' .*closest: \['AnalysisJetsAuxDyn'"):
+        RootIterableDataset(path, max_len={"Jets": 3})
     ds = RootIterableDataset(path, max_len={"AnalysisJetsAuxDyn": 3})
     assert ds.specs.pad == {"AnalysisJetsAuxDyn:pt": 3, "AnalysisJetsAuxDyn:eta": 3}
     got = rows(ds)

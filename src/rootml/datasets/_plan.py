@@ -75,7 +75,7 @@ def shard_units(
 ) -> list[Unit]:
     """The units of one worker of one rank: every (world_size * num_workers)-th unit."""
     if not (0 <= rank < world_size and 0 <= worker < num_workers):
-        raise ValueError(f"rank {rank}/{world_size}, worker {worker}/{num_workers} out of range")
+        raise ConfigError(f"rank {rank}/{world_size}, worker {worker}/{num_workers} out of range")
     shard = rank * num_workers + worker
     return list(units[shard :: world_size * num_workers])
 

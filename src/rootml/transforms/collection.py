@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rootml.errors import ConfigError
 from rootml.transforms.layout import FlatLayout, make_columns
 from rootml.transforms.pad import PadIndex, jagged_offsets
 
@@ -58,14 +59,14 @@ class CollectionLayout:
             grouped = [name for names in groups.values() for name in names]
             wrong = sorted(set(grouped) - set(jagged)) or sorted(set(jagged) - set(grouped))
             if wrong or len(grouped) != len(set(grouped)):
-                raise ValueError(
+                raise ConfigError(
                     "collections must hold every jagged branch exactly once; "
                     f"check {wrong or sorted(grouped)}"
                 )
         masks = {f"{key}_mask" for key in groups}
         clash = sorted((set(groups) | masks) & _RESERVED) + sorted(set(groups) & masks)
         if clash:
-            raise ValueError(f"collection names {clash} clash with batch keys; pass collections=")
+            raise ConfigError(f"collection names {clash} clash with batch keys; pass collections=")
         self.collections = groups
         self.lengths = {key: max(specs.pad[b] for b in names) for key, names in groups.items()}
         self.flat = FlatLayout(
