@@ -68,11 +68,12 @@ def write_tree(path, columns: dict, name: str = "events"):
         ("nan_policy", "drop"),
         ("on_error", "ignore"),
         ("normalize", "zscore"),
+        ("layout", "sets"),
     ],
 )
 def test_arguments_that_cannot_work_are_refused_naming_argument_and_value(argument, value):
     with pytest.raises(ConfigError, match=rf"{argument}.*{re.escape(repr(value))}") as err:
-        RootIterableDataset(HZZ, branches=["Jet_Px"], **{argument: value})
+        RootIterableDataset(DATA / "no-such-file.root", **{argument: value})  # before any read
     assert isinstance(err.value, ValueError)  # what a caller of a bad argument catches
 
 

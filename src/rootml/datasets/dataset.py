@@ -40,7 +40,7 @@ from rootml.transforms import (
     make_layout,
     to_torch,
 )
-from rootml.transforms.normalize import NAN_POLICIES
+from rootml.transforms.normalize import METHODS, NAN_POLICIES
 from rootml.transforms.specs import regularize_max_len
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             weight_branch,
         )
         self.nan_policy = args.one_of("nan_policy", nan_policy, NAN_POLICIES)
+        args.one_of("normalize", normalize, (None, *METHODS))
+        if isinstance(layout, str):
+            args.one_of("layout", layout, ("flat", "collection"))
         self.cut, self.aliases = cut, dict(aliases or {})
         self.preprocess = preprocess  # a "module.py:function" string is loaded in each worker
         self.transform = transform
