@@ -1,6 +1,10 @@
-"""rootml: ROOT files in, trained and served models out."""
+"""rootml: ROOT files in, trained and served models out.
 
-from rootml.datasets import RootIterableDataset, fit_specs
+``import rootml`` is light: torch, uproot and the server load when a name that needs them is
+first used (``rootml.RootIterableDataset``, ``from rootml import Specs``).
+"""
+
+from rootml._lazy import lazy_exports
 from rootml.errors import (
     ConfigError,
     DataValueError,
@@ -11,8 +15,8 @@ from rootml.errors import (
     SchemaError,
     SpecsMismatch,
 )
-from rootml.transforms import Specs
 
+# The one version constant: pyproject.toml reads it (tool.setuptools.dynamic).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -21,11 +25,16 @@ __all__ = [
     "FileAccessError",
     "ModelError",
     "ProtocolError",
-    "RootIterableDataset",
     "RootmlError",
     "SchemaError",
-    "Specs",
     "SpecsMismatch",
     "__version__",
-    "fit_specs",
+    *lazy_exports(
+        __name__,
+        {
+            "RootIterableDataset": "rootml.datasets",
+            "fit_specs": "rootml.datasets",
+            "Specs": "rootml.transforms",
+        },
+    ),
 ]

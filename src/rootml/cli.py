@@ -1,6 +1,8 @@
 """The `rootml` command: one subcommand per job. Only this module parses command lines.
 
-Each job adds its parser in an `_add_<job>` function that sets `func`; `main` runs it.
+Each job adds its parser in an `_add_<job>` function (through `_command`) that sets `func`;
+`main` runs it and prints any RootmlError as one line. Nothing heavy is imported here: each
+`_run_<job>` imports what its job needs, so `--help` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -9,23 +11,95 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import traceback
 
-from rootml.errors import RootmlError
+from rootml import __version__
+from rootml.errors import ConfigError, FileAccessError, RootmlError, SchemaError
+
+_DESCRIPTION = """\
+Machine learning on ROOT files: look into them, train a PyTorch model on them, export it to
+ONNX and serve it over the KServe V2 protocol, or score files with it.
+
+a first session:
+  rootml inspect data/ttH.root                  trees, entries, branches, types, sizes
+  rootml train --files files.txt --labels labels.txt --model model.py \\
+               --params params.json --out runs/tth
+  rootml export runs/tth --name tth --repo models
+  rootml serve --repo models --port 8000
+  rootml predict --model models/tth --files data/*.root --out scores/
+
+`rootml COMMAND --help` explains each command. A mistake ends in one line
+"rootml COMMAND: error: ..." and exit status 2; -v also prints its traceback."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line (unless it has none or says it in words);
+    descriptions and epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        quiet = action.default is None or action.default is False or action.default == []
+        if quiet or isinstance(action, argparse._CountAction):
+            return action.help or ""
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _verbose(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="more logging (-vv: debug); errors with their traceback",
+    )
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str, **kwargs):
+    """A subcommand parser: `summary` in `rootml --help`, -v accepted after the command too."""
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=kwargs.pop("description", summary[:1].upper() + summary[1:] + "."),
+        formatter_class=_HelpFormatter,
+        **kwargs,
+    )
+    _verbose(p)
+    return p
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="list trees/ntuples, entries and branches of ROOT files")
+    p = _command(sub, "inspect", "list trees/ntuples, entries and branches of ROOT files")
     p.add_argument("files", nargs="+", help="paths or URLs (root://, https://)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_hist_options(p)
+    g = p.add_argument_group("which tree and branches (listed, and histogrammed with --hist)")
+    g.add_argument(
+        "--tree", help="TTree/RNTuple name (default: every one; with --hist the only one)"
+    )
+    g.add_argument("--branches", nargs="+", help="branch names or glob patterns")
+    g.add_argument("--exclude", nargs="+", help="branches to leave out (names or patterns)")
+    g = p.add_argument_group("histograms (these options need --hist)")
+    g.add_argument(
+        "--hist",
+        metavar="OUT",
+        help="write a PNG per branch (classes overlaid) and the Specs of the same pass into OUT/",
+    )
+    g.add_argument("--labels", nargs="+", help="class of each file (ints or names), or a .txt")
+    g.add_argument("--bins", type=int, help="bins per histogram (default: 50)")
+    g.add_argument("--nevts", type=int, help="a random sample of about N entries (default: all)")
     p.set_defaults(func=_run_inspect)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from rootml.datasets.inspect import format_report, inspect_file
 
-    reports = [inspect_file(f) for f in args.files]
+    if args.hist is None:
+        unused = [f"--{k}" for k in ("labels", "bins", "nevts") if getattr(args, k) is not None]
+        if unused:
+            raise ConfigError(f"histogram options ({', '.join(unused)}) need --hist OUT")
+    reports = [_select(inspect_file(f), args) for f in args.files]
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
@@ -35,24 +109,31 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_hist_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("histograms (with --hist)")
-    g.add_argument(
-        "--hist",
-        metavar="OUT",
-        help="write a PNG per branch (classes overlaid) and the Specs of the same pass into OUT/",
-    )
-    g.add_argument("--labels", nargs="+", help="class of each file (ints or names), or a .txt")
-    g.add_argument("--bins", type=int, default=50, help="bins per histogram (default: 50)")
-    g.add_argument("--tree", help="TTree/RNTuple name (default: the only one)")
-    g.add_argument("--branches", nargs="+", help="branch names or glob patterns")
-    g.add_argument("--exclude", nargs="+", help="branches to leave out (names or patterns)")
-    g.add_argument("--nevts", type=int, help="a random sample of about N entries")
+def _select(report: dict, args: argparse.Namespace) -> dict:
+    """The inspect report of the trees and branches that --tree, --branches, --exclude name."""
+    from rootml.datasets._files import match_names
+
+    trees = report["trees"]
+    if args.tree is not None:
+        trees = [t for t in trees if t["name"] == args.tree]
+        if not trees:
+            found = sorted(t["name"] for t in report["trees"])
+            raise SchemaError(
+                f"no TTree or RNTuple named {args.tree!r}; found {found}", url=report["url"]
+            )
+    if (args.branches or args.exclude) and len(trees) > 1:
+        found = sorted(t["name"] for t in trees)
+        raise ConfigError(f"{report['url']} has several trees {found}: choose one with --tree")
+    for tree in trees:
+        names = [b["name"] for b in tree["branches"]]
+        context = f"in file {report['url']}, tree {tree['name']!r}"
+        keep = set(match_names(args.branches, names, context) if args.branches else names)
+        keep -= set(match_names(args.exclude, names, context) if args.exclude else [])
+        tree["branches"] = [b for b in tree["branches"] if b["name"] in keep]
+    return {**report, "trees": trees}
 
 
 def _run_hist(args: argparse.Namespace) -> None:
-    import os
-
     from rootml.datasets import fit_histograms
 
     labels, names = _labels(args.labels)
@@ -64,7 +145,7 @@ def _run_hist(args: argparse.Namespace) -> None:
         nevts=args.nevts,
         labels=labels,
         class_names=names,
-        bins=args.bins,
+        **({"bins": args.bins} if args.bins is not None else {}),
     )
     written = histograms.plot(args.hist)
     specs.save(os.path.join(args.hist, "specs.json"))
@@ -72,7 +153,7 @@ def _run_hist(args: argparse.Namespace) -> None:
 
 
 def _add_specs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("specs", help="fit the Specs (statistics, pad lengths) of ROOT files")
+    p = _command(sub, "specs", "fit the Specs (statistics, pad lengths) of ROOT files")
     p.add_argument("files", nargs="+", help="paths, URLs, globs or .txt lists")
     p.add_argument("-o", "--output", required=True, help="JSON file to write")
     p.add_argument("--tree", help="TTree/RNTuple name (default: the only one)")
@@ -95,6 +176,8 @@ def _add_specs(sub: argparse._SubParsersAction) -> None:
 def _run_specs(args: argparse.Namespace) -> int:
     from rootml.datasets import fit_specs
 
+    if any("=" not in a for a in args.alias or []):
+        raise ConfigError(f"--alias takes NAME=EXPR, not {args.alias}")
     aliases = dict(a.split("=", 1) for a in args.alias or [])
     specs = fit_specs(
         args.files,
@@ -117,7 +200,10 @@ def _run_specs(args: argparse.Namespace) -> int:
 
 
 def _number(text: str) -> int | float:
-    return float(text) if any(c in text for c in ".eE") else int(text)
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise ConfigError(f"--max-len: {text!r} is not a number") from None
 
 
 def _max_len(values: list[str] | None) -> int | float | dict | None:
@@ -128,7 +214,7 @@ def _max_len(values: list[str] | None) -> int | float | dict | None:
         return _number(values[0])
     pairs = [v.split("=", 1) for v in values]
     if any(len(pair) != 2 for pair in pairs):
-        raise RootmlError(f"--max-len: give one value or NAME=VALUE pairs, not {values}")
+        raise ConfigError(f"--max-len: give one value or NAME=VALUE pairs, not {values}")
     return {name: _number(value) for name, value in pairs}
 
 
@@ -137,7 +223,7 @@ def _labels(values: list[str] | None) -> tuple[list[int] | str | None, dict[int,
     appearance; one existing .txt file is passed on as it is."""
     if not values:
         return None, None
-    if len(values) == 1 and values[0].endswith(".txt"):
+    if len(values) == 1 and (values[0].endswith(".txt") or os.path.isfile(values[0])):
         return values[0], None
     try:
         return [int(v) for v in values], None
@@ -147,7 +233,7 @@ def _labels(values: list[str] | None) -> tuple[list[int] | str | None, dict[int,
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="add a model to a model repository (Triton layout)")
+    p = _command(sub, "export", "add a model to a model repository (Triton layout)")
     p.add_argument("source", nargs="?", help="training run folder or checkpoint to export")
     p.add_argument("--onnx", help="add this single-file ONNX model (any framework) instead")
     p.add_argument("--name", required=True, help="model name: letters, digits, '_', '.', '-'")
@@ -206,8 +292,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
     metadata = None
     if args.metadata is not None:
-        with open(args.metadata) as f:
-            metadata = json.load(f)
+        from rootml.train.params import read_json
+
+        metadata = read_json(args.metadata, "metadata file")
     version = add_onnx_model(
         args.repo, args.name, args.onnx, metadata, max_batch_size=args.max_batch_size
     )
@@ -216,7 +303,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model repository over KServe V2 (HTTP)")
+    p = _command(sub, "serve", "serve a model repository over KServe V2 (HTTP)")
     p.add_argument("--repo", default="models", help="model repository folder (default: models)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -251,12 +338,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from rootml.serve.app import ServeSettings, run_server
 
-    token = None
-    if args.token_file is not None:
-        with open(args.token_file) as f:
-            token = f.read().strip()
-        if not token:
-            raise RootmlError(f"token file {args.token_file} is empty")
+    token = _read_token(args.token_file)
     settings = ServeSettings(
         repo=args.repo,
         token=token,
@@ -276,9 +358,23 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token(path: str | None) -> str | None:
+    """The bearer token in the file `path` (None without one)."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as err:
+        raise FileAccessError(f"cannot read token file {path}: {err.strerror}") from err
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict", help="score ROOT files with a model: entry-aligned friend trees and/or parquet"
+    p = _command(
+        sub, "predict", "score ROOT files with a model: entry-aligned friend trees and/or parquet"
     )
     p.add_argument(
         "--model", required=True, help="models/NAME (run here) or http://host:port/NAME (served)"
@@ -305,10 +401,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from rootml.serve.predict import predict
 
-    token = None
-    if args.token_file is not None:
-        with open(args.token_file) as f:
-            token = f.read().strip()
     summary = predict(
         args.model,
         args.files,
@@ -319,7 +411,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         branch_name=args.branch_name,
         chunk_size=args.chunk_size,
         threads=args.threads,
-        token=token,
+        token=_read_token(args.token_file),
     )
     print(
         f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr
@@ -330,33 +422,99 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on ROOT files (MLaaS4HEP inputs work as is)")
-    p.add_argument("--files", required=True, nargs="+", help="files.txt, glob, or paths/URLs")
-    p.add_argument("--labels", help="labels.txt: one label per file, in the files' order")
+    from rootml.train.params import PARAMS, describe_params
+
+    p = _command(
+        sub,
+        "train",
+        "train a model on ROOT files (MLaaS4HEP inputs work as is)",
+        description=_TRAIN_DESCRIPTION,
+        epilog="params.json keys (MLaaS4HEP's name in brackets; rootml's or MLaaS4HEP's name "
+        "work):\n" + describe_params(min(max(shutil.get_terminal_size().columns, 80), 120) - 2),
+    )
+    p.add_argument("--files", required=True, nargs="+", help="files.txt, globs, or paths/URLs")
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        help="labels.txt (one label per file, in the files' order) or one integer per file",
+    )
     p.add_argument(
         "--model", required=True, help="model.py defining model(idim) -> torch.nn.Module"
     )
-    p.add_argument("--params", help="params.json (MLaaS4HEP keys and rootml's own)")
-    p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides params)")
-    p.add_argument("--epochs", type=int, help="overrides params")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (overrides params)")
-    p.set_defaults(func=_run_train)
+    p.add_argument("--params", help="params.json (keys below; default: every default)")
+    p.add_argument("--out", default="runs/latest", help="run folder")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out up to --epochs (nothing to do when it has them)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run in --out (checkpoints, history, plots, Specs) and start again",
+    )
+    g = p.add_argument_group("params.json values as flags (a flag wins over the file)")
+    for param in PARAMS:
+        if param.flag:
+            g.add_argument(
+                "--" + param.name.replace("_", "-"),
+                type=_flag_type(param),
+                metavar=param.name.upper(),
+                help=f"{param.meaning} (default: params.json's, else {json.dumps(param.default)})",
+            )
+    p.set_defaults(func=_run_train, params_flags=[x.name for x in PARAMS if x.flag])
+
+
+def _flag_type(param):
+    """The argparse type of a params.json value given as a flag: argparse reports what
+    rootml.train.params finds wrong ("argument --lr: must be >= 0, not -1.0")."""
+    from rootml.train.params import parse_text
+
+    def parse(text: str):
+        try:
+            return parse_text(param, text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+_TRAIN_DESCRIPTION = """\
+Train the model of model.py on ROOT files, as MLaaS4HEP does: files.txt lists the files (paths,
+globs, root:// or https:// URLs), labels.txt their classes, model.py defines model(idim), and
+params.json sets the keys listed below. The last val_fraction of each file's entries is held
+out for validation. The run folder --out receives checkpoints, history, plots, the Specs and
+summary.json; `rootml export RUN` turns it into a served model.
+
+An existing run folder is never replaced silently: --resume continues it (when it already
+has --epochs epochs, there is nothing to train and the command says so and exits 0; fewer
+--epochs than it has is an error), --overwrite starts it again."""
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from rootml.train import run_from_params
+    from rootml.train.run import run_from_params
 
     files = args.files[0] if len(args.files) == 1 else args.files
-    summary = run_from_params(files, args.labels, args.model, args.params, args.out,
-                              resume=args.resume, device=args.device, epochs=args.epochs,
-                              num_workers=args.num_workers)  # fmt: skip
+    labels, names = _labels(args.labels)
+    if names is not None:
+        raise ConfigError("--labels takes labels.txt or one integer per file, not class names")
+    overrides = {name: getattr(args, name) for name in args.params_flags}
+    summary = run_from_params(files, labels, args.model, args.params, args.out,
+                              resume=args.resume, overwrite=args.overwrite, **overrides)  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
+    epochs, new = summary["epochs"], summary["new_epochs"]
+    if new == 0:
+        print(f"{args.out} already has {epochs} epochs: nothing to train (give --epochs above "
+              f"{epochs} to continue it)")  # fmt: skip
+        return 0
+    events = sum(summary["epoch_events"][-new:])
+    seconds = sum(summary["epoch_seconds"][-new:])
+    which = f"epoch {epochs}" if new == 1 else f"epochs {epochs - new + 1}-{epochs}"
+    print(f"trained {which}: {events:,} events in {seconds:.1f} s ({events / seconds:,.0f} "
+          f"events/s; {summary['seconds']:.1f} s with setup); run folder: {args.out}")  # fmt: skip
     final = summary["final"]
-    print(f"trained {summary['epochs']} epochs in {summary['seconds']:.1f} s "
-          f"({summary['events_per_s']:.0f} events/s); run folder: {args.out}")  # fmt: skip
     print(
         "  ".join(f"{k}={final[k]:.4f}" for k in final if k.endswith(("loss", "accuracy", "auc")))
     )
@@ -370,8 +528,8 @@ _BENCHMARKS = {"loader": "loader.py", "serve": "serve.py", "gpu": "gpu.py"}
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench", help="short benchmarks against their references, measured in the same run"
+    p = _command(
+        sub, "bench", "short benchmarks against their references, measured in the same run"
     )
     p.add_argument(
         "names",
@@ -393,7 +551,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     folders = [Path(rootml.__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
     unknown = sorted(set(args.names) - set(_BENCHMARKS))
     if unknown:
-        raise RootmlError(f"no benchmark {unknown}; choose from {sorted(_BENCHMARKS)}")
+        raise ConfigError(f"no benchmark {unknown}; choose from {sorted(_BENCHMARKS)}")
     results = {}
     for name in args.names or list(_BENCHMARKS):
         script = next(
@@ -419,13 +577,22 @@ def _run_bench(args: argparse.Namespace) -> int:
 _JOBS = [_add_inspect, _add_specs, _add_train, _add_export, _add_serve, _add_predict, _add_bench]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rootml", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """The `rootml` parser with every job's subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="rootml", description=_DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"rootml {__version__}")
+    _verbose(parser, default=0)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _JOBS:
         add(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `rootml ARGS`; returns the exit status (2 for a mistake, printed as one line)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
@@ -433,8 +600,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RootmlError as err:
-        print(f"rootml {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        # uproot's messages span lines ("not found: 'x'\nin file ...\nin object ..."): one line.
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"rootml {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"rootml {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

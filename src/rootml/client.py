@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from rootml.errors import ProtocolError
+from rootml.errors import FileAccessError, ProtocolError
 from rootml.serve.codec import decode_infer_response, encode_infer_request
 
 
@@ -45,8 +45,25 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response to one request. Raises FileAccessError, in one line, when the server
+        cannot be reached or does not answer in time (httpx's errors carry 20+ frames)."""
+        url = f"{self._http.base_url}".rstrip("/")
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as err:
+            raise FileAccessError(
+                f"cannot connect to the server at {url} ({err}); is `rootml serve` running there?"
+            ) from err
+        except httpx.TimeoutException as err:
+            timeout = self._http.timeout.read
+            raise FileAccessError(f"{method} {url}{path}: no answer within {timeout} s") from err
+        except httpx.TransportError as err:
+            raise FileAccessError(f"{method} {url}{path}: {type(err).__name__}: {err}") from err
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kwargs)
+        """`_send`, raising ProtocolError with the server's message for an error status."""
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 300:
             try:
                 message = response.json()["error"]
@@ -60,12 +77,18 @@ class Client:
         return f"/v2/models/{name}" + (f"/versions/{version}" if version not in (None, "") else "")
 
     def live(self) -> bool:
-        """Whether the server answers /v2/health/live."""
-        return self._http.get("/v2/health/live").status_code == 200
+        """Whether the server answers /v2/health/live (False when it cannot be reached)."""
+        return self._health("/v2/health/live")
 
     def ready(self) -> bool:
-        """Whether the server is ready (its models are loaded)."""
-        return self._http.get("/v2/health/ready").status_code == 200
+        """Whether the server is ready (its models are loaded; False when it cannot be reached)."""
+        return self._health("/v2/health/ready")
+
+    def _health(self, path: str) -> bool:
+        try:
+            return self._send("GET", path).status_code == 200
+        except FileAccessError:
+            return False
 
     def server_metadata(self) -> dict[str, Any]:
         """``{"name", "version", "extensions"}``."""

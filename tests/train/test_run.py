@@ -238,3 +238,105 @@ def test_hist_draws_every_feature_branch_per_class(tth_data, tmp_path):
     run_from_params(*args, params, tmp_path / "run")
     drawn = sorted(path.stem for path in (tmp_path / "run" / "hist").glob("*.png"))
     assert drawn == sorted(BRANCHES)  # the identifiers run and event are not features
+
+
+# Mistakes that would waste a run: each ends in one line and exit status 2 before training.
+QUICK = {**PARAMS, "nevts": 800, "epochs": 1, "debug_entries": False}
+
+
+def train(tth_data, tmp_path, capsys, *extra, params=QUICK, model=MODEL, labels=True):
+    """`rootml train` through rootml.cli.main; returns (exit status, stdout, stderr)."""
+    from rootml.cli import main
+
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps(params))
+    model_file = tmp_path / "model.py"
+    model_file.write_text(model)
+    args = ["--files", tth_data / "files.txt", "--model", model_file, "--params", params_file]
+    args += ["--labels", tth_data / "labels.txt"] if labels else []
+    status = main(["train", *map(str, args), *map(str, extra)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rootml train: error: "), err
+    return lines[0]
+
+
+def test_model_of_the_wrong_input_size_is_refused_in_one_line(tth_data, tmp_path, capsys):
+    wrong = MODEL.replace("Linear(idim, 16)", "Linear(178, 16)")
+    status, _, err = train(tth_data, tmp_path, capsys, "--out", tmp_path / "run", model=wrong)
+    idim = 3 + 2 * PARAMS["max_len"]  # nJet, HT, MET_pt and 4 jets x (pt, btagDeepB)
+    assert status == 2
+    assert one_line(err) == (
+        f"rootml train: error: {tmp_path / 'model.py'}: model(idim={idim}) does not take a batch "
+        f"of features (2, {idim}): RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+        f"(2x{idim} and 178x16)"
+    )
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_model_with_fewer_outputs_than_classes_is_refused(tth_data, tmp_path):
+    from rootml.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"returns one probability per entry, but the labels "
+                       r"have 3 classes \(0-2\): return \(B, 3\) logits"):  # fmt: skip
+        run_from_params(str(tth_data / "files.txt"), [2, 0], write_model(tmp_path), QUICK,
+                        tmp_path / "run")  # fmt: skip
+
+
+def test_training_without_labels_is_refused(tth_data, tmp_path, capsys):
+    status, _, err = train(tth_data, tmp_path, capsys, "--out", tmp_path / "run", labels=False)
+    assert status == 2 and "no labels: every file would be class 0" in one_line(err)
+    status, _, err = train(
+        tth_data, tmp_path, capsys, "--out", tmp_path / "run", "--labels", 1, 1, labels=False
+    )
+    assert status == 2 and "every file has label 1" in one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tth_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tth_data, tmp_path, capsys, "--out", run, "--epochs", 2)[0] == 0
+    before = (run / "checkpoint.pt").read_bytes()
+
+    status, _, err = train(tth_data, tmp_path, capsys, "--out", run)
+    assert status == 2 and "already holds a run" in one_line(err) and "--overwrite" in err
+    status, _, err = train(tth_data, tmp_path, capsys, "--out", run, "--resume", "--epochs", 1)
+    assert status == 2 and "has trained 2 epochs, more than epochs=1" in one_line(err)
+    status, out, err = train(tth_data, tmp_path, capsys, "--out", run, "--resume", "--epochs", 2)
+    assert status == 0 and err == ""
+    assert (
+        out
+        == f"{run} already has 2 epochs: nothing to train (give --epochs above 2 to continue it)\n"
+    )
+    assert (run / "checkpoint.pt").read_bytes() == before
+    status, _, err = train(tth_data, tmp_path, capsys, "--out", tmp_path / "new", "--resume")
+    assert status == 2 and "holds no run (checkpoint.pt and specs.json) to continue" in one_line(
+        err
+    )
+
+    # --overwrite starts again: no stale epoch_002.pt or history row from the old run.
+    assert train(tth_data, tmp_path, capsys, "--out", run, "--overwrite")[0] == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.pt"]
+    assert len(json.loads((run / "history.json").read_text())) == 1
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+
+
+def test_printed_events_per_second_matches_the_printed_time(tth_data, tmp_path, capsys):
+    import re
+
+    run = tmp_path / "run"
+    train(tth_data, tmp_path, capsys, "--out", run, "--epochs", 1)
+    status, out, _ = train(tth_data, tmp_path, capsys, "--out", run, "--epochs", 3, "--resume")
+    history = json.loads((run / "history.json").read_text())
+    found = re.match(
+        r"trained epochs 2-3: ([\d,]+) events in ([\d.]+) s \(([\d,]+) events/s; ", out
+    )
+    assert status == 0 and found, out
+    events, seconds, rate = (float(g.replace(",", "")) for g in found.groups())
+    assert events == sum(row["train_events"] + row["val_events"] for row in history[1:]) == 1600
+    assert seconds == pytest.approx(sum(row["seconds"] for row in history[1:]), abs=0.05)
+    assert rate == pytest.approx(events / seconds, rel=0.05)  # printed time rounded to 0.1 s

@@ -1,6 +1,12 @@
 """Reading and planning: files, entries, work units, shards. Knows files, not features."""
 
-from rootml.datasets._fit import fit_histograms, fit_specs
-from rootml.datasets.dataset import RootIterableDataset
+from rootml._lazy import lazy_exports
 
-__all__ = ["RootIterableDataset", "fit_histograms", "fit_specs"]
+__all__ = lazy_exports(
+    __name__,
+    {
+        "RootIterableDataset": "rootml.datasets.dataset",
+        "fit_histograms": "rootml.datasets._fit",
+        "fit_specs": "rootml.datasets._fit",
+    },
+)

@@ -1,44 +1,30 @@
 """Export: ONNX models in a Triton-layout model repository, and the loader the server uses."""
 
-from rootml.export.checkpoint import TrainedRun, load_run
-from rootml.export.pbtxt import format_config, parse_config
-from rootml.export.repository import (
-    LoadedModel,
-    TensorSpec,
-    add_onnx_model,
-    check_model_name,
-    graph_io,
-    list_models,
-    list_versions,
-    load_model,
-    make_config,
-    model_dir,
-    next_version,
-    read_config,
-    read_metadata,
-    validate_onnx,
-)
-from rootml.export.run import build_onnx, export_run
+from rootml._lazy import lazy_exports
 
-__all__ = [
-    "LoadedModel",
-    "TensorSpec",
-    "TrainedRun",
-    "add_onnx_model",
-    "build_onnx",
-    "check_model_name",
-    "export_run",
-    "format_config",
-    "graph_io",
-    "list_models",
-    "list_versions",
-    "load_model",
-    "load_run",
-    "make_config",
-    "model_dir",
-    "next_version",
-    "parse_config",
-    "read_config",
-    "read_metadata",
-    "validate_onnx",
-]
+_REPOSITORY = "rootml.export.repository"
+__all__ = lazy_exports(
+    __name__,
+    {
+        "LoadedModel": _REPOSITORY,
+        "TensorSpec": _REPOSITORY,
+        "TrainedRun": "rootml.export.checkpoint",
+        "add_onnx_model": _REPOSITORY,
+        "build_onnx": "rootml.export.run",
+        "check_model_name": _REPOSITORY,
+        "export_run": "rootml.export.run",
+        "format_config": "rootml.export.pbtxt",
+        "graph_io": _REPOSITORY,
+        "list_models": _REPOSITORY,
+        "list_versions": _REPOSITORY,
+        "load_model": _REPOSITORY,
+        "load_run": "rootml.export.checkpoint",
+        "make_config": _REPOSITORY,
+        "model_dir": _REPOSITORY,
+        "next_version": _REPOSITORY,
+        "parse_config": "rootml.export.pbtxt",
+        "read_config": _REPOSITORY,
+        "read_metadata": _REPOSITORY,
+        "validate_onnx": _REPOSITORY,
+    },
+)

@@ -1,6 +1,14 @@
 """Inference: a KServe V2 / Open Inference Protocol server over onnxruntime."""
 
-from rootml.serve.app import ServeSettings, create_app, run_server
-from rootml.serve.models import ModelManager, ServedVersion
+from rootml._lazy import lazy_exports
 
-__all__ = ["ModelManager", "ServeSettings", "ServedVersion", "create_app", "run_server"]
+__all__ = lazy_exports(
+    __name__,
+    {
+        "ModelManager": "rootml.serve.models",
+        "ServeSettings": "rootml.serve.app",
+        "ServedVersion": "rootml.serve.models",
+        "create_app": "rootml.serve.app",
+        "run_server": "rootml.serve.app",
+    },
+)

@@ -2,23 +2,22 @@
 
 fit(model, train, val, out_dir=..., epochs=..., lr=..., device=...) trains on RootIterableDatasets;
 run_from_params(files, labels, model_file, params, out_dir) is the MLaaS4HEP-style whole run.
+Names are imported on first use: rootml.train.params (the params.json table) needs no torch.
 """
 
-from rootml.train.checkpoint import load_checkpoint
-from rootml.train.distributed import resolve_device
-from rootml.train.fit import fit
-from rootml.train.metrics import EpochMetrics, roc_from_histograms
-from rootml.train.params import load_params
-from rootml.train.run import load_model_factory, run_from_params, split_ranges
+from rootml._lazy import lazy_exports
 
-__all__ = [
-    "EpochMetrics",
-    "fit",
-    "load_checkpoint",
-    "load_model_factory",
-    "load_params",
-    "resolve_device",
-    "roc_from_histograms",
-    "run_from_params",
-    "split_ranges",
-]
+__all__ = lazy_exports(
+    __name__,
+    {
+        "EpochMetrics": "rootml.train.metrics",
+        "fit": "rootml.train.fit",
+        "load_checkpoint": "rootml.train.checkpoint",
+        "load_model_factory": "rootml.train.run",
+        "load_params": "rootml.train.params",
+        "resolve_device": "rootml.train.distributed",
+        "roc_from_histograms": "rootml.train.metrics",
+        "run_from_params": "rootml.train.run",
+        "split_ranges": "rootml.train.run",
+    },
+)

@@ -8,19 +8,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootml.errors import ConfigError
+
 
 def resolve_device(device: str | None = "auto") -> torch.device:
     """ "auto" (or None) -> cuda when available, else cpu; "cuda" under torchrun -> the local
-    rank's GPU (cuda:LOCAL_RANK); "cpu", "cuda:N" as given. Raises ValueError when CUDA is
-    asked for and not available."""
+    rank's GPU (cuda:LOCAL_RANK); "cpu", "cuda:N" as given. Raises ConfigError (a ValueError)
+    for an unknown device and when CUDA is asked for and not available."""
     device = device or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    target = torch.device(device)
+    try:
+        target = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"device {device!r}: give auto, cpu, cuda or cuda:N") from err
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch has no CUDA device")
+        raise ConfigError(f"device {device!r}: this torch has no CUDA device")
     return target
 
 

@@ -1,31 +1,27 @@
 """Everything that changes values: pure functions of a chunk plus the fitted `Specs`."""
 
-from rootml.transforms.collection import CollectionLayout, collection_name, layout_parts
-from rootml.transforms.compose import Compose, to_torch
-from rootml.transforms.hist import Histograms
-from rootml.transforms.layout import Column, FlatLayout, make_columns
-from rootml.transforms.normalize import NonFinite, Normalize, make_layout
-from rootml.transforms.pad import jagged_parts, pad_jagged
-from rootml.transforms.sort import SortBy, parse_sort_key
-from rootml.transforms.specs import BranchSpec, Specs
+from rootml._lazy import lazy_exports
 
-__all__ = [
-    "BranchSpec",
-    "CollectionLayout",
-    "Column",
-    "Compose",
-    "FlatLayout",
-    "Histograms",
-    "NonFinite",
-    "Normalize",
-    "SortBy",
-    "Specs",
-    "collection_name",
-    "jagged_parts",
-    "layout_parts",
-    "make_columns",
-    "make_layout",
-    "pad_jagged",
-    "parse_sort_key",
-    "to_torch",
-]
+__all__ = lazy_exports(
+    __name__,
+    {
+        "BranchSpec": "rootml.transforms.specs",
+        "CollectionLayout": "rootml.transforms.collection",
+        "Column": "rootml.transforms.layout",
+        "Compose": "rootml.transforms.compose",
+        "FlatLayout": "rootml.transforms.layout",
+        "Histograms": "rootml.transforms.hist",
+        "NonFinite": "rootml.transforms.normalize",
+        "Normalize": "rootml.transforms.normalize",
+        "SortBy": "rootml.transforms.sort",
+        "Specs": "rootml.transforms.specs",
+        "collection_name": "rootml.transforms.collection",
+        "jagged_parts": "rootml.transforms.pad",
+        "layout_parts": "rootml.transforms.collection",
+        "make_columns": "rootml.transforms.layout",
+        "make_layout": "rootml.transforms.normalize",
+        "pad_jagged": "rootml.transforms.pad",
+        "parse_sort_key": "rootml.transforms.sort",
+        "to_torch": "rootml.transforms.compose",
+    },
+)
