@@ -261,3 +261,13 @@ def test_no_command_is_a_usage_error():
     result = rootml_command()
     assert result.returncode == 2 and "required: COMMAND" in result.stderr
     assert result.stderr.startswith("usage: rootml")
+
+
+def test_readme_training_section_names_every_params_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    training = readme.split("## Training", 1)[1].split("\n## ", 1)[0]
+    for param in PARAMS:
+        for key in filter(None, (param.name, param.mlaas4hep)):
+            assert f"`{key}`" in training, key

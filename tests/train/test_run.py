@@ -340,3 +340,19 @@ def test_printed_events_per_second_matches_the_printed_time(tth_data, tmp_path, 
     assert events == sum(row["train_events"] + row["val_events"] for row in history[1:]) == 1600
     assert seconds == pytest.approx(sum(row["seconds"] for row in history[1:]), abs=0.05)
     assert rate == pytest.approx(events / seconds, rel=0.05)  # printed time rounded to 0.1 s
+
+
+def test_resume_inside_an_epoch_beyond_epochs_is_refused(tmp_path):
+    import torch
+
+    from rootml.errors import ConfigError
+    from rootml.train.folder import check_run_folder
+
+    # A checkpoint taken inside epoch 3 (two epochs completed), as fit's checkpoint_every writes.
+    torch.save({"model_state": {}, "epoch": 2, "partial": {"step": 5}}, tmp_path / "checkpoint.pt")
+    (tmp_path / "specs.json").write_text("{}")
+    assert check_run_folder(tmp_path, resume=True, overwrite=False, epochs=3) == 2
+    with pytest.raises(ConfigError, match="is inside epoch 3, more than epochs=2"):
+        check_run_folder(tmp_path, resume=True, overwrite=False, epochs=2)
+    with pytest.raises(ConfigError, match="--resume .* or --overwrite .*, not both"):
+        check_run_folder(tmp_path, resume=True, overwrite=True, epochs=3)

@@ -13,7 +13,7 @@ __all__ = lazy_exports(
         "EpochMetrics": "rootml.train.metrics",
         "fit": "rootml.train.fit",
         "load_checkpoint": "rootml.train.checkpoint",
-        "load_model_factory": "rootml.train.run",
+        "load_model_factory": "rootml.train.model",
         "load_params": "rootml.train.params",
         "resolve_device": "rootml.train.distributed",
         "roc_from_histograms": "rootml.train.metrics",
