@@ -57,14 +57,20 @@ def _verbose(parser: argparse.ArgumentParser, default: object = argparse.SUPPRES
     )
 
 
-def _command(sub: argparse._SubParsersAction, name: str, summary: str, **kwargs):
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
     """A subcommand parser: `summary` in `rootml --help`, -v accepted after the command too."""
     p = sub.add_parser(
         name,
         help=summary,
-        description=kwargs.pop("description", summary[:1].upper() + summary[1:] + "."),
+        description=description or summary[:1].upper() + summary[1:] + ".",
+        epilog=epilog,
         formatter_class=_HelpFormatter,
-        **kwargs,
     )
     _verbose(p)
     return p
@@ -510,7 +516,7 @@ def _run_train(args: argparse.Namespace) -> int:
               f"{epochs} to continue it)")  # fmt: skip
         return 0
     events = sum(summary["epoch_events"][-new:])
-    seconds = sum(summary["epoch_seconds"][-new:])
+    seconds = max(sum(summary["epoch_seconds"][-new:]), 1e-9)
     which = f"epoch {epochs}" if new == 1 else f"epochs {epochs - new + 1}-{epochs}"
     print(f"trained {which}: {events:,} events in {seconds:.1f} s ({events / seconds:,.0f} "
           f"events/s; {summary['seconds']:.1f} s with setup); run folder: {args.out}")  # fmt: skip
