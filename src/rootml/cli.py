@@ -331,6 +331,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="largest model upload, also unpacked (default: 256 MiB)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in s")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="s a request body may take to arrive, plus 1 s per MiB; slower: 408 (default: 30)",
+    )
+    p.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=0.0,
+        help="check the repository every N s: load new or changed models and versions, unload "
+        "removed ones (Triton's poll mode; default 0: only at start and on load requests)",
+    )
     p.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 503")
     p.add_argument(
         "--threads-per-run",
@@ -342,7 +355,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from rootml.serve.app import ServeSettings, run_server
+    from rootml.serve.app import ServeSettings, repository_notice, run_server
 
     token = _read_token(args.token_file)
     settings = ServeSettings(
@@ -354,10 +367,21 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         workers=args.workers,
         threads_per_run=args.threads_per_run,
+        body_timeout_s=args.body_timeout,
+        repository_poll_secs=args.repository_poll_secs,
     )
+    notice = repository_notice(args.repo, args.repository_poll_secs)
+    if notice is not None:
+        print(f"warning: {notice}", file=sys.stderr)
     control = "on" if token else "off (no --token-file)"
+    polled = (
+        f"polled every {args.repository_poll_secs:g} s"
+        if args.repository_poll_secs > 0
+        else "read at start"
+    )
     print(
-        f"rootml serve: {args.repo} on http://{args.host}:{args.port}, model control {control}",
+        f"rootml serve: {args.repo} ({polled}) on http://{args.host}:{args.port}, "
+        f"model control {control}",
         file=sys.stderr,
     )
     run_server(settings, host=args.host, port=args.port)

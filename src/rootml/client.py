@@ -102,9 +102,10 @@ class Client:
         """The model's config.pbtxt as JSON (max_batch_size, inputs, outputs, dynamic_batching)."""
         return self._request("GET", self._model_path(name, version) + "/config").json()
 
-    def model_rootml(self, name: str) -> dict[str, Any]:
-        """The model's rootml.json (Specs, feature names, labels); ProtocolError(404) if none."""
-        return self._request("GET", f"/v2/models/{name}/rootml").json()
+    def model_rootml(self, name: str, version: str | int | None = None) -> dict[str, Any]:
+        """The rootml.json of a version (default: the default version) of model `name`: Specs,
+        feature names, labels, normalisation. ProtocolError(404) if it has none."""
+        return self._request("GET", self._model_path(name, version) + "/rootml").json()
 
     def infer(
         self,

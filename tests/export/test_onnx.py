@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 
@@ -30,37 +29,15 @@ from rootml.errors import ModelError
 from rootml.export import export_run, graph_io, list_versions, load_model, read_config
 from rootml.transforms import CollectionLayout, FlatLayout, Specs
 from tests.conftest import HZZ
-
-BRANCHES = ["MET_px", "MET_py", "Jet_Px", "Jet_Py", "Jet_E", "Muon_Px", "Muon_Py"]
-LABELS = ["background", "signal"]
-ROWS = 600
-
-FLAT_MODEL = """
-import torch
-
-def model(idim):
-    return torch.nn.Sequential(
-        torch.nn.Linear(idim, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1), torch.nn.Sigmoid()
-    )
-"""
-
-MASKED_MODEL = """
-import torch
-
-class Masked(torch.nn.Module):
-    def __init__(self, idim):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(2 * idim, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)
-        )
-
-    def forward(self, features, mask):
-        x = torch.cat([features * mask.float(), mask.float()], dim=1)
-        return torch.softmax(self.net(x), dim=1)
-
-def model(idim):
-    return Masked(idim)
-"""
+from tests.export._runs import (
+    BRANCHES,
+    FLAT_MODEL,
+    LABELS,
+    MASKED_MODEL,
+    ROWS,
+    import_model,
+    make_run,
+)
 
 # DeepSets over each collection: per item a small net on its C channels, a masked mean over
 # items, then a head on those and the flat features. ByName takes the inputs by name (without
@@ -127,67 +104,6 @@ def model(idim):
 @pytest.fixture(scope="module")
 def specs():
     return fit_specs(str(HZZ), branches=BRANCHES, max_len=3)
-
-
-def _import(path: Path):
-    spec = importlib.util.spec_from_file_location(f"test_run_model_{path.parent.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.model
-
-
-def make_run(
-    folder: Path,
-    source: str,
-    specs,
-    *,
-    layout: str = "flat",
-    normalize: str | None = "standard",
-    summary: dict | None = None,
-    seed: int = 0,
-) -> torch.nn.Module:
-    """A run folder per the contract (model.py, specs.json, checkpoint.pt, checkpoints/,
-    summary.json); returns the model, with the weights saved, in eval mode."""
-    folder.mkdir(parents=True)
-    (folder / "model.py").write_text(textwrap.dedent(source))
-    specs.save(folder / "specs.json")
-    if layout == "flat":
-        feature_names = specs.feature_names
-        model_args = {"idim": len(feature_names)}
-    else:
-        layout_object = CollectionLayout(specs)
-        feature_names = layout_object.feature_names
-        inputs = {"features": [len(feature_names)]}
-        for key, branches in layout_object.collections.items():
-            inputs[key] = [len(branches), layout_object.lengths[key]]
-        model_args = {"inputs": inputs}
-    torch.manual_seed(seed)
-    model = _import(folder / "model.py")(**model_args)
-    optimizer = torch.optim.Adam(model.parameters())
-    checkpoint = {
-        "format": 1,
-        "epoch": 2,
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
-        "model_file": "model.py",
-        "model_args": model_args,
-        "layout": layout,
-        "feature_names": feature_names,
-        "labels": LABELS,
-        "normalize": normalize,
-        "pad_value": 0.0,
-        "specs": specs.to_dict(),
-        "dataset_state": {"epoch": 2, "batches": 0},
-        "params": {"epochs": 2, "batch_size": 128, "normalize": normalize},
-        "metrics": {"loss": np.float32(0.5), "auc": 0.75, "val_auc": float("nan")},
-    }
-    torch.save(checkpoint, folder / "checkpoint.pt")
-    (folder / "checkpoints").mkdir()
-    torch.save({**checkpoint, "epoch": 1}, folder / "checkpoints" / "epoch_001.pt")
-    if summary is not None:
-        (folder / "summary.json").write_text(json.dumps(summary))
-    return model.eval()
 
 
 def raw_flat(specs, rows: int = ROWS) -> dict[str, np.ndarray]:
@@ -283,7 +199,8 @@ def test_flat_parity_metadata_and_config(tmp_path, specs):
     assert meta["training"]["summary"] == summary
     assert meta["training"]["epoch"] == 2
     assert meta["training"]["metrics"] == {"loss": 0.5, "auc": 0.75, "val_auc": None}
-    json.loads((repo / "flat" / "rootml.json").read_text(), parse_constant=pytest.fail)
+    json.loads((repo / "flat" / "1" / "rootml.json").read_text(), parse_constant=pytest.fail)
+    assert not (repo / "flat" / "rootml.json").exists()  # metadata belongs to the version
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["versions"]["onnx"] == onnx.__version__ and meta["versions"]["opset"] == 17
     parity = meta["parity"]
@@ -396,7 +313,7 @@ def test_state_saved_from_a_ddp_wrapper(tmp_path, specs):
 
 
 def test_versions_increase_and_never_overwrite(tmp_path, specs):
-    make_run(tmp_path / "run", FLAT_MODEL, specs)
+    make_run(tmp_path / "run", MASKED_MODEL, specs)
     repo = tmp_path / "models"
     assert export_run(tmp_path / "run", repo, "m") == 1
     first = (repo / "m" / "1" / "model.onnx").read_bytes()
@@ -406,9 +323,13 @@ def test_versions_increase_and_never_overwrite(tmp_path, specs):
     assert export_run(epoch_file, repo, "m") == 3
     assert list_versions(repo, "m") == [1, 2, 3]
     assert hashlib.sha256((repo / "m" / "1" / "model.onnx").read_bytes()).hexdigest() == digest
-    meta = load_model(repo, "m").metadata  # rootml.json describes the newest version
+    # Each version keeps the rootml.json of its own export.
+    meta = load_model(repo, "m").metadata
     assert meta["training"]["checkpoint"] == str(epoch_file) and meta["training"]["epoch"] == 1
     assert meta["training"]["run"] == str(tmp_path / "run")
+    folded = {v: load_model(repo, "m", v).metadata["normalization"]["folded"] for v in (1, 2, 3)}
+    assert folded == {1: False, 2: True, 3: False}
+    assert load_model(repo, "m", 1).metadata["training"]["epoch"] == 2
 
 
 def test_parity_failure_writes_nothing(tmp_path, specs):
@@ -520,7 +441,7 @@ def test_export_a_real_rootml_train_run(tmp_path, capsys):
     assert meta["training"]["summary"] == json.loads((run / "summary.json").read_text())
     # The trained weights, rebuilt here from model.py, on numpy-normalised HZZ entries, against
     # the folded graph on the raw values.
-    model = _import(run / "model.py")(**checkpoint["model_args"])
+    model = import_model(run / "model.py")(**checkpoint["model_args"])
     model.load_state_dict(checkpoint["model_state"])
     chunk = uproot.open(HZZ)["events"].arrays(["MET_px", "MET_py", "Jet_Px", "Jet_Py"])
     raw = FlatLayout(specs.columns())({k: chunk[k] for k in chunk.fields})

@@ -108,7 +108,7 @@ def test_versions_increase_and_never_overwrite(tmp_path, mlp_bytes):
     assert add_onnx_model(tmp_path, "m", mlp_bytes) == 6
     assert list_versions(tmp_path, "m") == [1, 6]
     assert (tmp_path / "m" / "1" / "model.onnx").read_bytes() == first == mlp_bytes
-    assert json.loads((tmp_path / "m" / "rootml.json").read_text()) == {
+    assert json.loads((tmp_path / "m" / "1" / "rootml.json").read_text()) == {
         "format": 1,
         "labels": ["b", "s"],
         "name": "m",

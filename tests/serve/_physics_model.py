@@ -104,12 +104,29 @@ def read_columns(path: Path, tree: str, branches: list[str], start=None, stop=No
     return uproot.open(path)[tree].arrays(branches, entry_start=start, entry_stop=stop, how=dict)
 
 
+def specs_statistics(specs: dict, method: str) -> dict[str, tuple[float, float]]:
+    """branch -> (offset, scale) of `method` from the stored statistics of a Specs dict (as in a
+    rootml.json): mean and sqrt(m2 / count), or min and max - min; numpy, float64."""
+    out = {}
+    for name, spec in specs["branches"].items():
+        if method == "standard":
+            out[name] = (spec["mean"], float(np.sqrt(spec["m2"] / spec["count"])))
+        else:
+            out[name] = (spec["min"], spec["max"] - spec["min"])
+    return out
+
+
 def reference_inputs(
-    columns: dict, feature_names: list[str], stats_columns: dict | None, method: str | None
+    columns: dict,
+    feature_names: list[str],
+    stats_columns: dict | None,
+    method: str | None,
+    stats: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """features (B, F) float32 and mask (B, F) bool in `feature_names` order, made with
     ak.pad_none/ak.fill_none and normalised with numpy statistics of `stats_columns` (every
-    value of each branch, float64), padding left at 0."""
+    value of each branch, float64) or, when given, `stats` (branch -> (offset, scale)), padding
+    left at 0."""
     features, masks = [], []
     for name in feature_names:
         match = re.fullmatch(r"(.+)\[(\d+)\]", name)
@@ -122,12 +139,15 @@ def reference_inputs(
             padded = ak.fill_none(ak.pad_none(columns[branch], i + 1, clip=True), 0)
             values = ak.to_numpy(padded)[:, i].astype(np.float64)
             mask = ak.to_numpy(ak.num(columns[branch])) > i
-        if method is not None:
+        if method is not None and stats is not None:
+            offset, scale = stats[branch]
+        elif method is not None:
             every = np.asarray(ak.flatten(stats_columns[branch], axis=None), dtype=np.float64)
             if method == "standard":
                 offset, scale = every.mean(), every.std()
             else:
                 offset, scale = every.min(), every.max() - every.min()
+        if method is not None:
             values = np.where(mask, (values - offset) / (scale or 1.0), 0.0)
         features.append(values)
         masks.append(mask)

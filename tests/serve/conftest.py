@@ -161,10 +161,12 @@ def token_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory, mlp_bytes) -> Path:
-    """mlp (versions 1 and 2, same graph), mlp_batched (dynamic batching), fixed (no batch dim)."""
+    """mlp (versions 1 and 2, same graph and rootml.json), mlp_batched (dynamic batching), fixed
+    (no batch dim)."""
     path = tmp_path_factory.mktemp("repo")
-    add_onnx_model(path, "mlp", mlp_bytes, {"feature_names": [f"f{i}" for i in range(N_FEATURES)]})
-    add_onnx_model(path, "mlp", mlp_bytes)
+    metadata = {"feature_names": [f"f{i}" for i in range(N_FEATURES)]}
+    add_onnx_model(path, "mlp", mlp_bytes, metadata)
+    add_onnx_model(path, "mlp", mlp_bytes, metadata)
     add_onnx_model(
         path,
         "mlp_batched",

@@ -228,7 +228,7 @@ def test_collection_layout_trains_and_exports(tth_data, tmp_path):
     from rootml.export import export_run
 
     version = export_run(tmp_path / "run", tmp_path / "models", "sets")
-    meta = json.loads((tmp_path / "models" / "sets" / "rootml.json").read_text())
+    meta = json.loads((tmp_path / "models" / "sets" / "1" / "rootml.json").read_text())
     assert version == 1 and meta["layout"] == "collection" and meta["parity"]["max_abs_diff"] < 1e-5
 
 

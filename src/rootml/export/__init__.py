@@ -3,6 +3,7 @@
 from rootml._lazy import lazy_exports
 
 _REPOSITORY = "rootml.export.repository"
+_CONFIG = "rootml.export.model_config"
 __all__ = lazy_exports(
     __name__,
     {
@@ -11,7 +12,9 @@ __all__ = lazy_exports(
         "TrainedRun": "rootml.export.checkpoint",
         "add_onnx_model": _REPOSITORY,
         "build_onnx": "rootml.export.run",
+        "check_metadata": _REPOSITORY,
         "check_model_name": _REPOSITORY,
+        "check_signature": _CONFIG,
         "export_run": "rootml.export.run",
         "format_config": "rootml.export.pbtxt",
         "graph_io": _REPOSITORY,
@@ -25,6 +28,8 @@ __all__ = lazy_exports(
         "parse_config": "rootml.export.pbtxt",
         "read_config": _REPOSITORY,
         "read_metadata": _REPOSITORY,
+        "validate_config": _CONFIG,
         "validate_onnx": _REPOSITORY,
+        "version_metadata": _REPOSITORY,
     },
 )

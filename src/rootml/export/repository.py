@@ -1,10 +1,20 @@
 """The model repository in Triton's layout, and the loader the server uses.
 
 ```
-<repo>/<name>/config.pbtxt        Triton config (platform onnxruntime_onnx, batching, inputs, outputs)
-<repo>/<name>/<N>/model.onnx      numeric version folders, single-file ONNX; highest is the default
-<repo>/<name>/rootml.json         rootml's own metadata (optional)
+<repo>/<name>/config.pbtxt          Triton config of the model: signature, batching, versions
+<repo>/<name>/<N>/model.onnx        numeric version folders, single-file ONNX; highest is the default
+<repo>/<name>/<N>/rootml.json       rootml's metadata of that version (optional): Specs, layout,
+                                    normalisation (folded or not), labels, training record
 ```
+Each version is scored with its own rootml.json. A model-level ``<name>/rootml.json``, written by
+rootml before 0.2, still serves as the metadata of versions without their own (with a deprecation
+note); adding a version to such a model first moves it into those versions.
+
+Every change is checked whole (ONNX, rootml.json, config.pbtxt, the new graph against the model's
+signature) before anything is written, then written to a temporary folder and renamed into place:
+a refused change leaves the repository byte for byte as it was, and a reader (a polling server)
+sees a version complete or not at all.
+
 Nothing here reads outside the repository folder: model names are plain names, never paths,
 symlinks that resolve elsewhere are refused, and ONNX files that reference external data are
 refused before onnxruntime sees them.
@@ -13,8 +23,11 @@ refused before onnxruntime sees them.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,48 +35,53 @@ from typing import Any
 
 import onnx
 
-from rootml.errors import ModelError
-from rootml.export.pbtxt import format_config, parse_config
+from rootml.errors import ModelError, RootmlError
+from rootml.export.model_config import CONFIG_FILE as CONFIG_FILE
+from rootml.export.model_config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
+from rootml.export.model_config import TRITON_TYPES as TRITON_TYPES
+from rootml.export.model_config import (
+    TensorSpec,
+    check_signature,
+    make_config,
+    model_config,
+    read_config,
+    validate_config,
+)
+from rootml.export.pbtxt import format_config
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.pbtxt"
 METADATA_FILE = "rootml.json"
-DEFAULT_MAX_BATCH_SIZE = 1024
-# Per-model settings that a regenerated config.pbtxt keeps from the one it replaces.
-_KEPT_CONFIG_KEYS = ("dynamic_batching", "version_policy", "instance_group", "parameters")
+MAX_NAME_LENGTH = 128
+# Bounds on what a rootml.json may ask the server to build per entry: a pad length (items kept
+# of a jagged branch) or fixed-array width, and values per entry over all inputs. Real models use
+# tens to a few thousand; a request padded to 1e9 columns would exhaust memory.
+MAX_PAD_LENGTH = 1 << 16
+MAX_ROW_VALUES = 1 << 20
+# Temporary files and folders of a change in progress; no model or version name starts so.
+_STAGING = "~tmp-"
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 _VERSION = re.compile(r"[0-9]+")
+_LEGACY_NOTED: set[Path] = set()
 
-# ONNX element type -> (V2 datatype, Triton config data_type).
+# ONNX element type -> V2 datatype.
 _ONNX_TYPES = {
-    onnx.TensorProto.BOOL: ("BOOL", "TYPE_BOOL"),
-    onnx.TensorProto.UINT8: ("UINT8", "TYPE_UINT8"),
-    onnx.TensorProto.UINT16: ("UINT16", "TYPE_UINT16"),
-    onnx.TensorProto.UINT32: ("UINT32", "TYPE_UINT32"),
-    onnx.TensorProto.UINT64: ("UINT64", "TYPE_UINT64"),
-    onnx.TensorProto.INT8: ("INT8", "TYPE_INT8"),
-    onnx.TensorProto.INT16: ("INT16", "TYPE_INT16"),
-    onnx.TensorProto.INT32: ("INT32", "TYPE_INT32"),
-    onnx.TensorProto.INT64: ("INT64", "TYPE_INT64"),
-    onnx.TensorProto.FLOAT16: ("FP16", "TYPE_FP16"),
-    onnx.TensorProto.FLOAT: ("FP32", "TYPE_FP32"),
-    onnx.TensorProto.DOUBLE: ("FP64", "TYPE_FP64"),
-    onnx.TensorProto.STRING: ("BYTES", "TYPE_STRING"),
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.UINT16: "UINT16",
+    onnx.TensorProto.UINT32: "UINT32",
+    onnx.TensorProto.UINT64: "UINT64",
+    onnx.TensorProto.INT8: "INT8",
+    onnx.TensorProto.INT16: "INT16",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.STRING: "BYTES",
 }
-TRITON_TYPES = {v2: triton for v2, triton in _ONNX_TYPES.values()}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a model: V2 datatype and shape, -1 for a variable dim."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 @dataclass
@@ -84,10 +102,25 @@ class LoadedModel:
         return int(self.config.get("max_batch_size", 0))
 
 
-def check_model_name(name: str) -> str:
-    """Return `name` if it is a safe model name (``[A-Za-z0-9_.-]+``, not "." or ".."), else raise ModelError."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ModelError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' only")
+def valid_model_name(name: Any) -> bool:
+    """Whether `name` is a safe model name: 1 to 128 of ``[A-Za-z0-9_.-]``, not starting with
+    '-' (it would read as an option in a shell), not "." or ".."."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and _NAME.fullmatch(name) is not None
+        and name not in (".", "..")
+    )
+
+
+def check_model_name(name: Any) -> str:
+    """Return `name` if `valid_model_name`, else raise ModelError."""
+    if not valid_model_name(name):
+        shown = name[:40] + "..." if isinstance(name, str) and len(name) > 43 else name
+        raise ModelError(
+            f"invalid model name {shown!r}: use up to {MAX_NAME_LENGTH} letters, digits, '_', "
+            "'.', '-', not starting with '-'"
+        )
     return name
 
 
@@ -113,7 +146,7 @@ def list_models(repo: str | os.PathLike) -> list[str]:
         raise ModelError(f"model repository {repo} is not a directory")
     names = []
     for entry in sorted(repo.iterdir()):
-        if not entry.is_dir() or not _NAME.fullmatch(entry.name) or entry.name in (".", ".."):
+        if not valid_model_name(entry.name) or not entry.is_dir():
             continue
         if entry.resolve().is_relative_to(repo.resolve()):
             names.append(entry.name)
@@ -135,12 +168,11 @@ def list_versions(repo: str | os.PathLike, name: str) -> list[int]:
 def next_version(repo: str | os.PathLike, name: str) -> int:
     """One more than the highest numeric version folder (with or without a model), from 1."""
     folder = model_dir(repo, name)
-    taken = (
-        [int(e.name) for e in folder.iterdir() if _VERSION.fullmatch(e.name)]
-        if folder.is_dir()
-        else []
-    )
-    return max(taken, default=0) + 1
+    return _next_number(folder) if folder.is_dir() else 1
+
+
+def _next_number(folder: Path) -> int:
+    return max([int(e.name) for e in folder.iterdir() if _VERSION.fullmatch(e.name)], default=0) + 1
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -218,7 +250,7 @@ def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
             f"graph value {value.name!r}: element type {tensor.elem_type} not supported"
         )
     shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-    return TensorSpec(value.name, _ONNX_TYPES[tensor.elem_type][0], shape)
+    return TensorSpec(value.name, _ONNX_TYPES[tensor.elem_type], shape)
 
 
 def graph_io(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -228,51 +260,10 @@ def graph_io(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]
     return inputs, [_value_spec(v) for v in proto.graph.output]
 
 
-def make_config(
-    name: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-) -> dict[str, Any]:
-    """A Triton config dict for an ONNX graph.
-
-    When every input and output has a variable first dim it is taken as the batch dim:
-    ``max_batch_size`` is kept and dims are written without it (a rank-1 tensor becomes
-    ``dims: [1]`` with ``reshape { shape: [] }``, as Triton wants). Otherwise max_batch_size is 0
-    and dims are the full shapes.
-    """
-    batched = max_batch_size > 0 and all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
-
-    def entry(t: TensorSpec) -> dict[str, Any]:
-        dims = list(t.shape[1:] if batched else t.shape)
-        out: dict[str, Any] = {
-            "name": t.name,
-            "data_type": TRITON_TYPES[t.datatype],
-            "dims": dims or [1],
-        }
-        if batched and not dims:
-            out["reshape"] = {"shape": []}
-        return out
-
-    return {
-        "name": name,
-        "platform": "onnxruntime_onnx",
-        "max_batch_size": max_batch_size if batched else 0,
-        "input": [entry(t) for t in inputs],
-        "output": [entry(t) for t in outputs],
-    }
-
-
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The parsed config.pbtxt of a model folder, or {} when it has none."""
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        return {}
-    return parse_config(path.read_text())
-
-
+# Metadata (rootml.json) ---------------------------------------------------------------------------
 def read_metadata(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The rootml.json of a model folder, or None when it has none. ModelError if unreadable."""
+    """The rootml.json in `folder` (a version folder), or None when it has none. ModelError if
+    unreadable or not a JSON object."""
     path = Path(folder) / METADATA_FILE
     if not path.is_file():
         return None
@@ -285,17 +276,86 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any] | None:
     return metadata
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="~tmp-")
+def version_metadata(folder: str | os.PathLike, version: int) -> dict[str, Any] | None:
+    """The rootml.json of `version` of the model in `folder`: the version's own, else a
+    model-level one (repositories written before per-version metadata; noted once in the log as
+    deprecated), else None."""
+    folder = Path(folder)
+    own = read_metadata(folder / str(version))
+    if own is not None:
+        return own
+    legacy = read_metadata(folder)
+    if legacy is not None and folder not in _LEGACY_NOTED:
+        _LEGACY_NOTED.add(folder)
+        log.warning(
+            "%s: a model-level %s is deprecated (each version has its own now); it is taken as "
+            "the metadata of the versions without one, and moved into them when a version is "
+            "added",
+            folder / METADATA_FILE,
+            METADATA_FILE,
+        )
+    return legacy
+
+
+def check_metadata(metadata: Any, what: str = METADATA_FILE) -> None:
+    """Check a rootml.json (None: none) as the server uses it; ModelError naming the key.
+
+    The format, layout, normalisation and pad value; its Specs must load and ask for at most
+    MAX_PAD_LENGTH values per branch and entry (pad lengths, array widths), MAX_ROW_VALUES in all.
+    """
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{what}: expected a JSON object")
+    if metadata.get("format", 1) != 1:
+        raise ModelError(f"{what}: unknown format {metadata.get('format')!r} (rootml reads 1)")
+    if metadata.get("layout") not in (None, "flat", "collection"):
+        raise ModelError(f"{what}: layout {metadata['layout']!r} is not 'flat' or 'collection'")
+    normalization = metadata.get("normalization") or {}
+    if not isinstance(normalization, dict) or normalization.get("method") not in (
+        None,
+        "standard",
+        "minmax",
+    ):
+        raise ModelError(
+            f"{what}: normalization must be {{'method': 'standard'|'minmax'|null, 'folded': "
+            f"bool}}, not {normalization!r}"
+        )
+    pad_value = metadata.get("pad_value", 0.0)
+    if pad_value is not None and (
+        not isinstance(pad_value, (int, float)) or not math.isfinite(pad_value)
+    ):
+        raise ModelError(f"{what}: pad_value {pad_value!r} is not a finite number")
+    if metadata.get("specs") is not None:
+        _check_specs(metadata["specs"], what)
+
+
+def _check_specs(data: Any, what: str) -> None:
+    from rootml.transforms import Specs
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        specs = Specs.from_dict(data)
+    except (RootmlError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ModelError(f"{what}: cannot read its specs: {err!r}") from None
+    total = 0
+    for name, spec in specs.branches.items():
+        if spec.kind not in ("flat", "fixed", "jagged"):
+            raise ModelError(f"{what}: branch {name!r} has unknown kind {spec.kind!r}")
+        size = specs.pad.get(name) if spec.kind == "jagged" else spec.width
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_PAD_LENGTH:
+            word = "pad length" if spec.kind == "jagged" else "width"
+            raise ModelError(
+                f"{what}: branch {name!r} has {word} {size!r}; rootml takes 1 to "
+                f"{MAX_PAD_LENGTH} values per branch and entry"
+            )
+        total += size
+    if total > MAX_ROW_VALUES:
+        raise ModelError(
+            f"{what}: its specs make {total} values per entry, more than {MAX_ROW_VALUES}"
+        )
 
 
+# Adding a version ---------------------------------------------------------------------------------
 def add_onnx_model(
     repo: str | os.PathLike,
     name: str,
@@ -307,49 +367,168 @@ def add_onnx_model(
 ) -> int:
     """Add an ONNX model (path or bytes) as a new version of `name` in `repo`; return the version.
 
-    The model is validated first (`validate_onnx`). config.pbtxt is regenerated from the graph,
-    keeping batching and version policy from `config` or else from the existing config.pbtxt;
-    `metadata` (a JSON object) becomes rootml.json. The version folder appears last, in one
-    rename, so a server scanning the repository never sees half a version, and an existing
-    version is never overwritten. Raises ModelError.
+    metadata: the version's rootml.json (a JSON object); None takes the rootml.json next to a
+    model.onnx path (a version folder of a repository), if any, else the version has none.
+    config: a config.pbtxt dict given with the model (an upload's): its max_batch_size and
+    KEPT_CONFIG_KEYS settings apply, to the whole model. Without one a new model's config.pbtxt
+    is made from the graph with `max_batch_size`, and an existing model's stays as it is.
+
+    Everything is checked before anything is written: the ONNX file (`validate_onnx`), the
+    rootml.json (`check_metadata`), the config (`validate_config`), and the graph against the
+    model's signature (its config.pbtxt, or its newest version when it has none): Triton serves
+    one signature per model. The version folder (or a new model's folder) is written aside and
+    renamed into place; an existing version is never overwritten. Raises ModelError, and then
+    the repository is unchanged.
     """
-    proto = validate_onnx(onnx_model)
-    data = (
-        proto.SerializeToString()
-        if isinstance(onnx_model, (str, os.PathLike))
-        else bytes(onnx_model)
-    )
     folder = model_dir(repo, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    proto = validate_onnx(onnx_model)
+    data = bytes(onnx_model) if isinstance(onnx_model, (bytes, bytearray, memoryview)) else None
     inputs, outputs = graph_io(proto)
-    previous = config if config is not None else read_config(folder)
-    if previous.get("max_batch_size"):
-        max_batch_size = int(previous["max_batch_size"])
-    new_config = make_config(name, inputs, outputs, max_batch_size)
-    new_config.update({k: previous[k] for k in _KEPT_CONFIG_KEYS if k in previous})
-    _write_atomic(folder / CONFIG_FILE, format_config(new_config).encode())
+    if metadata is None and data is None:
+        metadata = _metadata_beside(Path(onnx_model))
+    metadata_bytes = None
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise ModelError(f"metadata for {name!r} must be a JSON object")
         metadata = {"format": 1, **metadata, "name": name}
-        _write_atomic(folder / METADATA_FILE, json.dumps(metadata, indent=2).encode())
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix="~version-"))
-    try:
-        (staging / MODEL_FILE).write_bytes(data)
-        for _ in range(100):
-            version = next_version(repo, name)
+        check_metadata(metadata, f"rootml.json for model {name!r}")
+        try:
+            metadata_bytes = json.dumps(metadata, indent=2, allow_nan=False).encode()
+        except (TypeError, ValueError) as err:
+            raise ModelError(f"rootml.json for model {name!r} is not JSON: {err}") from err
+    new_config = _config_change(repo, name, inputs, outputs, config, max_batch_size)
+    onnx_bytes = proto.SerializeToString() if data is None else data
+    version = _write_version(Path(repo), folder, onnx_bytes, metadata_bytes, new_config)
+    log.info("added %s version %d", name, version)
+    return version
+
+
+def _metadata_beside(path: Path) -> dict[str, Any] | None:
+    beside = path.parent / METADATA_FILE
+    if path.name != MODEL_FILE or not beside.is_file():
+        return None
+    log.info("taking %s as the metadata of %s", beside, path)
+    return read_metadata(path.parent)
+
+
+def _config_change(
+    repo: str | os.PathLike,
+    name: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    given: dict[str, Any] | None,
+    max_batch_size: int,
+) -> dict[str, Any] | None:
+    """The config.pbtxt to write with a new version, None to keep the model's as it is.
+    ModelError when the given config or the graph does not fit."""
+    folder = model_dir(repo, name)
+    current = read_config(folder)
+    base = given if given is not None else current
+    new = validate_config(model_config(name, inputs, outputs, base, max_batch_size))
+    if given:  # the inputs and outputs it declares, if any, read with the batch dim it gets
+        declared = {**given, "max_batch_size": new["max_batch_size"]}
+        check_signature(declared, inputs, outputs, f"the model {name!r} given with a config")
+    if current:
+        check_signature(current, inputs, outputs, f"the new version of model {name!r}")
+        return None if given is None or new == current else new
+    versions = list_versions(repo, name)
+    if versions:  # a model without config.pbtxt: its newest version has the signature
+        newest = validate_onnx(folder / str(versions[-1]) / MODEL_FILE, folder)
+        signature = make_config(name, *graph_io(newest), new["max_batch_size"] or max_batch_size)
+        check_signature(signature, inputs, outputs, f"the new version of model {name!r}")
+    return new
+
+
+def _write_version(
+    repo: Path,
+    folder: Path,
+    onnx_bytes: bytes,
+    metadata: bytes | None,
+    config: dict[str, Any] | None,
+) -> int:
+    """Write a checked version (and config) into the repository; return its number."""
+    repo.mkdir(parents=True, exist_ok=True)
+    if not folder.exists():
+        # A new model appears whole: config.pbtxt and version 1 in one rename.
+        staging = _staging_folder(repo)
+        try:
+            _fill_version(staging / "1", onnx_bytes, metadata)
+            (staging / CONFIG_FILE).write_text(format_config(config))
             try:
-                os.rename(staging, folder / str(version))
-                return version
-            except OSError:
-                # Another writer took this number first (non-empty target); try the next one.
-                if not (folder / str(version)).exists():
-                    raise
-        raise ModelError(f"cannot claim a new version folder in {folder}")
+                os.rename(staging, folder)
+            except OSError as err:
+                raise ModelError(f"model folder {folder} appeared while adding it: {err}") from err
+            return 1
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _move_legacy_metadata(folder)
+    staging = _staging_folder(folder)
+    try:
+        _fill_version(staging, onnx_bytes, metadata)
+        version = _claim_version(staging, folder)
     finally:
-        if staging.exists():
-            (staging / MODEL_FILE).unlink(missing_ok=True)
-            staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
+    if config is not None:
+        _write_atomic(folder / CONFIG_FILE, format_config(config).encode())
+        log.info("%s: replaced by the config given with version %d", folder / CONFIG_FILE, version)
+    return version
+
+
+def _staging_folder(parent: Path) -> Path:
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=_STAGING))
+    path.chmod(0o755)  # mkdtemp's 0o700 would hide the model from other users (Triton's)
+    return path
+
+
+def _fill_version(folder: Path, onnx_bytes: bytes, metadata: bytes | None) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / MODEL_FILE).write_bytes(onnx_bytes)
+    if metadata is not None:
+        (folder / METADATA_FILE).write_bytes(metadata)
+
+
+def _claim_version(staging: Path, folder: Path) -> int:
+    """Rename `staging` to the next free version number of `folder`; return it."""
+    for _ in range(100):
+        version = _next_number(folder)
+        try:
+            os.rename(staging, folder / str(version))
+            return version
+        except OSError:
+            # Another writer took this number first (non-empty target); try the next one.
+            if not (folder / str(version)).exists():
+                raise
+    raise ModelError(f"cannot claim a new version folder in {folder}")
+
+
+def _move_legacy_metadata(folder: Path) -> None:
+    """Give each version without a rootml.json a copy of the model-level one (what it was
+    served with), then remove that: a version added next must not inherit it."""
+    legacy = folder / METADATA_FILE
+    if not legacy.is_file():
+        return
+    data = legacy.read_bytes()
+    moved = [
+        entry.name
+        for entry in sorted(folder.iterdir())
+        if _VERSION.fullmatch(entry.name) and not (entry / METADATA_FILE).exists()
+    ]
+    for name in moved:
+        _write_atomic(folder / name / METADATA_FILE, data)
+    legacy.unlink()
+    log.warning("moved the model-level %s into versions %s of %s", METADATA_FILE, moved, folder)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_STAGING)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide it from other users
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def session_options(threads: int = 1):
@@ -372,15 +551,20 @@ def providers() -> list[str]:
 
 
 def load_model(
-    repo: str | os.PathLike, name: str, version: int | None = None, threads: int = 1
+    repo: str | os.PathLike,
+    name: str,
+    version: int | None = None,
+    threads: int = 1,
+    cached: LoadedModel | None = None,
 ) -> LoadedModel:
     """Load one version (default: the highest) of model `name` from `repo`.
 
     The ONNX bytes are validated and handed to onnxruntime from memory, so onnxruntime never
-    resolves a path itself. Raises ModelError (unknown model/version, unsafe file, bad config).
+    resolves a path itself. The graph must fit the model's config.pbtxt and the version's
+    rootml.json must pass `check_metadata`. `cached`: this version loaded before from an
+    unchanged model.onnx, whose session is reused (config and metadata are read anew).
+    Raises ModelError (unknown model/version, unsafe file, bad config or metadata).
     """
-    import onnxruntime as ort
-
     folder = model_dir(repo, name)
     versions = list_versions(repo, name)
     if not versions:
@@ -388,15 +572,30 @@ def load_model(
     version = versions[-1] if version is None else int(version)
     if version not in versions:
         raise ModelError(f"model {name!r} has no version {version} (versions: {versions})")
+    what = f"version {version} of model {name!r}"
     path = folder / str(version) / MODEL_FILE
-    data = _inside(path, folder).read_bytes()
-    proto = validate_onnx(data)
-    inputs, outputs = graph_io(proto)
-    config = read_config(folder) or make_config(name, inputs, outputs)
-    try:
-        session = ort.InferenceSession(
-            data, sess_options=session_options(threads), providers=providers()
-        )
-    except Exception as err:
-        raise ModelError(f"onnxruntime cannot load {path}: {err}") from err
-    return LoadedModel(name, version, path, session, inputs, outputs, config, read_metadata(folder))
+    config = read_config(folder)
+    metadata = version_metadata(folder, version)
+    check_metadata(metadata, f"rootml.json of {what}")
+    if cached is not None:
+        inputs, outputs, data = cached.inputs, cached.outputs, None
+    else:
+        data = _inside(path, folder).read_bytes()
+        inputs, outputs = graph_io(validate_onnx(data))
+    if config:
+        validate_config(config)
+        check_signature(config, inputs, outputs, what)
+    else:
+        config = make_config(name, inputs, outputs)
+    if data is None:
+        session = cached.session
+    else:
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(
+                data, sess_options=session_options(threads), providers=providers()
+            )
+        except Exception as err:
+            raise ModelError(f"onnxruntime cannot load {path}: {err}") from err
+    return LoadedModel(name, version, path, session, inputs, outputs, config, metadata)

@@ -43,8 +43,10 @@ def export_run(
     """Export a training run (its folder, or one checkpoint file of it) as a new version of model
     `name` in `repo`; return the version number.
 
-    Writes ``<repo>/<name>/<version>/model.onnx`` (never an existing version), config.pbtxt and
-    rootml.json. The graph has a dynamic batch axis and the given ONNX `opset`; inputs are
+    Writes ``<repo>/<name>/<version>/model.onnx`` and its ``rootml.json`` (never an existing
+    version), and a new model's config.pbtxt; an existing model's config.pbtxt is kept, and a
+    graph whose inputs or outputs differ from it is refused (Triton serves one signature per
+    model: export it under another name). The graph has a dynamic batch axis and the given ONNX `opset`; inputs are
     "features" FP32 (B, F) and "mask" BOOL (B, F) for the flat layout (the mask only when the
     model or the folded normalisation uses it), plus "<K>" FP32 (B, C, N) and "<K>_mask" BOOL
     (B, N) per collection of the collection layout; the output is "score" FP32.
@@ -55,7 +57,8 @@ def export_run(
     `parity_batch_size` rows of the training data (random inputs from the Specs' ranges when the
     files are gone); the export is refused, with nothing written, when the largest absolute
     difference of the outputs exceeds `tolerance`.
-    Raises ModelError (bad run folder, name, export failure, parity failure).
+    Raises ModelError (bad run folder, name, export failure, parity failure, signature); the
+    repository is then unchanged.
     """
     model_dir(repo, name)  # an unsafe name fails before any work
     run = load_run(source)

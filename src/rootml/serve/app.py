@@ -86,6 +86,12 @@ class ServeSettings:
     max_body_bytes: int = 64 * MiB
     max_upload_bytes: int = 256 * MiB
     request_timeout_s: float = 30.0
+    # A request body must arrive within this many seconds, plus one per MiB received (so a
+    # steady sender of 1 MiB/s is never cut off); slower or stalled senders get 408.
+    body_timeout_s: float = 30.0
+    # Check the repository every this many seconds and load what changed (Triton's poll mode);
+    # 0: only at start and on load requests.
+    repository_poll_secs: float = 0.0
     max_queue: int = 1024
     workers: int = 1
     threads_per_run: int = 1
@@ -115,6 +121,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     state = {"ready": False}
 
+    async def poll_repository() -> None:
+        while True:
+            await asyncio.sleep(settings.repository_poll_secs)
+            try:
+                await manager.poll()
+            except Exception:  # a poll that fails must not end polling
+                log.exception("polling the repository %s failed", settings.repo)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await manager.load_all()
@@ -123,9 +137,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         # out. Frozen objects are never walked again; garbage of requests still is.
         gc.collect()
         gc.freeze()
+        poller = None
+        if settings.repository_poll_secs > 0:
+            poller = asyncio.create_task(poll_repository())
         state["ready"] = True
         yield
         state["ready"] = False
+        if poller is not None:
+            poller.cancel()
         await manager.close()
 
     app = _Server(
@@ -251,12 +270,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return manager.get(model_name, model_version).model.config
 
     @app.get("/v2/models/{model_name}/rootml", tags=["metadata"], responses=MODEL_ERRORS)
-    async def model_rootml(model_name: str) -> dict[str, Any]:
-        """The model's rootml.json (feature names, Specs, labels); 404 for a plain ONNX model."""
-        metadata = manager.get(model_name).metadata
-        if metadata is None:
-            raise ProtocolError(f"model {model_name!r} has no rootml.json", 404)
-        return metadata
+    @app.get(
+        "/v2/models/{model_name}/versions/{model_version}/rootml",
+        tags=["metadata"],
+        responses=MODEL_ERRORS,
+    )
+    async def model_rootml(model_name: str, model_version: str | None = None) -> dict[str, Any]:
+        """The version's rootml.json (feature names, Specs, labels, normalisation): each version
+        has its own. 404 for a plain ONNX model."""
+        served = manager.get(model_name, model_version)
+        if served.metadata is None:
+            raise ProtocolError(
+                f"version {served.version} of model {model_name!r} has no rootml.json", 404
+            )
+        return served.metadata
 
     # Inference -------------------------------------------------------------------------------
     async def run(served, feeds):
@@ -282,6 +309,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             settings.max_body_bytes,
             headers.get("content-length"),
             headers.get("content-encoding"),
+            settings.body_timeout_s,
         )
         served = manager.get(model_name, model_version)
         ok = False
@@ -354,7 +382,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def tfaas_json(request: Request):
         """TFaaS: {"keys": [...], "values": [...], "model": name} -> list of probabilities."""
         started = time.perf_counter()
-        doc = json_body(await read_body(request, settings.max_body_bytes))
+        doc = json_body(await read_body(request, settings.max_body_bytes, settings.body_timeout_s))
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
             raise ProtocolError("TFaaS request needs a 'model' name")
         served = manager.get(doc["model"])
@@ -382,7 +410,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         openapi_extra=INDEX_OPENAPI,
     )
     async def repository_index(request: Request):
-        doc = json_body(await read_body(request, settings.max_body_bytes))
+        doc = json_body(await read_body(request, settings.max_body_bytes, settings.body_timeout_s))
         if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
             raise ProtocolError('repository index request must be {} or {"ready": true|false}')
         return manager.index(doc.get("ready", False))
@@ -392,7 +420,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     async def repository_load(request: Request, model_name: str) -> dict:
         authorize(request)
-        await read_body(request, settings.max_body_bytes)
+        await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         await manager.load(model_name)
         return {}
 
@@ -401,7 +429,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     async def repository_unload(request: Request, model_name: str) -> dict:
         authorize(request)
-        await read_body(request, settings.max_body_bytes)
+        await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         await manager.unload(model_name)
         return {}
 
@@ -415,7 +443,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def repository_upload(request: Request, model_name: str) -> dict[str, str]:
         """Add a new version of `model_name` and serve it once loaded (needs the token)."""
         authorize(request)
-        body = await read_body(request, settings.max_upload_bytes)
+        body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
         version = await manager.upload(model_name, body, settings.max_upload_bytes)
         return {"name": model_name, "version": str(version)}
 
@@ -442,6 +470,31 @@ class _Server(FastAPI):
                 await self.infer_handler(scope, receive, send, *match.groups())
                 return
         await super().__call__(scope, receive, send)
+
+
+def repository_notice(repo: str | os.PathLike, poll_secs: float = 0.0) -> str | None:
+    """What to tell a user starting a server on `repo` before it starts: None when it holds a
+    model with a version, else how to add one and when this server would see it. Raises
+    ModelError, with the way out, when `repo` is not a folder."""
+    from rootml.export.repository import list_models, list_versions
+
+    if not os.path.isdir(repo):
+        raise ModelError(
+            f"model repository {repo} does not exist: export a model into it first "
+            f"(rootml export RUN --name NAME --repo {repo}) or give --repo"
+        )
+    if any(list_versions(repo, name) for name in list_models(repo)):
+        return None
+    later = (
+        f"this server looks for it every {poll_secs:g} s"
+        if poll_secs > 0
+        else "this server sees it after a restart, a load request (with --token-file), or "
+        "within N s with --repository-poll-secs N"
+    )
+    return (
+        f"model repository {repo} holds no model yet: export one with "
+        f"rootml export RUN --name NAME --repo {repo}; {later}"
+    )
 
 
 def app_from_env() -> FastAPI:

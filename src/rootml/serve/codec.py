@@ -246,6 +246,10 @@ def parse_infer_request(
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         counts = None
+        if size is not None and "data" in item:
+            raise ProtocolError(
+                f"{what}: has both 'data' and parameters.binary_data_size; send one of them"
+            )
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"{what}: binary_data_size must be a non-negative integer")
@@ -282,9 +286,9 @@ def parse_infer_request(
                 raise ProtocolError(f"output {item['name']!r}: 'parameters' must be an object")
             outputs.append((item["name"], bool(params.get("binary_data", binary_output))))
     request_id = doc.get("id")
-    return InferRequest(
-        inputs, None if request_id is None else str(request_id), parameters, outputs, binary_output
-    )
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string, not {type(request_id).__name__}")
+    return InferRequest(inputs, request_id, parameters, outputs, binary_output)
 
 
 def check_inputs(request: InferRequest, inputs: list, outputs: list, max_batch_size: int) -> int:

@@ -4,61 +4,43 @@ Loading builds the new set of versions of a model off to the side (sessions are 
 thread, so serving goes on) and then replaces the old set in one assignment: a request either got
 the old version object, which finishes its run, or the new one. Never a half-loaded model.
 
-Each loaded version keeps its rootml.json (`ServedVersion.metadata`) for the layers that turn raw
-physics columns into model inputs.
+Each loaded version keeps its own rootml.json (`ServedVersion.metadata`) for the layers that turn
+raw physics columns into model inputs. Versions load one by one: a version that fails (a graph
+that does not fit config.pbtxt, a broken rootml.json) is UNAVAILABLE with its reason while the
+others serve; requests for it, or for the default version when it is that one, get 503.
+
+`poll` brings the served models in line with the repository (Triton's poll mode): models that
+appeared or changed are loaded, models removed are unloaded. Versions are written into the
+repository by renaming a finished folder (rootml.export), so a poll never sees half a version.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rootml.errors import ModelError, ProtocolError
 from rootml.export import repository as repo_mod
+from rootml.export.model_config import batching_settings, select_versions
 from rootml.serve.batching import DynamicBatcher
 from rootml.serve.metrics import ServeMetrics
-from rootml.serve.upload import read_upload
+from rootml.serve.upload import check_model_files, read_upload
 
 log = logging.getLogger(__name__)
 
 
-def _batching_settings(model: repo_mod.LoadedModel) -> tuple[float, int, list[int]] | None:
-    """(max delay in s, max queue size, preferred batch sizes) when dynamic batching is on for
-    `model`, else None."""
-    settings = model.config.get("dynamic_batching")
-    if settings is None and model.metadata:
-        settings = model.metadata.get("dynamic_batching")
-    if settings is None:
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
         return None
-    if not isinstance(settings, dict):
-        raise ModelError(f"model {model.name!r}: dynamic_batching must be a message/object")
-    delay_us = settings.get("max_queue_delay_microseconds", 0)
-    queue = settings.get("max_queue_size") or (settings.get("default_queue_policy") or {}).get(
-        "max_queue_size", 0
-    )
-    return float(delay_us) / 1e6, int(queue), list(settings.get("preferred_batch_size") or [])
-
-
-def select_versions(available: list[int], config: dict[str, Any]) -> list[int]:
-    """The versions to load under config.pbtxt's version_policy (Triton's); all when it has none."""
-    policy = config.get("version_policy")
-    if not policy or "all" in policy:
-        return list(available)
-    if "latest" in policy:
-        n = int((policy["latest"] or {}).get("num_versions", 1))
-        return list(available[-n:]) if n > 0 else []
-    if "specific" in policy:
-        wanted = {int(v) for v in (policy["specific"] or {}).get("versions", [])}
-        return [v for v in available if v in wanted]
-    raise ModelError(f"unknown version_policy {policy}")
+    return info.st_mtime_ns, info.st_size, info.st_ino
 
 
 class ServedVersion:
@@ -123,6 +105,11 @@ class ModelManager:
         self.executor = ThreadPoolExecutor(run_slots, thread_name_prefix="rootml-run")
         self._models: dict[str, dict[int, ServedVersion]] = {}
         self._status: dict[str, tuple[str, str]] = {}
+        # Per loaded model: versions that failed -> reason, the default version, and the
+        # fingerprint of the files it was loaded from (what poll compares).
+        self._failed: dict[str, dict[int, str]] = {}
+        self._default: dict[str, int] = {}
+        self._fingerprints: dict[str, tuple] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Sessions by (name, version), reused while model.onnx is unchanged; loads of different
         # models run in threads at once, hence the lock.
@@ -131,38 +118,40 @@ class ModelManager:
         self._waiting = 0
 
     # Loading -------------------------------------------------------------------------------
-    def _load_versions(self, name: str) -> dict[int, repo_mod.LoadedModel]:
+    def _load_versions(
+        self, name: str
+    ) -> tuple[dict[int, repo_mod.LoadedModel], dict[int, str], int]:
+        """(versions loaded, versions failed -> reason, default version) of model `name`."""
         folder = repo_mod.model_dir(self.repo, name)
         config = repo_mod.read_config(folder)
-        metadata = repo_mod.read_metadata(folder)
         wanted = select_versions(repo_mod.list_versions(self.repo, name), config)
         if not wanted:
             raise ModelError(f"model {name!r}: no version to load in {folder}")
-        loaded, keys = {}, {}
+        loaded, failed, keys = {}, {}, {}
         for version in wanted:
-            info = (folder / str(version) / repo_mod.MODEL_FILE).stat()
-            key = keys[version] = (info.st_mtime_ns, info.st_size, info.st_ino)
-            with self._cache_lock:
-                cached = self._cache.get((name, version))
-            if cached is not None and cached[0] == key:
-                model = cached[1]  # unchanged file: keep the session, take the new config
-                model = dataclasses.replace(
-                    model,
-                    config=config or repo_mod.make_config(name, model.inputs, model.outputs),
-                    metadata=metadata,
+            try:
+                info = (folder / str(version) / repo_mod.MODEL_FILE).stat()
+                key = (info.st_mtime_ns, info.st_size, info.st_ino)
+                with self._cache_lock:
+                    cached = self._cache.get((name, version))
+                # An unchanged file keeps its session; config and rootml.json are read anew.
+                reuse = cached[1] if cached is not None and cached[0] == key else None
+                loaded[version] = repo_mod.load_model(
+                    self.repo, name, version, threads=self.threads_per_run, cached=reuse
                 )
-            else:
-                model = repo_mod.load_model(self.repo, name, version, threads=self.threads_per_run)
-            loaded[version] = model
+                keys[version] = key
+            except (ModelError, OSError) as err:
+                failed[version] = str(err)
+                log.error("model %s version %d not loaded: %s", name, version, err)
         with self._cache_lock:
             for stale in [k for k in self._cache if k[0] == name]:
                 del self._cache[stale]
             self._cache.update({(name, v): (keys[v], m) for v, m in loaded.items()})
-        return loaded
+        return loaded, failed, max(wanted)
 
     def _serve(self, model: repo_mod.LoadedModel) -> ServedVersion:
         served = ServedVersion(model)
-        settings = _batching_settings(model)
+        settings = batching_settings(model.config, model.metadata)
         if settings is not None:
             delay, queue, preferred = settings
             served.batcher = DynamicBatcher(
@@ -182,32 +171,49 @@ class ModelManager:
     async def load(self, name: str) -> None:
         """(Re)load model `name` from the repository, then swap it in; the old set serves until then.
 
-        Raises ProtocolError(404) for a model not in the repository, ModelError if it cannot load
-        (the versions already loaded, if any, keep serving).
+        Raises ProtocolError: 400 for an invalid name, 404 for a model not in the repository.
+        ModelError if no version loads (the versions already loaded, if any, keep serving), or
+        if some did not (the others are swapped in and serve).
         """
+        self._check_name(name)
         if not self._exists(name):
             raise ProtocolError(f"model {name!r} is not in the repository", 404)
         async with self._locks.setdefault(name, asyncio.Lock()):
+            self._fingerprints[name] = await asyncio.to_thread(self.fingerprint, name)
             if name not in self._models:
                 self._status[name] = ("LOADING", "")
             try:
-                loaded = await asyncio.to_thread(self._load_versions, name)
+                loaded, failed, default = await asyncio.to_thread(self._load_versions, name)
+                if not loaded:
+                    raise ModelError(
+                        "; ".join(f"version {v}: {reason}" for v, reason in failed.items())
+                    )
                 new = {v: self._serve(m) for v, m in loaded.items()}
             except (ModelError, OSError) as err:
                 if name not in self._models:
                     self._status[name] = ("UNAVAILABLE", str(err))
                 raise ModelError(str(err)) from err
             old, self._models[name] = self._models.get(name, {}), new
+            self._failed[name], self._default[name] = failed, default
             self._status.pop(name, None)
             log.info("model %s: serving versions %s", name, sorted(new))
             await self._retire(old)
+        if failed:
+            raise ModelError(
+                f"model {name!r}: serving versions {sorted(new)}; "
+                + "; ".join(f"version {v} failed: {reason}" for v, reason in failed.items())
+            )
 
     async def unload(self, name: str) -> None:
-        """Stop serving model `name` (requests already queued finish). ProtocolError(404) if unknown."""
+        """Stop serving model `name` (requests already queued finish).
+
+        Raises ProtocolError: 400 for an invalid name, 404 for an unknown model."""
+        self._check_name(name)
         if name not in self._models and not self._exists(name):
             raise ProtocolError(f"model {name!r} is not in the repository", 404)
         async with self._locks.setdefault(name, asyncio.Lock()):
             old = self._models.pop(name, {})
+            self._failed.pop(name, None)
             self._status[name] = ("UNAVAILABLE", "unloaded")
             with self._cache_lock:
                 for key in [k for k in self._cache if k[0] == name]:
@@ -217,29 +223,22 @@ class ModelManager:
     async def upload(self, name: str, body: bytes, max_bytes: int) -> int:
         """Add an uploaded model (see serve.upload) as a new version of `name`, then serve it.
 
-        The model is opened by onnxruntime before anything is written, so a model that cannot
-        run never reaches the repository. Returns the new version. Raises ProtocolError/ModelError.
+        The upload is unpacked and checked whole in a thread (archive, ONNX opened by
+        onnxruntime, rootml.json against the graph, config.pbtxt, the model's signature) before
+        anything is written, so a refused upload leaves the repository as it was. Returns the
+        new version. Raises ProtocolError/ModelError.
         """
-        try:
-            repo_mod.check_model_name(name)
-        except ModelError as err:
-            raise ProtocolError(str(err)) from None
-        files = read_upload(body, max_bytes)
+        self._check_name(name)
 
         def add() -> int:
-            proto = repo_mod.validate_onnx(files.onnx)
-            del proto
-            import onnxruntime as ort
-
-            try:
-                ort.InferenceSession(files.onnx, providers=["CPUExecutionProvider"])
-            except Exception as err:
-                raise ModelError(f"onnxruntime cannot load the uploaded model: {err}") from err
+            files = read_upload(body, max_bytes)
+            check_model_files(name, files)
             return repo_mod.add_onnx_model(
                 self.repo, name, files.onnx, files.metadata, config=files.config
             )
 
-        version = await asyncio.to_thread(add)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            version = await asyncio.to_thread(add)
         await self.load(name)
         return version
 
@@ -249,7 +248,41 @@ class ModelManager:
             try:
                 await self.load(name)
             except (ModelError, ProtocolError) as err:
-                log.warning("model %s not loaded: %s", name, err)
+                log.warning("model %s not (fully) loaded: %s", name, err)
+
+    def fingerprint(self, name: str) -> tuple:
+        """The state of the files loading model `name` reads (config.pbtxt, each version's
+        model.onnx and rootml.json, a model-level rootml.json): it changes when any of them is
+        added, removed or replaced."""
+        folder = repo_mod.model_dir(self.repo, name)
+        paths = [folder / repo_mod.CONFIG_FILE, folder / repo_mod.METADATA_FILE]
+        for version in repo_mod.list_versions(self.repo, name):
+            paths += [
+                folder / str(version) / f for f in (repo_mod.MODEL_FILE, repo_mod.METADATA_FILE)
+            ]
+        return tuple((str(path), _file_state(path)) for path in paths)
+
+    async def poll(self) -> None:
+        """One poll of the repository: load the models that appeared or changed since they were
+        last loaded, unload the models whose folder is gone. Failures are logged; a model that
+        failed is tried again once it changes."""
+        try:
+            names = await asyncio.to_thread(repo_mod.list_models, self.repo)
+        except (ModelError, OSError) as err:
+            log.warning("repository poll skipped: %s", err)
+            return
+        for name in sorted((set(self._models) | set(self._fingerprints)) - set(names)):
+            log.info("model %s left the repository: unloading it", name)
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                await self._retire(self._models.pop(name, {}))
+                for table in (self._failed, self._default, self._fingerprints, self._status):
+                    table.pop(name, None)
+        for name in names:
+            try:
+                if await asyncio.to_thread(self.fingerprint, name) != self._fingerprints.get(name):
+                    await self.load(name)
+            except (ModelError, ProtocolError, OSError) as err:
+                log.warning("model %s not (fully) loaded: %s", name, err)
 
     async def close(self) -> None:
         """Unload everything and stop the run threads."""
@@ -265,30 +298,48 @@ class ModelManager:
     def _exists(self, name: str) -> bool:
         try:
             return repo_mod.model_dir(self.repo, name).is_dir()
-        except ModelError:
+        except (ModelError, OSError):
             return False
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        try:
+            repo_mod.check_model_name(name)
+        except ModelError as err:
+            raise ProtocolError(str(err), 400) from None
 
     # Serving -------------------------------------------------------------------------------
     def get(self, name: str, version: str | int | None = None) -> ServedVersion:
-        """The loaded version `version` (default: highest) of `name`.
+        """The loaded version `version` (default: the model's default, its highest) of `name`.
 
-        Raises ProtocolError: 404 unknown model or version, 503 a model not (yet) loaded.
+        Raises ProtocolError: 400 invalid name, 404 unknown model or version, 503 a model not
+        (yet) loaded or a version that failed to load.
         """
         versions = self._models.get(name)
         if versions is None:
+            self._check_name(name)
             if self._exists(name):
                 state, reason = self._status.get(name, ("UNAVAILABLE", "not loaded"))
                 raise ProtocolError(f"model {name!r} is not ready ({state.lower()}: {reason})", 503)
             raise ProtocolError(f"unknown model {name!r}", 404)
         if version is None or version == "":
-            return versions[max(versions)]
-        try:
-            return versions[int(version)]
-        except (KeyError, ValueError):
+            number = self._default.get(name) or max(versions)
+        else:
+            try:
+                number = int(version)
+            except ValueError:
+                number = None
+        served = versions.get(number)
+        if served is not None:
+            return served
+        failed = self._failed.get(name, {})
+        if number in failed:
             raise ProtocolError(
-                f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})",
-                404,
-            ) from None
+                f"version {number} of model {name!r} is unavailable: {failed[number]}", 503
+            )
+        raise ProtocolError(
+            f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})", 404
+        )
 
     def loaded(self) -> dict[str, list[int]]:
         """Loaded models and their versions."""
@@ -300,9 +351,12 @@ class ModelManager:
         entries = []
         for name in names:
             if name in self._models:
+                failed = {} if ready_only else self._failed.get(name, {})
+                states = {v: ("READY", "") for v in self._models[name]}
+                states.update({v: ("UNAVAILABLE", reason) for v, reason in failed.items()})
                 entries += [
-                    {"name": name, "version": str(v), "state": "READY", "reason": ""}
-                    for v in sorted(self._models[name])
+                    {"name": name, "version": str(v), "state": state, "reason": reason}
+                    for v, (state, reason) in sorted(states.items())
                 ]
             elif not ready_only:
                 state, reason = self._status.get(name, ("UNAVAILABLE", "not loaded"))

@@ -38,6 +38,7 @@ import awkward as ak
 import numpy as np
 
 from rootml.errors import ModelError, ProtocolError, RootmlError
+from rootml.export.repository import check_metadata
 from rootml.serve.codec import DTYPES, InferInput, InferRequest, check_inputs, parse_infer_request
 from rootml.transforms import (
     CollectionLayout,
@@ -54,6 +55,9 @@ from rootml.transforms import (
 log = logging.getLogger(__name__)
 
 COUNTS_SUFFIX = ".counts"
+# Model input values one raw-columns request may be padded to (rows x values per entry): 64M,
+# 256 MiB of float32. A few bytes of request can ask for many padded rows; beyond this, 413.
+MAX_PADDED_VALUES = 1 << 26
 
 
 @dataclass
@@ -75,11 +79,12 @@ class Preprocessing:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any] | None, model: str) -> Preprocessing:
         """The preprocessing of a model from its rootml.json. Raises ModelError when it has no
-        "specs" or they cannot be read."""
+        "specs", or they cannot be read or ask for too much (`check_metadata`)."""
         if not metadata or not metadata.get("specs"):
             raise ModelError(
                 f"model {model!r} has no Specs in its rootml.json: it takes model inputs only"
             )
+        check_metadata(metadata, f"rootml.json of model {model!r}")
         try:
             specs = Specs.from_dict(metadata["specs"])
             normalization = metadata.get("normalization") or {}
@@ -190,6 +195,7 @@ class RawColumns:
         self._model_inputs = {t.name for t in self.inputs}
         self._transform = prep.transform()
         self.error: ModelError | None = None
+        self.row_values = 0  # model input values per entry, from _check_shapes
         try:
             self._check_shapes()
         except (ModelError, ValueError, KeyError, TypeError) as err:
@@ -226,6 +232,12 @@ class RawColumns:
                 raise ProtocolError(f"unknown output {name!r}")
         if max_batch_size > 0 and rows > max_batch_size:
             raise ProtocolError(f"{rows} entries are more than max_batch_size {max_batch_size}")
+        if rows * self.row_values > MAX_PADDED_VALUES:
+            raise ProtocolError(
+                f"{rows} entries of {self.row_values} model input values each are more than "
+                f"{MAX_PADDED_VALUES} values: send fewer entries per request",
+                413,
+            )
         try:
             block = self._transform(chunk)
         except (RootmlError, ValueError, TypeError) as err:
@@ -310,6 +322,7 @@ class RawColumns:
         for name, array in model_feeds(block, self.inputs).items():
             spec = next(t for t in self.inputs if t.name == name)
             dims = array.shape[1:]
+            self.row_values += math.prod(dims)
             if len(spec.shape) != array.ndim or any(
                 want != -1 and want != got for want, got in zip(spec.shape[1:], dims)
             ):

@@ -42,12 +42,13 @@ _PARTIAL = ".part"
 
 
 class _LocalModel:
-    """A model of a repository folder run by onnxruntime in this process."""
+    """A version (None: the default) of a model of a repository folder, run by onnxruntime in
+    this process with that version's own rootml.json."""
 
-    def __init__(self, folder: Path, threads: int):
+    def __init__(self, folder: Path, version: int | None, threads: int):
         from rootml.export.repository import load_model
 
-        self.model = load_model(folder.parent, folder.name, threads=threads)
+        self.model = load_model(folder.parent, folder.name, version, threads=threads)
         self.name, self.metadata = self.model.name, self.model.metadata
         self.inputs, self.outputs = self.model.inputs, self.model.outputs
         self.max_batch_size = self.model.max_batch_size
@@ -79,8 +80,13 @@ class _RemoteModel:
         self.name, self.version = parts[0], parts[2] if len(parts) == 3 else None
         self.client = Client(f"{parsed.scheme}://{parsed.netloc}", token=token)
         try:
+            if self.version is None:
+                # Pin the default version, so that the rootml.json read here and every batch
+                # scored belong to one version even when the server loads a new one meanwhile.
+                served = self.client.model_metadata(self.name)["versions"]
+                self.version = str(max(int(v) for v in served))
             signature = self.client.model_metadata(self.name, self.version)
-            self.metadata = self.client.model_rootml(self.name)
+            self.metadata = self.client.model_rootml(self.name, self.version)
             config = self.client.model_config(self.name, self.version)
         except Exception:
             self.client.close()
@@ -97,14 +103,20 @@ class _RemoteModel:
 
 
 def open_model(model: str, threads: int = 0, token: str | None = None) -> Any:
-    """A runnable model from "models/NAME" (a model folder of a repository, run here) or
-    "http://host:port/NAME" (served). Raises ModelError, ProtocolError."""
+    """A runnable model from "models/NAME" (a model folder of a repository, its default
+    version), "models/NAME/N" (version N), both run here, or "http://host:port/NAME[/versions/N]"
+    (served). Raises ModelError, ProtocolError."""
     if model.startswith(("http://", "https://")):
         return _RemoteModel(model, token)
-    folder = Path(model)
+    folder, version = Path(model), None
+    if folder.name.isdigit() and (folder / "model.onnx").is_file():
+        folder, version = folder.parent, int(folder.name)
     if not folder.is_dir():
-        raise ModelError(f"model {model!r}: not a model folder (models/NAME) nor an http:// URL")
-    return _LocalModel(folder, threads or len(os.sched_getaffinity(0)))
+        raise ModelError(
+            f"model {model!r}: not a model folder (models/NAME), version folder (models/NAME/N) "
+            "nor an http:// URL"
+        )
+    return _LocalModel(folder, version, threads or len(os.sched_getaffinity(0)))
 
 
 def output_paths(
@@ -166,8 +178,8 @@ def predict(
 ) -> dict[str, Any]:
     """Score every entry of `files` with `model` and write friend trees and/or parquet.
 
-    model: "models/NAME" or "http://host:port/NAME" (see open_model); its rootml.json needs
-    "specs". files: as RootIterableDataset (paths, URLs, globs, .txt lists); tree: the input
+    model: "models/NAME[/N]" or "http://host:port/NAME[/versions/N]" (see open_model); the
+    version's rootml.json needs "specs". files: as RootIterableDataset (paths, URLs, globs, .txt lists); tree: the input
     TTree/RNTuple (None: the only one). out: destination(s), see output_paths. batch_size: entries
     per model run (at most the model's max_batch_size). flush_entries: entries written at once.
     Outputs appear complete or not at all (written as "<name>.part", renamed at the end).

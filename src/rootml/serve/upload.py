@@ -1,18 +1,27 @@
 """Reading an uploaded model: a single .onnx file, or a model folder as tar, tar.gz or zip.
 
 Archives are read in memory and never extracted to disk by their own paths: only the three known
-files are taken (``model.onnx`` at the top or in one numeric version folder, ``rootml.json``,
-``config.pbtxt``, optionally all under one top-level folder). Absolute paths, ``..``, links,
-devices and any other file are refused, and the unpacked size is capped.
+files are taken (``model.onnx`` and ``rootml.json`` at the top or in one numeric version folder,
+``config.pbtxt`` at the top, optionally all under one top-level folder: a model folder of a
+repository holding one version). Absolute paths, ``..``, links,
+devices and any other file are refused, and the unpacked size is capped: a compressed tar is
+decompressed up to the cap only, so its headers (PAX, GNU long names) count too, and a header
+larger than any real one is refused before tarfile reads it.
+
+Unpacking and checking take CPU time (seconds for a large model): the server calls them in a
+thread, never on its event loop.
 """
 
 from __future__ import annotations
 
+import bz2
 import io
 import json
+import lzma
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +29,13 @@ from rootml.errors import ModelError, ProtocolError
 from rootml.export.pbtxt import parse_config
 
 _MAX_MEMBERS = 64
+# PAX and GNU long-name headers hold a few paths and times: hundreds of bytes.
+_MAX_TAR_HEADER_BYTES = 64 << 10
+_TAR_HEADER_TYPES = (b"x", b"g", b"L", b"K")
+_TAR_BLOCK = 512
+# What a tar stream holds besides its members' contents (counted by _check_tar_headers): a
+# header block and padding per entry, and the end-of-archive record.
+_TAR_OVERHEAD = 4 * _MAX_MEMBERS * 2 * _TAR_BLOCK + 20 * _TAR_BLOCK
 _KNOWN = ("model.onnx", "rootml.json", "config.pbtxt")
 
 
@@ -41,10 +57,68 @@ def _parts(name: str) -> list[str]:
     return parts
 
 
+def _decompressed_tar(body: bytes, max_bytes: int) -> bytes:
+    """The tar stream of a tar, tar.gz, tar.bz2 or tar.xz body, decompressed up to `max_bytes`
+    of contents plus _TAR_OVERHEAD of blocks and padding (413 beyond); 400 for a truncated or
+    corrupt stream."""
+    if body[:2] == b"\x1f\x8b":
+        inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif body[:3] == b"BZh":
+        inflater = bz2.BZ2Decompressor()
+    elif body[:6] == b"\xfd7zXZ\x00":
+        inflater = lzma.LZMADecompressor()
+    else:
+        return body  # a plain tar: the body is already within the upload limit
+    try:
+        # max_length stops the decompressor after that much output: a bomb costs the cap only.
+        out = inflater.decompress(body, max_bytes + _TAR_OVERHEAD + 1)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError) as err:
+        raise ProtocolError(f"cannot decompress the uploaded archive: {err}") from None
+    if len(out) > max_bytes + _TAR_OVERHEAD:
+        raise ProtocolError(f"archive unpacks to more than {max_bytes} bytes", 413)
+    if not inflater.eof:
+        raise ProtocolError("the uploaded archive is truncated")
+    return out
+
+
+def _tar_size(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    try:
+        return int(field.strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise ProtocolError("cannot read the uploaded archive: bad tar header") from None
+
+
+def _check_tar_headers(raw: bytes, max_bytes: int) -> None:
+    """Walk the headers of a tar stream before tarfile parses it: every entry, also the PAX and
+    GNU long-name headers tarfile hides, counts toward `max_bytes`; such a header over
+    _MAX_TAR_HEADER_BYTES is refused (tarfile would parse all of it)."""
+    pos, total = 0, 0
+    for _ in range(4 * _MAX_MEMBERS):
+        header = raw[pos : pos + _TAR_BLOCK]
+        if len(header) < _TAR_BLOCK or not header.strip(b"\0"):
+            return  # the end of the archive (or a truncated one, which tarfile reports)
+        size = _tar_size(header[124:136])
+        kind = header[156:157]
+        if kind in _TAR_HEADER_TYPES and size > _MAX_TAR_HEADER_BYTES:
+            raise ProtocolError(
+                f"archive holds a tar header (type {kind.decode()!r}) of {size} bytes; at most "
+                f"{_MAX_TAR_HEADER_BYTES} are accepted"
+            )
+        total += size
+        if total > max_bytes:
+            raise ProtocolError(f"archive unpacks to more than {max_bytes} bytes", 413)
+        pos += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
+    raise ProtocolError(f"archive has more than {_MAX_MEMBERS} members")
+
+
 def _tar_members(body: bytes, max_bytes: int) -> list[tuple[str, bytes]]:
+    raw = _decompressed_tar(body, max_bytes)
+    _check_tar_headers(raw, max_bytes)
     files, total = [], 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for i, member in enumerate(tar):
                 if i >= _MAX_MEMBERS:
                     raise ProtocolError(f"archive has more than {_MAX_MEMBERS} members")
@@ -98,22 +172,22 @@ def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
     if len(tops) == 1 and all(len(p) > 1 for p, _ in paths):
         paths = [(p[1:], data) for p, data in paths]
     found: dict[str, bytes] = {}
+    folders = set()  # the version folders model.onnx and rootml.json come from
     for parts, data in paths:
-        if (
-            parts
-            and parts[-1] == "model.onnx"
-            and (len(parts) == 1 or (len(parts) == 2 and parts[0].isdigit()))
-        ):
-            key = "model.onnx"
-        elif len(parts) == 1 and parts[0] in _KNOWN:
-            key = parts[0]
+        in_version = len(parts) == 2 and parts[0].isdigit() and parts[1] != "config.pbtxt"
+        if (len(parts) == 1 and parts[0] in _KNOWN) or (in_version and parts[1] in _KNOWN):
+            key = parts[-1]
+            folders |= {parts[0]} if in_version else set()
         else:
             raise ProtocolError(
-                f"unexpected file {'/'.join(parts)!r} in archive; allowed: {', '.join(_KNOWN)}"
+                f"unexpected file {'/'.join(parts)!r} in archive; allowed: model.onnx and "
+                "rootml.json (at the top or in one version folder), config.pbtxt"
             )
         if key in found:
             raise ProtocolError(f"archive holds more than one {key}; upload one version at a time")
         found[key] = data
+    if len(folders) > 1:
+        raise ProtocolError(f"archive holds files of versions {sorted(folders)}; upload one")
     if "model.onnx" not in found:
         raise ProtocolError("archive holds no model.onnx")
     metadata = config = None
@@ -130,6 +204,31 @@ def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
         except (ModelError, UnicodeDecodeError) as err:
             raise ProtocolError(f"config.pbtxt: {err}") from None
     return ModelFiles(found["model.onnx"], metadata, config)
+
+
+def check_model_files(name: str, files: ModelFiles) -> None:
+    """Check an uploaded model whole, before anything of it is written: the ONNX file
+    (`validate_onnx`, then opened by onnxruntime), its rootml.json (`check_metadata`, and Specs
+    whose layout makes the graph's inputs) and its config.pbtxt (`validate_config`). The
+    model's signature is checked when it is added (`add_onnx_model`). Raises ModelError."""
+    import onnxruntime as ort
+
+    from rootml.export.model_config import validate_config
+    from rootml.export.repository import check_metadata, graph_io, validate_onnx
+    from rootml.serve.physics import Preprocessing, RawColumns
+
+    inputs, outputs = graph_io(validate_onnx(files.onnx))
+    check_metadata(files.metadata, "the uploaded rootml.json")
+    if files.metadata and files.metadata.get("specs"):
+        raw = RawColumns(Preprocessing.from_metadata(files.metadata, name), inputs, outputs)
+        if raw.error is not None:
+            raise ModelError(f"the uploaded rootml.json does not fit the model: {raw.error}")
+    if files.config is not None:
+        validate_config(files.config)
+    try:
+        ort.InferenceSession(files.onnx, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ModelError(f"onnxruntime cannot load the uploaded model: {err}") from err
 
 
 def read_upload(body: bytes, max_bytes: int) -> ModelFiles:
