@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,17 @@ DATA = Path(__file__).parent / "data"
 HZZ = DATA / "uproot-HZZ.root"
 ZMUMU = DATA / "uproot-Zmumu.root"
 RNTUPLE = DATA / "Run2012BC_DoubleMuParked_Muons_1000evts_rntuple_v1-0-0-0.root"
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and folder under `root` -> sha256 of its bytes ("dir" for folders): equal
+    digests mean a byte-identical tree."""
+    return {
+        str(p.relative_to(root)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ a model-level rootml.json still load."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import stat
@@ -26,20 +25,10 @@ from rootml.export import (
     make_config,
     validate_onnx,
 )
-from tests.conftest import HZZ
+from tests.conftest import HZZ, tree_digest
 from tests.export._runs import BRANCHES, FLAT_MODEL, MASKED_MODEL, make_run
 from tests.serve._physics_model import onnx_bytes
 from tests.serve.conftest import mlp_onnx_bytes
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file and folder under `root` -> sha256 of its bytes ("dir" for folders)."""
-    return {
-        str(p.relative_to(root)): "dir"
-        if p.is_dir()
-        else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-    }
 
 
 @pytest.fixture(scope="module")

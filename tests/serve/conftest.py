@@ -22,6 +22,7 @@ from rootml.export.repository import add_onnx_model
 
 N_FEATURES = 6
 TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class TinyMLP(torch.nn.Module):
@@ -92,6 +93,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
+    """POST `body` to the upload route of model `name` (with the token by default)."""
+    return httpx.post(
+        f"{server.url}/v2/repository/models/{name}/upload",
+        content=body,
+        headers=headers,
+        timeout=30,
+    )
 
 
 class Server:

@@ -181,6 +181,12 @@ BAD_JSON = {
     "unknown datatype": (_json_doc(datatype="FLOAT"), "unknown datatype"),
     "no inputs": ({"inputs": []}, "inputs"),
     "unknown output": ({**_json_doc(), "outputs": [{"name": "prob"}]}, "unknown output"),
+    # The id is echoed: anything but a string would come back as a Python repr.
+    "id not a string": ({**_json_doc(), "id": {"run": 7}}, "'id' must be a string"),
+    "data and binary_data_size": (
+        _json_doc(parameters={"binary_data_size": 48}),
+        "both 'data' and parameters.binary_data_size",
+    ),
 }
 
 

@@ -124,6 +124,29 @@ def test_malformed_binary_requests(size, shape, extra, words):
         parse_infer_request(body, header)
 
 
+def test_data_and_binary_data_size_together_are_refused():
+    body, length = _binary(16)
+    doc = orjson.loads(body[:length])
+    doc["inputs"][0]["data"] = [9, 9, 9, 9]
+    header = orjson.dumps(doc)
+    with pytest.raises(ProtocolError, match="both 'data' and parameters.binary_data_size"):
+        parse_infer_request(header + body[length:], len(header))
+    doc["inputs"][0]["parameters"]["binary_data_size"] = 0  # even an empty binary part
+    with pytest.raises(ProtocolError, match="both"):
+        parse_infer_request(orjson.dumps(doc))
+
+
+@pytest.mark.parametrize("request_id", [{"a": 1}, [1, 2], 7, 1.5, True])
+def test_an_id_that_is_not_a_string_is_refused(request_id):
+    doc = orjson.loads(_doc([1, 2, 3, 4]))
+    doc["id"] = request_id
+    with pytest.raises(ProtocolError, match="'id' must be a string") as err:
+        parse_infer_request(orjson.dumps(doc))
+    assert err.value.status == 400
+    doc["id"] = "run-7"
+    assert parse_infer_request(orjson.dumps(doc)).id == "run-7"
+
+
 def test_bytes_elements_must_fit():
     header = orjson.dumps(
         {

@@ -14,18 +14,15 @@ import pytest
 
 from rootml.client import Client
 from rootml.errors import ProtocolError
-from tests.serve.conftest import TOKEN, Server, external_data_onnx, make_inputs, tar_gz
-
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/v2/repository/models/{name}/upload",
-        content=body,
-        headers=headers,
-        timeout=30,
-    )
+from tests.serve.conftest import (
+    AUTH,
+    TOKEN,
+    Server,
+    external_data_onnx,
+    make_inputs,
+    tar_gz,
+    upload,
+)
 
 
 def test_model_control_needs_the_token(server, repo):

@@ -369,9 +369,10 @@ def add_onnx_model(
 
     metadata: the version's rootml.json (a JSON object); None takes the rootml.json next to a
     model.onnx path (a version folder of a repository), if any, else the version has none.
-    config: a config.pbtxt dict given with the model (an upload's): its max_batch_size and
-    KEPT_CONFIG_KEYS settings apply, to the whole model. Without one a new model's config.pbtxt
-    is made from the graph with `max_batch_size`, and an existing model's stays as it is.
+    config: a config.pbtxt dict given with the model (an upload's): the max_batch_size and
+    KEPT_CONFIG_KEYS settings it sets apply to the whole model, the others stay as the model's
+    config.pbtxt has them. Without one a new model's config.pbtxt is made from the graph with
+    `max_batch_size`, and an existing model's stays byte for byte as it is.
 
     Everything is checked before anything is written: the ONNX file (`validate_onnx`), the
     rootml.json (`check_metadata`), the config (`validate_config`), and the graph against the
@@ -423,8 +424,9 @@ def _config_change(
     ModelError when the given config or the graph does not fit."""
     folder = model_dir(repo, name)
     current = read_config(folder)
-    base = given if given is not None else current
-    new = validate_config(model_config(name, inputs, outputs, base, max_batch_size))
+    new = validate_config(
+        model_config(name, inputs, outputs, {**current, **(given or {})}, max_batch_size)
+    )
     if given:  # the inputs and outputs it declares, if any, read with the batch dim it gets
         declared = {**given, "max_batch_size": new["max_batch_size"]}
         check_signature(declared, inputs, outputs, f"the model {name!r} given with a config")

@@ -207,13 +207,13 @@ def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
 
 
 def check_model_files(name: str, files: ModelFiles) -> None:
-    """Check an uploaded model whole, before anything of it is written: the ONNX file
-    (`validate_onnx`, then opened by onnxruntime), its rootml.json (`check_metadata`, and Specs
-    whose layout makes the graph's inputs) and its config.pbtxt (`validate_config`). The
-    model's signature is checked when it is added (`add_onnx_model`). Raises ModelError."""
+    """Check an uploaded model, before anything of it is written: the ONNX file
+    (`validate_onnx`, then opened by onnxruntime) and its rootml.json (`check_metadata`, and
+    Specs whose layout makes the graph's inputs). Its config.pbtxt, merged into the model's,
+    and the model's signature are checked by `add_onnx_model`, also before writing. Raises
+    ModelError."""
     import onnxruntime as ort
 
-    from rootml.export.model_config import validate_config
     from rootml.export.repository import check_metadata, graph_io, validate_onnx
     from rootml.serve.physics import Preprocessing, RawColumns
 
@@ -223,8 +223,6 @@ def check_model_files(name: str, files: ModelFiles) -> None:
         raw = RawColumns(Preprocessing.from_metadata(files.metadata, name), inputs, outputs)
         if raw.error is not None:
             raise ModelError(f"the uploaded rootml.json does not fit the model: {raw.error}")
-    if files.config is not None:
-        validate_config(files.config)
     try:
         ort.InferenceSession(files.onnx, providers=["CPUExecutionProvider"])
     except Exception as err:
