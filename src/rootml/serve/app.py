@@ -481,7 +481,7 @@ def repository_notice(repo: str | os.PathLike, poll_secs: float = 0.0) -> str | 
     if not os.path.isdir(repo):
         raise ModelError(
             f"model repository {repo} does not exist: export a model into it first "
-            f"(rootml export RUN --name NAME --repo {repo}) or give --repo"
+            f"(rootml export RUN --name NAME --repo {repo}), or give --repo an existing one"
         )
     if any(list_versions(repo, name) for name in list_models(repo)):
         return None
