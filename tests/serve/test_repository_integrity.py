@@ -11,6 +11,8 @@ import threading
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from rootml.serve import models as models_mod
 from rootml.serve.models import ModelManager
@@ -168,3 +170,16 @@ def test_uploads_are_unpacked_and_checked_off_the_event_loop(tmp_path, monkeypat
 
     assert asyncio.run(scenario()) == 1
     assert (tmp_path / "m" / "1" / "model.onnx").read_bytes() == mlp_onnx_bytes(0)
+
+
+def test_a_triton_load_with_files_is_refused_not_ignored(served):
+    repo, srv, graph = served
+    before = tree_digest(repo)
+    client = triton.InferenceServerClient(srv.address)
+    try:
+        with pytest.raises(InferenceServerException, match="upload"):
+            client.load_model("phys", headers=AUTH, files={"file:1/model.onnx": graph})
+        client.load_model("phys", headers=AUTH)  # a plain reload is fine
+    finally:
+        client.close()
+    assert tree_digest(repo) == before

@@ -62,10 +62,11 @@ class ErrorBody(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "malformed request, or one that does not fit the model",
+    400: "malformed request, invalid model name, or a request that does not fit the model",
     401: "missing or wrong bearer token",
     403: "model control is off (no --token-file, or several workers)",
     404: "unknown model, version or path",
+    408: "the request body did not arrive within --body-timeout (plus 1 s per MiB)",
     413: "body over the size limit, on the wire or decompressed",
     500: "the model failed on a well-formed request",
     503: "model not ready, queue full or request deadline exceeded",
@@ -78,9 +79,9 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every route with a path parameter can 404: a value the router cannot match (an encoded '/').
-MODEL_ERRORS = errors(404, 503)
-INFER_ERRORS = errors(400, 404, 413, 500, 503)
-CONTROL_ERRORS = errors(400, 401, 403, 404, 413)
+MODEL_ERRORS = errors(400, 404, 503)
+INFER_ERRORS = errors(400, 404, 408, 413, 500, 503)
+CONTROL_ERRORS = errors(400, 401, 403, 404, 408, 413)
 
 _TENSOR = {
     "type": "object",

@@ -406,7 +406,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v2/repository/index",
         tags=["repository"],
         response_model=list[IndexEntry],
-        responses=errors(400, 413),
+        responses=errors(400, 408, 413),
         openapi_extra=INDEX_OPENAPI,
     )
     async def repository_index(request: Request):
@@ -420,7 +420,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     async def repository_load(request: Request, model_name: str) -> dict:
         authorize(request)
-        await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        doc = json_body(await read_body(request, settings.max_body_bytes, settings.body_timeout_s))
+        parameters = doc.get("parameters") if isinstance(doc, dict) else None
+        if isinstance(parameters, dict) and any(
+            key == "config" or key.startswith("file:") for key in parameters
+        ):
+            # Triton's load with a config or files override: ignoring them would load the
+            # repository's model instead of the one sent.
+            raise ProtocolError(
+                "load with a config or file: override is not supported; add the model with "
+                f"POST /v2/repository/models/{model_name}/upload"
+            )
         await manager.load(model_name)
         return {}
 
