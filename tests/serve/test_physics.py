@@ -14,9 +14,14 @@ from tritonclient.utils import np_to_triton_dtype
 
 from rootml.client import Client
 from rootml.errors import ModelError, ProtocolError
-from rootml.export.repository import add_onnx_model
+from rootml.export.repository import TensorSpec, add_onnx_model
 from rootml.serve.codec import encode_infer_request, parse_infer_request
-from rootml.serve.physics import Preprocessing, columns_to_inputs
+from rootml.serve.physics import (
+    MAX_PADDED_VALUES,
+    Preprocessing,
+    RawColumns,
+    columns_to_inputs,
+)
 from tests.serve._physics_model import (
     HZZ,
     HZZ_BRANCHES,
@@ -300,3 +305,31 @@ def test_preprocessing_needs_specs(specs):
     )
     assert prep.normalize is None and prep.layout == "flat"
     assert list(prep.branches()) == list(specs.branches)
+
+
+def test_padded_size_of_a_request_is_bounded(specs):
+    # A model taking any number of features (dim -1) with long Jet padding: a small request of
+    # many entries would be padded to 700 x ~60k values; 413 instead of allocating them.
+    data = specs.to_dict()
+    data["pad"] = {**data["pad"], "Jet_Px": 60_000}
+    prep = Preprocessing.from_metadata({"specs": data, "normalization": {}}, "long")
+    shape = (-1, -1)
+    raw = RawColumns(
+        prep,
+        [TensorSpec("features", "FP32", shape), TensorSpec("mask", "BOOL", shape)],
+        [TensorSpec("score", "FP32", (-1, 1))],
+    )
+    assert raw.error is None and raw.row_values > 2 * 60_000
+    rows = MAX_PADDED_VALUES // raw.row_values + 1
+    empty = {
+        name: np.zeros(rows, np.float32) if kind != "jagged" else np.zeros(0, np.float32)
+        for name, kind in raw.kinds.items()
+    }
+    empty.update({f"{n}.counts": np.zeros(rows, np.int64) for n in raw.jagged})
+    body, length = encode_infer_request(empty)
+    with pytest.raises(ProtocolError, match="send fewer entries") as err:
+        raw.feeds(parse_infer_request(body, length, raw.jagged))
+    assert err.value.status == 413
+    body, length = encode_infer_request({k: v[:2] for k, v in empty.items()})  # 2 entries
+    feeds = raw.feeds(parse_infer_request(body, length, raw.jagged))
+    assert feeds["features"].shape == (2, raw.row_values // 2)
