@@ -7,7 +7,7 @@
                                     normalisation (folded or not), labels, training record
 ```
 Each version is scored with its own rootml.json. A model-level ``<name>/rootml.json``, written by
-rootml before 0.2, still serves as the metadata of versions without their own (with a deprecation
+rootml before versions had their own, still serves as the metadata of versions without their own (with a deprecation
 note); adding a version to such a model first moves it into those versions.
 
 Every change is checked whole (ONNX, rootml.json, config.pbtxt, the new graph against the model's
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -33,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-from rootml.errors import ModelError, RootmlError
+from rootml.errors import ModelError
+from rootml.export.metadata import METADATA_FILE as METADATA_FILE
+from rootml.export.metadata import check_metadata as check_metadata
+from rootml.export.metadata import read_metadata as read_metadata
+from rootml.export.metadata import version_metadata as version_metadata
 from rootml.export.model_config import CONFIG_FILE as CONFIG_FILE
 from rootml.export.model_config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
 from rootml.export.model_config import TRITON_TYPES as TRITON_TYPES
@@ -47,41 +48,20 @@ from rootml.export.model_config import (
     read_config,
     validate_config,
 )
+from rootml.export.onnx_file import graph_io as graph_io
+from rootml.export.onnx_file import inside
+from rootml.export.onnx_file import validate_onnx as validate_onnx
 from rootml.export.pbtxt import format_config
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-METADATA_FILE = "rootml.json"
 MAX_NAME_LENGTH = 128
-# Bounds on what a rootml.json may ask the server to build per entry: a pad length (items kept
-# of a jagged branch) or fixed-array width, and values per entry over all inputs. Real models use
-# tens to a few thousand; a request padded to 1e9 columns would exhaust memory.
-MAX_PAD_LENGTH = 1 << 16
-MAX_ROW_VALUES = 1 << 20
 # Temporary files and folders of a change in progress; no model or version name starts so.
 _STAGING = "~tmp-"
 
 _NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 _VERSION = re.compile(r"[0-9]+")
-_LEGACY_NOTED: set[Path] = set()
-
-# ONNX element type -> V2 datatype.
-_ONNX_TYPES = {
-    onnx.TensorProto.BOOL: "BOOL",
-    onnx.TensorProto.UINT8: "UINT8",
-    onnx.TensorProto.UINT16: "UINT16",
-    onnx.TensorProto.UINT32: "UINT32",
-    onnx.TensorProto.UINT64: "UINT64",
-    onnx.TensorProto.INT8: "INT8",
-    onnx.TensorProto.INT16: "INT16",
-    onnx.TensorProto.INT32: "INT32",
-    onnx.TensorProto.INT64: "INT64",
-    onnx.TensorProto.FLOAT16: "FP16",
-    onnx.TensorProto.FLOAT: "FP32",
-    onnx.TensorProto.DOUBLE: "FP64",
-    onnx.TensorProto.STRING: "BYTES",
-}
 
 
 @dataclass
@@ -124,18 +104,11 @@ def check_model_name(name: Any) -> str:
     return name
 
 
-def _inside(path: Path, root: Path) -> Path:
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ModelError(f"{path} resolves to {resolved}, outside {root}")
-    return resolved
-
-
 def model_dir(repo: str | os.PathLike, name: str) -> Path:
     """The folder of model `name` in `repo`; ModelError if the name is unsafe or escapes `repo`."""
     repo = Path(repo)
     path = repo / check_model_name(name)
-    _inside(path, repo)
+    inside(path, repo)
     return path
 
 
@@ -173,186 +146,6 @@ def next_version(repo: str | os.PathLike, name: str) -> int:
 
 def _next_number(folder: Path) -> int:
     return max([int(e.name) for e in folder.iterdir() if _VERSION.fullmatch(e.name)], default=0) + 1
-
-
-def _tensors(graph: onnx.GraphProto):
-    """Every TensorProto stored in `graph` and its subgraphs (initializers and attributes)."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            for sparse in [attr.sparse_tensor, *attr.sparse_tensors]:
-                yield sparse.values
-                yield sparse.indices
-            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
-                yield from _tensors(sub)
-
-
-def validate_onnx(
-    model: str | os.PathLike | bytes, model_folder: str | os.PathLike | None = None
-) -> onnx.ModelProto:
-    """Load and check a single-file ONNX model; return the ModelProto.
-
-    `model` is a path or the file's bytes. A path must resolve inside `model_folder` when one is
-    given. Raises ModelError for unreadable protobuf, a model onnx.checker refuses, or any tensor
-    stored as external data (``data_location: EXTERNAL``): external files are paths chosen by
-    whoever wrote the model (CVE-2022-25882, CVE-2024-27318).
-    """
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        data, label = bytes(model), "uploaded model"
-    else:
-        path = Path(model)
-        if model_folder is not None:
-            _inside(path, Path(model_folder))
-        try:
-            data, label = path.read_bytes(), str(path)
-        except OSError as err:
-            raise ModelError(f"cannot read ONNX model {path}: {err}") from err
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception as err:  # protobuf raises DecodeError and friends
-        raise ModelError(f"{label} is not an ONNX model: {err}") from err
-    if not proto.HasField("graph"):
-        raise ModelError(f"{label} is not an ONNX model: no graph")
-    graphs = [proto.graph]
-    for function in proto.functions:
-        graphs.append(onnx.helper.make_graph(function.node, function.name, [], []))
-    for graph in graphs:
-        for tensor in _tensors(graph):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-                where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
-                raise ModelError(
-                    f"{label}: tensor {tensor.name!r} references external data ({where!r}); "
-                    "only single-file ONNX models are accepted"
-                )
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as err:
-        raise ModelError(f"{label} fails onnx.checker: {err}") from err
-    return proto
-
-
-def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
-    kind = value.type.WhichOneof("value")
-    if kind != "tensor_type":
-        raise ModelError(
-            f"graph value {value.name!r} is a {kind}, not a tensor (for skl2onnx "
-            "classifiers convert with options={'zipmap': False})"
-        )
-    tensor = value.type.tensor_type
-    if tensor.elem_type not in _ONNX_TYPES:
-        raise ModelError(
-            f"graph value {value.name!r}: element type {tensor.elem_type} not supported"
-        )
-    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-    return TensorSpec(value.name, _ONNX_TYPES[tensor.elem_type], shape)
-
-
-def graph_io(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs (initializers excluded) and outputs of an ONNX graph."""
-    stored = {t.name for t in proto.graph.initializer}
-    inputs = [_value_spec(v) for v in proto.graph.input if v.name not in stored]
-    return inputs, [_value_spec(v) for v in proto.graph.output]
-
-
-# Metadata (rootml.json) ---------------------------------------------------------------------------
-def read_metadata(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The rootml.json in `folder` (a version folder), or None when it has none. ModelError if
-    unreadable or not a JSON object."""
-    path = Path(folder) / METADATA_FILE
-    if not path.is_file():
-        return None
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{path}: not valid JSON: {err}") from err
-    if not isinstance(metadata, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return metadata
-
-
-def version_metadata(folder: str | os.PathLike, version: int) -> dict[str, Any] | None:
-    """The rootml.json of `version` of the model in `folder`: the version's own, else a
-    model-level one (repositories written before per-version metadata; noted once in the log as
-    deprecated), else None."""
-    folder = Path(folder)
-    own = read_metadata(folder / str(version))
-    if own is not None:
-        return own
-    legacy = read_metadata(folder)
-    if legacy is not None and folder not in _LEGACY_NOTED:
-        _LEGACY_NOTED.add(folder)
-        log.warning(
-            "%s: a model-level %s is deprecated (each version has its own now); it is taken as "
-            "the metadata of the versions without one, and moved into them when a version is "
-            "added",
-            folder / METADATA_FILE,
-            METADATA_FILE,
-        )
-    return legacy
-
-
-def check_metadata(metadata: Any, what: str = METADATA_FILE) -> None:
-    """Check a rootml.json (None: none) as the server uses it; ModelError naming the key.
-
-    The format, layout, normalisation and pad value; its Specs must load and ask for at most
-    MAX_PAD_LENGTH values per branch and entry (pad lengths, array widths), MAX_ROW_VALUES in all.
-    """
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict):
-        raise ModelError(f"{what}: expected a JSON object")
-    if metadata.get("format", 1) != 1:
-        raise ModelError(f"{what}: unknown format {metadata.get('format')!r} (rootml reads 1)")
-    if metadata.get("layout") not in (None, "flat", "collection"):
-        raise ModelError(f"{what}: layout {metadata['layout']!r} is not 'flat' or 'collection'")
-    normalization = metadata.get("normalization") or {}
-    if not isinstance(normalization, dict) or normalization.get("method") not in (
-        None,
-        "standard",
-        "minmax",
-    ):
-        raise ModelError(
-            f"{what}: normalization must be {{'method': 'standard'|'minmax'|null, 'folded': "
-            f"bool}}, not {normalization!r}"
-        )
-    pad_value = metadata.get("pad_value", 0.0)
-    if pad_value is not None and (
-        not isinstance(pad_value, (int, float)) or not math.isfinite(pad_value)
-    ):
-        raise ModelError(f"{what}: pad_value {pad_value!r} is not a finite number")
-    if metadata.get("specs") is not None:
-        _check_specs(metadata["specs"], what)
-
-
-def _check_specs(data: Any, what: str) -> None:
-    from rootml.transforms import Specs
-
-    try:
-        specs = Specs.from_dict(data)
-    except (RootmlError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ModelError(f"{what}: cannot read its specs: {err!r}") from None
-    total = 0
-    for name, spec in specs.branches.items():
-        if spec.kind not in ("flat", "fixed", "jagged"):
-            raise ModelError(f"{what}: branch {name!r} has unknown kind {spec.kind!r}")
-        size = specs.pad.get(name) if spec.kind == "jagged" else spec.width
-        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_PAD_LENGTH:
-            word = "pad length" if spec.kind == "jagged" else "width"
-            raise ModelError(
-                f"{what}: branch {name!r} has {word} {size!r}; rootml takes 1 to "
-                f"{MAX_PAD_LENGTH} values per branch and entry"
-            )
-        total += size
-    if total > MAX_ROW_VALUES:
-        raise ModelError(
-            f"{what}: its specs make {total} values per entry, more than {MAX_ROW_VALUES}"
-        )
 
 
 # Adding a version ---------------------------------------------------------------------------------
@@ -582,7 +375,7 @@ def load_model(
     if cached is not None:
         inputs, outputs, data = cached.inputs, cached.outputs, None
     else:
-        data = _inside(path, folder).read_bytes()
+        data = inside(path, folder).read_bytes()
         inputs, outputs = graph_io(validate_onnx(data))
     if config:
         validate_config(config)

@@ -38,7 +38,7 @@ import awkward as ak
 import numpy as np
 
 from rootml.errors import ModelError, ProtocolError, RootmlError
-from rootml.export.repository import check_metadata
+from rootml.export.metadata import check_metadata
 from rootml.serve.codec import DTYPES, InferInput, InferRequest, check_inputs, parse_infer_request
 from rootml.transforms import (
     CollectionLayout,

@@ -214,7 +214,8 @@ def check_model_files(name: str, files: ModelFiles) -> None:
     ModelError."""
     import onnxruntime as ort
 
-    from rootml.export.repository import check_metadata, graph_io, validate_onnx
+    from rootml.export.metadata import check_metadata
+    from rootml.export.onnx_file import graph_io, validate_onnx
     from rootml.serve.physics import Preprocessing, RawColumns
 
     inputs, outputs = graph_io(validate_onnx(files.onnx))
