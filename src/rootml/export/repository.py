@@ -6,9 +6,9 @@
 <repo>/<name>/<N>/rootml.json       rootml's metadata of that version (optional): Specs, layout,
                                     normalisation (folded or not), labels, training record
 ```
-Each version is scored with its own rootml.json. A model-level ``<name>/rootml.json``, written by
-rootml before versions had their own, still serves as the metadata of versions without their own (with a deprecation
-note); adding a version to such a model first moves it into those versions.
+Each version is scored with its own rootml.json. A model-level ``<name>/rootml.json`` (written by
+rootml before versions had their own) still serves as the metadata of versions without one, with
+a deprecation note; adding a version to such a model first moves it into those versions.
 
 Every change is checked whole (ONNX, rootml.json, config.pbtxt, the new graph against the model's
 signature) before anything is written, then written to a temporary folder and renamed into place:
