@@ -173,7 +173,7 @@ def test_a_model_level_rootml_json_still_loads_and_moves_into_versions(tmp_path,
     repo = tmp_path / "models"
     model = mlp_onnx_bytes(0)
     legacy_repository(repo, model, {"labels": ["old"]})
-    with caplog.at_level(logging.WARNING, logger="rootml.export.repository"):
+    with caplog.at_level(logging.WARNING, logger="rootml.export.metadata"):
         assert load_model(repo, "m", 1).metadata["labels"] == ["old"]
         assert load_model(repo, "m", 2).metadata["labels"] == ["old"]
     assert "deprecated" in caplog.text and str(repo / "m" / "rootml.json") in caplog.text
