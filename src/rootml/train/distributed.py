@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -59,3 +60,35 @@ def gather_arrays(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, arrays)
     return gathered
+
+
+def sync_after_join(optimizer: torch.optim.Optimizer, scaler: Any, steps: int) -> None:
+    """After a training pass under DDP's Join, give every rank the optimiser and AMP scaler state
+    of the rank that took the most steps (collective: every rank must call it, with its own
+    number of steps this epoch).
+
+    A rank that runs out of batches shadows the others' gradient all-reduces without stepping its
+    optimiser, and DDP then copies the parameters of the last rank to join (the highest rank
+    among those with the most steps) to all ranks, but not the optimiser state: Adam's moments
+    and step count would otherwise differ between ranks, so would the next epoch's updates, and
+    rank 0's checkpoint would not be the state the other ranks continue from. The state travels
+    through torch.save to CPU, so ranks on nodes with other GPU numbering can read it."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    counts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, steps)
+    most = max(counts)
+    if min(counts) == most:  # an even epoch: every rank took every step
+        return
+    source = max(rank for rank, count in enumerate(counts) if count == most)
+    payload: list[Any] = [None]
+    if dist.get_rank() == source:
+        buffer = io.BytesIO()
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, buffer)
+        payload = [buffer.getvalue()]
+    dist.broadcast_object_list(payload, src=source)
+    if dist.get_rank() != source:
+        state = torch.load(io.BytesIO(payload[0]), map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])

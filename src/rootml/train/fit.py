@@ -26,7 +26,12 @@ from rootml.train.checkpoint import (
     save_checkpoint,
     write_history,
 )
-from rootml.train.distributed import gather_arrays, init_distributed, resolve_device
+from rootml.train.distributed import (
+    gather_arrays,
+    init_distributed,
+    resolve_device,
+    sync_after_join,
+)
 from rootml.train.metrics import EpochMetrics
 from rootml.train.plots import plot_history, plot_roc
 from rootml.transforms import FlatLayout
@@ -243,6 +248,8 @@ class _Loop:
                     state = {"step": step, "loader_state": loader.state_dict(), "seen": seen}
                     save_partial({**state, "metrics": metrics.state_dict()})
         bar.close()
+        if training and module is not self.model:
+            sync_after_join(self.optimizer, self.scaler, step)
         metrics = metrics or EpochMetrics(2, self.device)
         metrics.all_reduce()
         pairs = np.concatenate(seen, axis=1) if seen else np.zeros((2, 0), dtype=np.int64)
