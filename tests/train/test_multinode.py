@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.train import _audited
 from tests.train.test_run import EXPECTED_TRAIN, PARAMS, trained_entries
 
 pytestmark = pytest.mark.slow
@@ -131,6 +132,10 @@ class TwoNodes:
         for agent in self.agents:
             if agent.poll() is None:
                 self.kill(agent)
+        for process in self.processes():  # workers whose agent died before them
+            with contextlib.suppress(OSError):
+                if str(self.audit) in Path(f"/proc/{process['pid']}/cmdline").read_text():
+                    os.kill(process["pid"], signal.SIGKILL)
 
     def logs(self) -> str:
         return "\n".join(
@@ -140,15 +145,7 @@ class TwoNodes:
 
     def processes(self) -> list[dict]:
         """Per worker process: its torchrun environment and what it changed under the run."""
-        found = []
-        for log in sorted(self.audit.glob("*.log")):
-            header, *lines = log.read_text().splitlines()
-            changes = [line.split("\t") for line in lines]
-            inside = [
-                (event, path) for event, path in changes if Path(path).is_relative_to(self.run)
-            ]
-            found.append({**json.loads(header), "changes": inside})
-        return found
+        return _audited.read(self.audit, self.run)
 
 
 def _free_port() -> int:
@@ -208,16 +205,15 @@ def assert_each_entry_once_per_epoch(run: Path) -> None:
     assert uneven  # 700-entry units over 4 ranks: ranks run out of batches at different steps
 
 
-def assert_only_rank_0_writes(nodes: TwoNodes) -> None:
-    processes = nodes.processes()
-    writers = {p["RANK"] for p in processes if p["changes"]}
-    assert writers == {"0"}, [(p["RANK"], p["changes"][:3]) for p in processes if p["changes"]]
-    written = {
-        Path(path).relative_to(nodes.run).as_posix() for p in processes for _, path in p["changes"]
-    }
-    present = {p.relative_to(nodes.run).as_posix() for p in nodes.run.rglob("*") if p.is_file()}
+def assert_only_rank_0_writes(processes: list[dict], run: Path) -> None:
+    """Every change inside the run folder came from global rank 0, and the folder holds exactly
+    the files rank 0 writes, each written by it."""
+    writers = {rank for p in processes for _, _, rank in p["changes"]}
+    assert writers == {"0"}, [(p["pid"], p["changes"][:3]) for p in processes if p["changes"]]
+    written = {path for p in processes for _, path, _ in p["changes"]}
+    present = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
     assert present == RUN_FILES
-    assert present <= written  # every file in the folder was written by rank 0 itself
+    assert present <= written
 
 
 def test_two_nodes_train_every_entry_once_and_only_rank_0_writes(uninterrupted):
@@ -233,7 +229,7 @@ def test_two_nodes_train_every_entry_once_and_only_rank_0_writes(uninterrupted):
     assert {p["GROUP_RANK"] for p in processes} == {"0", "1"}
 
     assert_each_entry_once_per_epoch(nodes.run)
-    assert_only_rank_0_writes(nodes)
+    assert_only_rank_0_writes(processes, nodes.run)
     history = json.loads((nodes.run / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 1))
     assert all(row["train_events"] == 4500 and row["val_events"] == 1500 for row in history)
@@ -272,7 +268,7 @@ def test_a_node_killed_mid_epoch_rejoins_and_the_run_resumes(uninterrupted, tth_
     assert len(processes) == 8 and len({p["ppid"] for p in processes}) == 3
 
     assert_each_entry_once_per_epoch(nodes.run)
-    assert_only_rank_0_writes(nodes)
+    assert_only_rank_0_writes(processes, nodes.run)
     # Epoch 2 was re-run from its start from epoch 1's checkpoint on every rank: what the ranks
     # had trained of it before the kill is gone with their processes, so the result is the
     # uninterrupted run's (epoch 1 bit for bit; after the restart, up to the float rounding of

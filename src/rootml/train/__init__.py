@@ -1,7 +1,8 @@
 """Training: the loop, metrics, plots, checkpoints; `rootml train` is a thin layer over it.
 
 fit(model, train, val, out_dir=..., epochs=..., lr=..., device=...) trains on RootIterableDatasets;
-run_from_params(files, labels, model_file, params, out_dir) is the MLaaS4HEP-style whole run.
+run_from_params(files, labels, model_file, params, out_dir) is the MLaaS4HEP-style whole run;
+train_with_ray(...) runs it in Ray Train's TorchTrainer (needs the `ray` extra).
 Names are imported on first use: rootml.train.params (the params.json table) needs no torch.
 """
 
@@ -19,5 +20,6 @@ __all__ = lazy_exports(
         "roc_from_histograms": "rootml.train.metrics",
         "run_from_params": "rootml.train.run",
         "split_ranges": "rootml.train.run",
+        "train_with_ray": "rootml.train.ray_train",
     },
 )
