@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
 from tests.train import _audited
 from tests.train.test_run import EXPECTED_TRAIN, PARAMS, trained_entries
 
@@ -91,7 +92,7 @@ class TwoNodes:
         self.train += ["--model", model, "--params", params, "--out", self.run, "--resume"]
         # One thread per process (4 workers share 2 cores); gloo on the loopback interface only.
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **env}
-        self.port = _free_port()
+        self.port = free_port()
         self.agents: list[subprocess.Popen] = []
 
     def launch(self, node: int, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -146,12 +147,6 @@ class TwoNodes:
     def processes(self) -> list[dict]:
         """Per worker process: its torchrun environment and what it changed under the run."""
         return _audited.read(self.audit, self.run)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_port(port: int, agent: subprocess.Popen, timeout: float = 120) -> None:

@@ -78,7 +78,8 @@ def fit(
     reads its own shard of the work units, so ranks may get different numbers of batches (units
     differ in size, a cut keeps different numbers of entries). The training pass runs inside
     DDP's Join context: a rank that runs out of batches shadows the gradient all-reduces of the
-    others until they finish too, so no rank hangs and no entry is dropped to even the counts.
+    others until they finish too, so no rank hangs and no entry is dropped to even the counts;
+    then every rank takes the parameters and optimiser state of the last rank to finish.
     Validation runs on the unwrapped module (no collectives). The metric sums and score
     histograms are then all-reduced, so every rank holds the metrics of all entries; only rank 0
     writes files.
