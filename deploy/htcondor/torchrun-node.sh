@@ -38,4 +38,4 @@ exec python3 -m torch.distributed.run \
   --max-restarts=3 \
   -m rootml train \
   --files files.txt --labels labels.txt --model model.py --params params.json \
-  --out "$RUN" --resume
+  --out "$RUN" --auto-resume

@@ -480,6 +480,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="continue the run in --out up to --epochs (nothing to do when it has them)",
     )
     run.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="--resume when --out holds a run, else start it: for jobs that restart themselves "
+        "with the same command (torchrun --max-restarts, Slurm --requeue)",
+    )
+    run.add_argument(
         "--overwrite",
         action="store_true",
         help="delete the run in --out (checkpoints, history, plots, Specs) and start again",
@@ -531,7 +537,8 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError("--labels takes labels.txt or one integer per file, not class names")
     overrides = {name: getattr(args, name) for name in args.params_flags}
     summary = run_from_params(files, labels, args.model, args.params, args.out,
-                              resume=args.resume, overwrite=args.overwrite, **overrides)  # fmt: skip
+                              resume="auto" if args.auto_resume else args.resume,
+                              overwrite=args.overwrite, **overrides)  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
     epochs, new = summary["epochs"], summary["new_epochs"]

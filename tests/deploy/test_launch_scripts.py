@@ -65,7 +65,7 @@ def check_torchrun(arguments: list[str], options: set[str]):
     command, *train = parsed.training_script_args
     assert command == "train"
     assert {a for a in train if a.startswith("--")} <= options
-    assert "--resume" in train and os.path.isabs(train[train.index("--out") + 1])
+    assert "--auto-resume" in train and os.path.isabs(train[train.index("--out") + 1])
     assert parsed.rdzv_backend == "c10d" and parsed.max_restarts > 0
     return parsed
 

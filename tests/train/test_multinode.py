@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rootml.errors import ConfigError
+from rootml.train.folder import check_run_folder
 from tests.conftest import free_port
 from tests.train import _audited
 from tests.train.test_run import EXPECTED_TRAIN, PARAMS, trained_entries
@@ -89,7 +91,7 @@ class TwoNodes:
         params.write_text(json.dumps({**PARAMS, "epochs": EPOCHS}))
         model.write_text(MODEL)
         self.train = ["--files", tth_data / "files.txt", "--labels", tth_data / "labels.txt"]
-        self.train += ["--model", model, "--params", params, "--out", self.run, "--resume"]
+        self.train += ["--model", model, "--params", params, "--out", self.run, "--auto-resume"]
         # One thread per process (4 workers share 2 cores); gloo on the loopback interface only.
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **env}
         self.port = free_port()
@@ -234,7 +236,7 @@ def test_two_nodes_train_every_entry_once_and_only_rank_0_writes(uninterrupted):
 
 def test_a_node_killed_mid_epoch_rejoins_and_the_run_resumes(uninterrupted, tth_data, tmp_path):
     # --max-restarts: the surviving agent restarts its workers and waits in a new rendezvous
-    # round for the relaunched node; every worker runs with --resume, so the restarted job
+    # round for the relaunched node; every worker runs with --auto-resume, so the restarted job
     # continues from the run folder's last checkpoint. The relaunched agent joins a round that
     # node 0's agent started: torch shares node 0's agent store with the workers by default,
     # and a freshly started agent then waits forever for that store's address (torch 2.13), so
@@ -274,3 +276,11 @@ def test_a_node_killed_mid_epoch_rejoins_and_the_run_resumes(uninterrupted, tth_
     for key in ("train_loss", "train_auc", "val_loss", "val_auc", "val_accuracy"):
         assert resumed[0][key] == reference[0][key]
         assert resumed[-1][key] == pytest.approx(reference[-1][key], abs=1e-6), key
+
+
+def test_auto_resume_starts_an_empty_folder_and_continues_a_run(uninterrupted, tmp_path):
+    # What lets the same command serve a job's first start and its restarts.
+    assert check_run_folder(tmp_path / "new", "auto", False, EPOCHS) is None
+    assert check_run_folder(uninterrupted.run, "auto", False, EPOCHS + 1) == EPOCHS
+    with pytest.raises(ConfigError, match="holds no run"):
+        check_run_folder(tmp_path / "new", True, False, EPOCHS)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import ray
 
+from rootml.errors import ConfigError
 from rootml.train.ray_train import train_with_ray
 from tests.train import _audited
 from tests.train.test_multinode import assert_only_rank_0_writes
@@ -74,3 +75,11 @@ def test_ray_train_matches_torchrun_and_sees_every_entry_once(cluster, tth_data,
         for key, value in theirs.items():
             if key not in ("seconds", "events_per_s"):
                 assert ours[key] == value, key
+
+
+def test_max_failures_needs_auto_resume(tmp_path):
+    # Ray restarts failed workers with the same arguments: resume=False would find the run
+    # folder taken on the retry, resume=True would find no run on the first try.
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match="resume='auto'"):
+            train_with_ray("f.root", None, "model.py", {}, tmp_path, max_failures=1, resume=resume)

@@ -17,13 +17,17 @@ _RUN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "specs.json", "params.json",
 _RUN_FOLDERS = ("checkpoints", "plots", "debug")
 
 
-def check_run_folder(out: Path, resume: bool, overwrite: bool, epochs: int) -> int | None:
-    """Epochs completed by the run in `out` when resuming it, else None. Raises ConfigError for
-    a folder holding a run (without resume or overwrite), resume without a run, a run with more
+def check_run_folder(out: Path, resume: bool | str, overwrite: bool, epochs: int) -> int | None:
+    """Epochs completed by the run in `out` when resuming it, else None. resume="auto": resume
+    when `out` holds a run, else start one (jobs that restart themselves with the same command:
+    torchrun --max-restarts, Slurm --requeue, Ray's max_failures). Raises ConfigError for a
+    folder holding a run (without resume or overwrite), resume without a run, a run with more
     epochs than `epochs`, and resume with overwrite."""
     if resume and overwrite:
         raise ConfigError("give --resume (continue the run) or --overwrite (start again), not both")
     held = [n for n in ("checkpoint.pt", "checkpoints", "specs.json") if (out / n).exists()]
+    if resume == "auto":
+        resume = (out / "checkpoint.pt").is_file() and (out / "specs.json").is_file()
     if not resume:
         if held and not overwrite:
             raise ConfigError(

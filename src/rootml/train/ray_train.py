@@ -10,14 +10,12 @@ torchrun run of the same world size and seed. Ray is imported only when this is 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from rootml.errors import ConfigError
 from rootml.train.run import run_from_params
-
-log = logging.getLogger(__name__)
 
 
 def train_with_ray(
@@ -30,7 +28,7 @@ def train_with_ray(
     num_workers: int = 2,
     use_gpu: bool = False,
     resources_per_worker: dict[str, float] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     max_failures: int = 0,
     storage_path: str | None = None,
     **overrides: Any,
@@ -43,20 +41,24 @@ def train_with_ray(
     file and the input files: a shared file system, or URLs (root://, https://). Relative paths
     are taken from this process's working directory, which the workers change to when it exists
     on their node; this process reads the summary from out_dir. Ray keeps its own records in `storage_path` (default ~/ray_results), never in
-    out_dir. max_failures: how often Ray restarts the worker group after a failure; with
-    resume=True the restarted workers continue from out_dir's last epoch checkpoint (without it
-    they start over). Returns the run's summary (summary.json). Raises ImportError without Ray
-    Train (`pip install 'rootml[ray]'`), ray.train.TrainingFailedError (holding the worker's
-    exception, e.g. a RootmlError) when training fails.
+    out_dir. resume: as run_from_params (False, True, or "auto": continue the run in out_dir if
+    it holds one, else start it). max_failures: how often Ray restarts the worker group after a
+    failure (needs resume="auto": the restarted workers continue from out_dir's last epoch
+    checkpoint). Returns the run's summary (summary.json). Raises ConfigError for max_failures
+    without resume="auto", ImportError without Ray Train (`pip install 'rootml[ray]'`),
+    ray.train.TrainingFailedError (holding the worker's exception, e.g. a RootmlError) when
+    training fails.
     """
     try:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError as err:
         raise ImportError("train_with_ray needs Ray Train: pip install 'rootml[ray]'") from err
-    if max_failures and not resume:
-        log.warning(
-            "max_failures=%d without resume=True: a restarted run starts over", max_failures
+    if max_failures and resume != "auto":
+        # Ray restarts the workers with the same arguments: only "auto" both starts and resumes.
+        raise ConfigError(
+            f"max_failures={max_failures} needs resume='auto' (continue the run in out_dir if it "
+            f"holds one, else start it), not resume={resume!r}"
         )
     config = {
         "cwd": os.getcwd(),

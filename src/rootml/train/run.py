@@ -46,7 +46,7 @@ def run_from_params(
     model_file: str | os.PathLike,
     params: str | os.PathLike | dict[str, Any] | None,
     out_dir: str | os.PathLike,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -62,9 +62,10 @@ def run_from_params(
     from out_dir/specs.json. Under torchrun every rank calls this; rank 0 writes.
 
     A run folder that already holds a run is refused unless `resume` (continue it up to
-    `epochs`) or `overwrite` (its checkpoints, history, plots and Specs are deleted first). When
-    a resumed run already has `epochs` epochs, nothing is trained and its summary is returned
-    with "new_epochs" 0; fewer `epochs` than it has is a ConfigError.
+    `epochs`; "auto": only if it holds one, else start it) or `overwrite` (its checkpoints,
+    history, plots and Specs are deleted first). When a resumed run already has `epochs`
+    epochs, nothing is trained and its summary is returned with "new_epochs" 0; fewer `epochs`
+    than it has is a ConfigError.
 
     Before training, the model is built and run on a zero batch of the dataset's shape on the
     CPU, so a model that does not fit the inputs is refused at once (ModelError naming the model
@@ -82,12 +83,16 @@ def run_from_params(
             logging.DEBUG if params["verbose"] > 1 else logging.INFO
         )
     out = Path(out_dir)
-    done = check_run_folder(out, resume, overwrite, params["epochs"])
-    if done == params["epochs"]:
-        return finished_summary(out, done)
     device = resolve_device(params["device"])
     started = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     rank, world = init_distributed(device)
+    done = check_run_folder(out, resume, overwrite, params["epochs"])
+    if world > 1:  # every rank reads the folder before rank 0 changes it
+        torch.distributed.barrier()
+    if done == params["epochs"]:
+        if started and world > 1:
+            torch.distributed.destroy_process_group()
+        return finished_summary(out, done)
     if overwrite and rank == 0:
         clear_run_folder(out)
     urls, dict_labels = resolve_files(files, params["redirector"])
@@ -124,7 +129,7 @@ def run_from_params(
         num_workers=params["num_workers"],
         amp=params["amp"],
         class_weights=params["class_weights"],
-        resume=resume,
+        resume=done is not None,
         checkpoint_every=params["checkpoint_every"],
         record_entries=params["debug_entries"],
         checkpoint_extra=extra,
