@@ -95,6 +95,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--labels", nargs="+", help="class of each file (ints or names), or a .txt")
     g.add_argument("--bins", type=int, help="bins per histogram (default: 50)")
     g.add_argument("--nevts", type=int, help="a random sample of about N entries (default: all)")
+    g.add_argument("--log-y", action="store_true", help="logarithmic y axis (for tails)")
     p.set_defaults(func=_run_inspect)
 
 
@@ -102,7 +103,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from rootml.datasets.inspect import format_report, inspect_file
 
     if args.hist is None:
-        unused = [f"--{k}" for k in ("labels", "bins", "nevts") if getattr(args, k) is not None]
+        given = ("labels", "bins", "nevts", "log_y")
+        unused = [f"--{k.replace('_', '-')}" for k in given if getattr(args, k) not in (None, False)]
         if unused:
             raise ConfigError(f"histogram options ({', '.join(unused)}) need --hist OUT")
     reports = [_select(inspect_file(f), args) for f in args.files]
@@ -153,7 +155,7 @@ def _run_hist(args: argparse.Namespace) -> None:
         class_names=names,
         **({"bins": args.bins} if args.bins is not None else {}),
     )
-    written = histograms.plot(args.hist)
+    written = histograms.plot(args.hist, log_y=args.log_y)
     specs.save(os.path.join(args.hist, "specs.json"))
     print(f"{len(written)} histograms and specs.json in {args.hist}")
 
@@ -634,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Progress lines (off a terminal) and epoch results show without -v (rootml.progress).
+    logging.getLogger("rootml.progress").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except RootmlError as err:

@@ -19,6 +19,7 @@ from rootml.datasets._plan import Unit
 from rootml.datasets._reader import UnitReader
 from rootml.datasets.dataset import RootIterableDataset, _load_hook
 from rootml.errors import ConfigError
+from rootml.progress import Progress
 from rootml.transforms import Specs
 from rootml.transforms.hist import Histograms
 from rootml.transforms.specs import regularize_max_len
@@ -138,6 +139,9 @@ def _fit(
     for unit in units:
         by_file.setdefault(unit.file, []).append(unit)
 
+    what = "Specs and histograms" if histograms is not None else "Specs"
+    bar = Progress(f"fitting {what}", sum(u.stop - u.start for u in units))
+
     def one_file(file_units: list[Unit]) -> tuple[Specs, Histograms | None]:
         part = Specs.empty(kinds, fingerprint)
         part_hist = histograms.empty_copy() if histograms is not None else None
@@ -149,12 +153,13 @@ def _fit(
                 if part_hist is not None:
                     label = part_hist.classes.index(ds._file_labels[unit.file])
                     part_hist.update(columns, np.full(len(entries), label))
+                bar.update(unit.stop - unit.start)
         finally:
             reader.close()
         return part, part_hist
 
     specs = Specs.empty(kinds, fingerprint)
-    with ThreadPoolExecutor(max(1, min(int(workers), len(by_file)))) as pool:
+    with bar, ThreadPoolExecutor(max(1, min(int(workers), len(by_file)))) as pool:
         for part, part_hist in pool.map(one_file, by_file.values()):
             specs.merge(part)
             if histograms is not None:

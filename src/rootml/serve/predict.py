@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,7 +173,7 @@ def predict(
     flush_entries: int = 100_000,
     threads: int = 0,
     token: str | None = None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
 ) -> dict[str, Any]:
     """Score every entry of `files` with `model` and write friend trees and/or parquet.
 
@@ -183,6 +182,8 @@ def predict(
     TTree/RNTuple (None: the only one). out: destination(s), see output_paths. batch_size: entries
     per model run (at most the model's max_batch_size). flush_entries: entries written at once.
     Outputs appear complete or not at all (written as "<name>.part", renamed at the end).
+    progress: a bar on a terminal, log lines with entries/s and ETA elsewhere (None/True), or
+    "bar", "log", False (rootml.progress).
 
     Returns {"entries", "files", "outputs", "branches"}. Raises ModelError (no Specs, layout and
     model disagree), FileAccessError/SchemaError (inputs), ProtocolError (server), RootmlError.
@@ -235,14 +236,13 @@ def _scored(
     names: Mapping[str, str],
     entries: Sequence[int],
     flush_entries: int,
-    progress: bool | None,
+    progress: bool | str | None,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """(file, first entry, branch -> scores) chunks of one file each, in (file, entry) order."""
-    from tqdm import tqdm
+    from rootml.progress import Progress
 
     order = _InOrder(entries, flush_entries, ds.files, ds.tree)
-    show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=sum(entries), unit="entries", disable=not show) as bar:
+    with Progress("scoring", sum(entries), show=progress) as bar:
         for batch in ds:
             block = {k: v.numpy() for k, v in batch.items()}
             outputs = runner.run(model_feeds(block, runner.inputs))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from rootml.errors import ModelError, RootmlError
+from rootml.progress import Progress, duration, say
 from rootml.train.checkpoint import (
     load_checkpoint,
     restore_rng,
@@ -33,12 +34,16 @@ from rootml.train.distributed import (
     sync_after_join,
 )
 from rootml.train.metrics import EpochMetrics
-from rootml.train.plots import plot_history, plot_roc
+from rootml.train.plots import class_names as display_names
+from rootml.train.plots import plot_classifier, plot_history
 from rootml.transforms import FlatLayout
 from rootml.transforms.collection import layout_parts
 from rootml.transforms.feed import call_model
 
 log = logging.getLogger(__name__)
+
+# An input branch whose values have an RMS above this in the first batch is "far from unit scale".
+SCALE_LIMIT = 10.0
 
 
 def fit(
@@ -60,6 +65,9 @@ def fit(
     checkpoint_extra: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    class_names: list[str] | None = None,
+    title: str | None = None,
+    score_train: bool = True,
 ) -> list[dict[str, Any]]:
     """Train `model` on the batches of `train` (a RootIterableDataset), validating on `val`.
 
@@ -84,17 +92,35 @@ def fit(
     histograms are then all-reduced, so every rank holds the metrics of all entries; only rank 0
     writes files.
 
-    Files in out_dir, after each epoch: history.csv, history.json, plots/{loss,accuracy,auc,
-    roc}.png, checkpoint.pt and checkpoints/epoch_NNN.pt (model, optimiser, AMP scaler, RNG and
-    dataset state, history, plus `checkpoint_extra`). checkpoint_every=N (single process) also
+    Inputs are used as the datasets give them: fit does not normalise. Build them as `rootml
+    train` does, RootIterableDataset(..., specs=fit_specs(...), normalize="standard"), or scale
+    inside the model: on raw physics values (HT ~ 500 GeV) a network trains badly (loss stuck
+    high, AUC near 0.5). When an input branch of the first training batch has an RMS above
+    SCALE_LIMIT (10), fit logs one warning naming the branches and their RMS, and trains on.
+
+    Files in out_dir, after each epoch: history.csv, history.json, checkpoint.pt and
+    checkpoints/epoch_NNN.pt (model, optimiser, AMP scaler, RNG and dataset state, history, plus
+    `checkpoint_extra`), and plots/ (rootml.train.plots): loss, accuracy and AUC per epoch, ROC
+    and background rejection curves, the score distributions of each class for train and
+    validation with their KS p-values (the overtraining check), and roc.json/scores.json with
+    the numbers drawn. class_names: a name per class for the plots (default background, signal
+    / class N); title: the plots' context line (default: the run folder's name and the
+    training files). score_train=True scores the training entries once more after the last
+    epoch, with the final model in eval mode (one forward pass, not counted in the epoch's
+    time), so the last overtraining check compares one model on both samples; before that, and
+    with False, the train scores drawn are those made while training the epoch (weights
+    changing, dropout on: a model with dropout then shows differences that are not
+    overtraining). The legend says which. checkpoint_every=N (single process) also
     rewrites checkpoint.pt every N training steps with the DataLoader state and the metric sums
     so far. resume=True continues from out_dir/checkpoint.pt: after its last completed epoch,
     or at its step inside the epoch, with the same RNG state, so the result equals an
     uninterrupted run. record_entries=True writes debug/entries_epoch_NNN.npz (arrays
     "file_index", "entry", "rank": every training entry each rank trained on that epoch).
     on_epoch(row) is called after each epoch, on_step({"epoch", "step", "loss"}) after each
-    training step (it may raise to stop the run). Returns the history: one dict per epoch
-    (epoch, train_/val_ loss, accuracy, auc, events; seconds; events_per_s).
+    training step (it may raise to stop the run). Progress (rootml.progress): a bar per pass on
+    a terminal, else a log line every few seconds with events/s and ETA; after each epoch one
+    line of a table (loss, accuracy, AUC, time, events/s). Returns the history: one dict per
+    epoch (epoch, train_/val_ loss, accuracy, auc, events; seconds; events_per_s).
     Raises RootmlError when resuming a checkpoint taken inside an epoch under another world size,
     ModelError when class_weights do not match the model's classes.
     """
@@ -128,14 +154,17 @@ def fit(
                 out, {**checkpoint, "dataset_state": state["loader_state"], **extra}, False
             )
 
-        title = f"epoch {epoch + 1}/{epochs}"
+        desc = f"epoch {epoch + 1}/{epochs} train"
+        expect = _expected(train, history, "train_events", world)
         metrics, seen = loop.epoch(
-            train, title, rank, epoch, partial, every, save_partial, on_step, record_entries
+            train, desc, rank, epoch, partial, every, save_partial, on_step, record_entries, expect
         )
         partial = None
         row = {"epoch": epoch + 1, **metrics.result("train")}
+        val_metrics = None
         if val is not None:
-            val_metrics, _ = loop.epoch(val, "validation", rank)
+            expect = _expected(val, history, "val_events", world)
+            val_metrics, _ = loop.epoch(val, f"epoch {epoch + 1}/{epochs} validation", rank, total=expect)  # fmt: skip
             row.update(val_metrics.result("val"))
         seconds = time.perf_counter() - begin
         events = row["train_events"] + row.get("val_events", 0)
@@ -151,13 +180,23 @@ def fit(
                 True,
             )
             write_history(out, history)
-            plot_history(history, out / "plots")
-            final = val_metrics if val is not None else metrics
-            if final.n_classes == 2:
-                plot_roc(*final.roc(), out / "plots" / "roc.png")
+            if epoch == start:
+                say(_epoch_line(None, val is not None))
+            say(_epoch_line(row, val is not None, epochs))
+        note = "while training"
+        if score_train and epoch == epochs - 1:
+            # The overtraining check compares one model on both samples: the epoch's own train
+            # scores came from weights that kept changing, with dropout on.
+            expect = row["train_events"] // world
+            metrics, _ = loop.epoch(train, "scoring the training entries", rank, total=expect)
+            note = "final model"
+        if rank == 0:
+            context = title if title is not None else _context(out, train)
+            names = display_names(metrics.n_classes, class_names)
+            plot_history(history, out / "plots", context)
+            plot_classifier(metrics, val_metrics, out / "plots", epoch + 1, names, context, note)
         if on_epoch is not None:
             on_epoch(row)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v or 0, 4) for k, v in row.items()})
     return history
 
 
@@ -167,6 +206,7 @@ class _Loop:
     def __init__(self, model, optimizer, lr, device, world, num_workers, amp, class_weights):
         self.model, self.device, self.num_workers, self.amp = model, device, num_workers, amp
         self.cuda = device.type == "cuda"
+        self.check_scale = True  # on the first training batch (_warn_unscaled)
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
         self.wrapped = model
         if world > 1:
@@ -208,9 +248,11 @@ class _Loop:
         save_partial: Callable[[dict[str, Any]], None] | None = None,
         on_step: Callable[[dict[str, Any]], None] | None = None,
         record: bool = False,
+        total: int | None = None,
     ) -> tuple[EpochMetrics, dict[str, np.ndarray]]:
         """One pass over `dataset`: training when `epoch` is given, else evaluation. Returns the
-        metrics (all-reduced over ranks) and, when `record`, the (file, entry) pairs seen."""
+        metrics (all-reduced over ranks) and, when `record`, the (file, entry) pairs seen.
+        total: the events this rank is expected to see (the progress bar's end), if known."""
         training = epoch is not None
         module = self.wrapped if training else self.model
         module.train(training)
@@ -218,13 +260,16 @@ class _Loop:
         # otherwise making a loader would shift dropout's random stream, and a run resumed inside
         # an epoch (its loader made after the generator state is restored) would differ.
         seeds = torch.Generator().manual_seed(getattr(dataset, "seed", 0) * 100_003 + (epoch or 0))
-        loader = StatefulDataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.cuda,
-            generator=seeds,
-        )
+        with warnings.catch_warnings():
+            # torchdata calls torch.set_vital, which torch deprecates: nothing the user can act on.
+            warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
+            loader = StatefulDataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.cuda,
+                generator=seeds,
+            )
         metrics, step, seen = None, 0, []
         if partial is not None:
             loader.load_state_dict(partial["loader_state"])
@@ -232,10 +277,16 @@ class _Loop:
             step, seen = partial["step"], list(partial.get("seen", []))
         layout = "flat" if isinstance(dataset.layout, FlatLayout) else "collection"
         keys = [k for a, m, branches in layout_parts(dataset.layout) if branches for k in (a, m)]
-        bar = _progress(dataset, title, rank)
+        if metrics is not None and total is not None:  # a resumed epoch: what is left of it
+            total = max(total - int(metrics.sums[3].item()), 0)
+        bar = Progress(title, total, "events", show=None if rank == 0 else False)
+        check = training and rank == 0 and self.check_scale
+        self.check_scale = self.check_scale and not training
         join = module.join() if training and module is not self.model else contextlib.nullcontext()
         with join, torch.set_grad_enabled(training):
             for batch in loader:
+                if check:
+                    check = _warn_unscaled(dataset, batch)
                 if record:
                     seen.append(np.stack([batch["file"].numpy(), batch["entry"].numpy()]))
                 loss, metrics = self._step(module, layout, keys, batch, training, metrics)
@@ -297,19 +348,63 @@ def _loss(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return F.cross_entropy(output, labels, reduction="none"), output.softmax(1)
 
 
-def _progress(dataset: Any, title: str, rank: int):
-    """A tqdm bar counting events (its rate is events/s) on rank 0, only on a terminal."""
-    from tqdm import tqdm
+def _expected(dataset: Any, history: list[dict[str, Any]], key: str, world: int) -> int | None:
+    """Events one rank sees in a pass: the last epoch's count when there is one, else the
+    selected entries (None with a cut: how many pass it is not known before reading)."""
+    if history and history[-1].get(key):
+        return history[-1][key] // world
+    if getattr(dataset, "cut", None) or not getattr(dataset, "num_entries", None):
+        return None
+    return dataset.num_entries // world
 
-    total = getattr(dataset, "num_entries", None)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return tqdm(
-        total=total // world if total else None,
-        desc=title,
-        unit="ev",
-        unit_scale=True,
-        disable=rank != 0 or not sys.stderr.isatty(),
-        leave=False,
+
+def _warn_unscaled(dataset: Any, batch: dict[str, Any]) -> bool:
+    """Log one warning when input branches of `batch` (real values, padding left out) have an
+    RMS above SCALE_LIMIT; returns False (the check is done)."""
+    rms: dict[str, float] = {}
+    for array, mask, branches in layout_parts(dataset.layout):
+        if not branches:
+            continue
+        values, real = batch[array].double(), batch[mask]
+        real = (real.unsqueeze(1) if values.ndim == 3 else real).expand_as(values)
+        axes = [d for d in range(values.ndim) if d != 1]  # all but the branch axis
+        squares = torch.where(real, values, 0.0).square().sum(axes)
+        for branch, value in zip(branches, (squares / real.sum(axes).clamp_min(1)).sqrt().tolist()):
+            rms[branch] = max(rms.get(branch, 0.0), value)
+    large = sorted(((v, b) for b, v in rms.items() if v > SCALE_LIMIT), reverse=True)
+    if large:
+        listed = ", ".join(f"{b} {v:.3g}" for v, b in large[:5])
+        more = f" and {len(large) - 5} more" if len(large) > 5 else ""
+        log.warning(
+            "the inputs are far from unit scale (RMS in the first batch: %s%s; %d of %d branches "
+            "above %g): networks train badly on such values (loss stuck, AUC near 0.5). "
+            'Standardise them as `rootml train` does: RootIterableDataset(..., specs=fit_specs(...), '
+            'normalize="standard"), or scale inside the model.',
+            listed, more, len(large), len(rms), SCALE_LIMIT,
+        )  # fmt: skip
+    return False
+
+
+def _context(out: Path, dataset: Any) -> str:
+    """The plots' context line: the run folder's name and the training files."""
+    files = [os.path.basename(str(f).rstrip("/")) for f in getattr(dataset, "files", [])]
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    tree = getattr(dataset, "tree", None)
+    return f"run '{out.resolve().name}', " + (f"tree '{tree}' of {shown}" if tree else shown)
+
+
+def _epoch_line(row: dict[str, Any] | None, with_val: bool, epochs: int = 0) -> str:
+    """One row of the epoch table (the header when `row` is None)."""
+    if row is None:
+        val = f" | {'val loss':>8} {'acc':>6} {'AUC':>6}" if with_val else ""
+        return f"{'epoch':>7} | {'train loss':>10} {'acc':>6} {'AUC':>6}{val} | {'time':>8} {'events/s':>9}"  # fmt: skip
+    val = ""
+    if with_val:
+        val = f" | {row['val_loss']:>8.4f} {row['val_accuracy']:>6.4f} {row['val_auc']:>6.4f}"
+    rate = f"{row['events_per_s']:,.0f}" if row.get("events_per_s") else "-"
+    return (
+        f"{row['epoch']:>3}/{epochs:<3} | {row['train_loss']:>10.4f} {row['train_accuracy']:>6.4f} "
+        f"{row['train_auc']:>6.4f}{val} | {duration(row['seconds']):>8} {rate:>9}"
     )
 
 

@@ -1,56 +1,235 @@
-"""PNG plots of a run: loss, accuracy and AUC per epoch, and the ROC curve."""
+"""PNG plots of a run, redrawn after every epoch, with the numbers they show as JSON.
+
+- loss.png, accuracy.png, auc.png: train and validation per epoch;
+- roc.png: signal efficiency against background efficiency; rejection.png: background rejection
+  1/eps_B (log scale) against signal efficiency; roc.json: their curves (validation, and train);
+- scores.png (binary) or scores_<class>.png (one per class, its score for it against the rest):
+  the classifier-score distributions of each class, train and validation overlaid — the
+  overtraining check — with the binned Kolmogorov-Smirnov p-value of train against validation
+  in the legend; scores.json: the histograms and the tests.
+
+Train scores are either those made while training the epoch (weights changing, dropout on: a
+model with dropout then shows train/validation differences that are not overtraining) or, after
+the last epoch of rootml.train.fit, those of the final model in eval mode; legends and JSON
+say which ("train_scored"). Matplotlib is imported inside the
+functions (importing rootml.train stays light) and draws with Agg, no display.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rootml.train.metrics import BINS, EpochMetrics, ks_test
 
-def _figure():
+SCORE_BINS = 50  # drawn score bins; BINS / SCORE_BINS fine bins each
+_FONTS = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 9}
+_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown")
+
+
+def _draw(path: Path, title: str, context: str, draw) -> Path:
+    """One figure: `draw(axes)` fills it; `title` over the axes, `context` (run, sample) above."""
+    from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5, 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
-
-
-def plot_history(history: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """loss.png, accuracy.png, auc.png: train and validation per epoch."""
-    folder.mkdir(parents=True, exist_ok=True)
-    epochs = [row["epoch"] for row in history]
-    written = []
-    for metric in ("loss", "accuracy", "auc"):
-        figure, axes = _figure()
-        for split in ("train", "val"):
-            values = [row.get(f"{split}_{metric}", np.nan) for row in history]
-            if not all(np.isnan(values)):
-                axes.plot(
-                    epochs, values, marker="o", label="validation" if split == "val" else split
-                )
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rc_context(_FONTS):
+        figure = Figure(figsize=(6.4, 4.8), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        draw(axes)
+        axes.set_title(title, loc="left")
         axes.grid(alpha=0.3)
-        axes.legend()
+        if context:
+            figure.suptitle(context, x=0.01, ha="left", fontsize=9, color="dimgrey")
         figure.tight_layout()
-        path = folder / f"{metric}.png"
         figure.savefig(path)
-        written.append(path)
+    return path
+
+
+def plot_history(history: list[dict[str, Any]], folder: Path, context: str = "") -> list[Path]:
+    """loss.png, accuracy.png, auc.png: train and validation per epoch (integer epoch ticks)."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    labels = {"loss": "loss (weighted)", "accuracy": "accuracy (weighted)", "auc": "ROC AUC"}
+    written = []
+    for metric, label in labels.items():
+
+        def draw(axes, metric=metric, label=label):
+            for split in ("train", "val"):
+                values = [row.get(f"{split}_{metric}", np.nan) for row in history]
+                if not all(np.isnan(v) for v in values):
+                    name = "validation" if split == "val" else split
+                    axes.plot(epochs, values, marker="o", label=name)
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.set_xlabel("epoch")
+            axes.set_ylabel(label)
+            if axes.has_data():
+                axes.legend()
+
+        title = f"{label.split(' (')[0].capitalize()} per epoch"
+        written.append(_draw(folder / f"{metric}.png", title, context, draw))
     return written
 
 
-def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> Path:
-    """The ROC curve (signal efficiency against background efficiency) with its AUC."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = _figure()
-    axes.plot(fpr, tpr, label=f"AUC = {auc:.4f}")
-    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    axes.set_xlabel("background efficiency (false positive rate)")
-    axes.set_ylabel("signal efficiency (true positive rate)")
-    axes.legend(loc="lower right")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+def class_names(n_classes: int, names: Sequence[str] | None = None) -> list[str]:
+    """Display names: `names` when given, else background/signal for two classes, class N."""
+    if names is not None and len(names) >= n_classes:
+        return [str(n) for n in names]
+    return ["background", "signal"] if n_classes == 2 else [f"class {k}" for k in range(n_classes)]
+
+
+def roc_curves(metrics: EpochMetrics, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per score class (binary: signal; else each class against the rest): its name, AUC and
+    the ROC points where the curve moves: score_cut (events with score >= it are selected),
+    signal_efficiency, background_efficiency (the background rejection is 1 / it)."""
+    curves = []
+    for k in metrics.score_classes:
+        fpr, tpr, auc = metrics.roc(k)
+        # Point i selects the top i fine bins; bin b holds scores within half a bin of b/(BINS-1).
+        cuts = (BINS - np.arange(len(fpr)) - 0.5) / (BINS - 1)
+        moves = np.concatenate([[True], (np.diff(fpr) != 0) | (np.diff(tpr) != 0)])
+        curves.append(
+            {
+                "class": names[k],
+                "auc": auc,
+                "score_cut": cuts[moves].tolist(),
+                "signal_efficiency": tpr[moves].tolist(),
+                "background_efficiency": fpr[moves].tolist(),
+            }
+        )
+    return curves
+
+
+def score_distributions(
+    train: EpochMetrics, val: EpochMetrics | None, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per score class: the drawn bin edges, the densities (unit area) of the class ("signal")
+    and of the rest ("background") for train and validation, and per part the binned KS test
+    of train against validation on the fine score bins (ks_test: D, p-value, effective
+    entries)."""
+    edges = (np.arange(0, BINS + 1, BINS // SCORE_BINS) - 0.5) / (BINS - 1)
+    result = []
+    for k in train.score_classes:
+        entry: dict[str, Any] = {"class": names[k], "edges": edges.tolist(), "ks": {}}
+        parts = {"train": train.one_vs_rest(k)}
+        if val is not None:
+            parts["val"] = val.one_vs_rest(k)
+        for split, (pos, neg, _, _) in parts.items():
+            entry[split] = {"signal": _density(pos, edges), "background": _density(neg, edges)}
+        if val is not None:
+            for i, part in enumerate(("signal", "background")):
+                a, n_a = parts["train"][i], parts["train"][2 + i]
+                b, n_b = parts["val"][i], parts["val"][2 + i]
+                d, p = ks_test(a, b, n_a, n_b)
+                entry["ks"][part] = {"D": d, "p_value": p, "n_train": n_a, "n_val": n_b}
+        result.append(entry)
+    return result
+
+
+def _density(fine: np.ndarray, edges: np.ndarray) -> list[float]:
+    coarse = fine.reshape(SCORE_BINS, -1).sum(1)
+    total = coarse.sum()
+    return (coarse / (total * np.diff(edges)) if total > 0 else coarse).tolist()
+
+
+def plot_classifier(
+    train: EpochMetrics,
+    val: EpochMetrics | None,
+    folder: Path,
+    epoch: int,
+    names: Sequence[str] | None = None,
+    context: str = "",
+    train_scored: str = "while training",
+) -> list[Path]:
+    """roc.png, rejection.png, roc.json and the score plots (scores.png for a binary model,
+    scores_<class>.png per class otherwise) with scores.json, for `epoch`. train_scored: how
+    the train scores were made ("while training" the epoch, or "final model"), in the legends
+    and the JSON."""
+    names = class_names(train.n_classes, names)
+    shown = {"validation": roc_curves(val, names)} if val is not None else {}
+    shown[f"train ({train_scored})"] = roc_curves(train, names)
+    folder.mkdir(parents=True, exist_ok=True)
+    about = {"epoch": epoch, "train_scored": train_scored}
+    (folder / "roc.json").write_text(json.dumps({**about, **shown}))
+    written = [
+        _draw(folder / "roc.png", f"ROC, epoch {epoch}", context, _roc_drawer(shown, False)),
+        _draw(
+            folder / "rejection.png",
+            f"Background rejection, epoch {epoch}",
+            context,
+            _roc_drawer(shown, True),
+        ),
+    ]
+    scores = score_distributions(train, val, names)
+    (folder / "scores.json").write_text(json.dumps({**about, "classes": scores}))
+    binary = train.n_classes == 2
+    for entry in scores:
+        what = "Classifier score" if binary else f"Score of {entry['class']} vs rest"
+        title = f"{what}, train vs validation, epoch {epoch}"
+        name = "scores.png" if binary else f"scores_{re.sub(r'[^A-Za-z0-9_.-]', '_', entry['class'])}.png"  # fmt: skip
+        drawer = _score_drawer(entry, binary, train_scored)
+        written.append(_draw(folder / name, title, context, drawer))
+    return written
+
+
+def _roc_drawer(shown: dict[str, list[dict[str, Any]]], rejection: bool):
+    def draw(axes):
+        for split, curves in shown.items():
+            for colour, curve in zip(_COLOURS, curves):
+                eff_s = np.asarray(curve["signal_efficiency"])
+                eff_b = np.asarray(curve["background_efficiency"])
+                label = f"{split}, AUC = {curve['auc']:.4f}"
+                if len(curves) > 1:
+                    label = f"{curve['class']} vs rest, {label}"
+                style = dict(color=colour, ls="--" if split.startswith("train") else "-", lw=1.5)
+                if rejection:
+                    keep = eff_b > 0
+                    axes.plot(eff_s[keep], 1 / eff_b[keep], label=label, **style)
+                else:
+                    axes.plot(eff_b, eff_s, label=label, **style)
+        if rejection:
+            axes.set_yscale("log")
+            axes.set_xlabel("signal efficiency $\\varepsilon_S$ (true positive rate)")
+            axes.set_ylabel("background rejection $1/\\varepsilon_B$")
+            axes.legend(loc="lower left")
+        else:
+            axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8, label="random")
+            axes.set_xlabel("background efficiency $\\varepsilon_B$ (false positive rate)")
+            axes.set_ylabel("signal efficiency $\\varepsilon_S$ (true positive rate)")
+            axes.legend(loc="lower right")
+        axes.set_xlim(0, 1)
+
+    return draw
+
+
+def _score_drawer(entry: dict[str, Any], binary: bool, train_scored: str):
+    signal = entry["class"] if not binary else "signal"
+    parts = {"signal": signal, "background": "background" if binary else f"not {signal}"}
+
+    def draw(axes):
+        edges = np.asarray(entry["edges"])
+        centres = (edges[:-1] + edges[1:]) / 2
+        for colour, (part, label) in zip(("tab:blue", "tab:red"), parts.items()):
+            if "val" in entry:
+                axes.stairs(entry["val"][part], edges, fill=True, alpha=0.3, color=colour,
+                            label=f"{label}, validation")  # fmt: skip
+            ks = entry["ks"].get(part)
+            suffix = f" (KS p = {ks['p_value']:.3g})" if ks else ""
+            axes.plot(centres, entry["train"][part], "o", ms=3.5, color=colour,
+                      label=f"{label}, train ({train_scored}){suffix}")  # fmt: skip
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1.7 * axes.get_ylim()[1])  # room for the legend above the peaks
+        score = "signal" if binary else entry["class"]
+        axes.set_xlabel(f"classifier score ({score} probability)")
+        axes.set_ylabel("density (unit area)")
+        axes.legend(loc="upper center", title="KS: binned, train vs validation", title_fontsize=9)
+
+    return draw

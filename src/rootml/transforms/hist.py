@@ -41,6 +41,8 @@ class Histograms:
         self.ranges: dict[str, tuple[float, float]] = {}
         self.counts = {b: np.zeros((len(self.classes), self.bins), np.int64) for b in self.kinds}
         self.outside = dict.fromkeys(self.kinds, 0)
+        # Whether every value so far was a whole number (nJet, charges, flags): drawn per integer.
+        self.integral = dict.fromkeys(self.kinds, True)
 
     def empty_copy(self) -> Histograms:
         """Same branches, classes, bins and ranges, no counts: one per part filled in parallel."""
@@ -83,6 +85,8 @@ class Histograms:
                 values, labels = values[finite], labels[finite]
             low, high = self.ranges[branch]
             self.outside[branch] += int(((values < low) | (values > high)).sum())
+            if self.integral[branch]:
+                self.integral[branch] = bool(np.all(values == np.round(values)))
             index = self._bin(branch, values)
             self.counts[branch] += np.bincount(
                 labels * self.bins + index, minlength=len(self.classes) * self.bins
@@ -107,44 +111,98 @@ class Histograms:
         for branch in self.kinds:
             self.counts[branch] += other.counts[branch]
             self.outside[branch] += other.outside[branch]
+            self.integral[branch] = self.integral[branch] and other.integral[branch]
         return self
 
     def edges(self, branch: str) -> np.ndarray:
         low, high = self.ranges[branch]
         return np.linspace(low, high, self.bins + 1)
 
-    def plot(self, out_dir: str | os.PathLike) -> list[Path]:
-        """One PNG per branch in `out_dir` (created): each class as a step histogram normalised to
-        unit area, so the shapes of classes of different sizes compare. Returns the paths."""
+    def plot(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        log_y: bool = False,
+        progress: bool | str | None = None,
+    ) -> list[Path]:
+        """One PNG per branch in `out_dir` (created), named after the branch: the branch in the
+        title, each class a step histogram normalised to unit area (so the shapes of classes of
+        different sizes compare), its name and number of values in the legend; values beyond
+        the bins, counted in the edge bins, are noted in the corner. log_y: a logarithmic y axis
+        (for tails). progress: as rootml.progress.mode (drawing many branches takes a while).
+        Returns the paths."""
+        from matplotlib import rc_context
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+
+        from rootml.progress import Progress
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for branch in self.kinds:
-            # A Figure with its own Agg canvas: no pyplot global state, no display needed.
-            figure = Figure(figsize=(5, 3.6))
+        fonts = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10}
+        with rc_context(fonts), Progress("drawing histograms", len(self.kinds), "plots", show=progress) as bar:  # fmt: skip
+            # One figure redrawn per branch, with its own Agg canvas: no pyplot global state,
+            # no display, and no new Figure per branch (making one costs as much as drawing it).
+            figure = Figure(figsize=(6.4, 4.8), dpi=100)
             FigureCanvasAgg(figure)
-            axes = figure.add_subplot()
-            edges = self.edges(branch)
-            for row, name in enumerate(self.names):
-                counts = self.counts[branch][row]
-                total = counts.sum()
-                if not total:
-                    continue
-                density = counts / (total * np.diff(edges))
-                axes.stairs(density, edges, label=f"{name} ({total})")
-            if self.outside[branch]:
-                axes.set_title(f"{self.outside[branch]} values beyond the range, in the edge bins")
-            axes.set_xlabel(branch)
-            axes.set_ylabel("density")
-            axes.legend(fontsize=7)
-            figure.tight_layout()
-            path = out / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', branch)}.png"
-            figure.savefig(path, dpi=80)
-            written.append(path)
+            for branch in self.kinds:
+                figure.clear()
+                self._draw(figure.add_subplot(), branch, log_y)
+                figure.tight_layout()
+                path = out / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', branch)}.png"
+                figure.savefig(path)
+                written.append(path)
+                bar.update(1)
         return written
+
+    def density(self, branch: str) -> tuple[np.ndarray, np.ndarray]:
+        """What plot draws: (edges, density (n_classes, len(edges) - 1)), each class's counts
+        over its total and the bin width (0 for a class without values). A branch of whole
+        numbers only is drawn per integer: its bins become [k - 0.5, k + 0.5) spans of the
+        integers they hold (bins holding none are dropped), the width the number of integers,
+        so bins narrower than 1 or holding 1 or 2 integers draw no picket fence."""
+        edges, counts = self.edges(branch), self.counts[branch].astype(np.float64)
+        if self.integral[branch]:
+            first = np.ceil(edges[:-1])  # the first integer of each bin
+            after = np.append(first[1:], np.floor(edges[-1]) + 1)  # the last bin holds its edge
+            keep = after > first
+            edges = np.append(first[keep], after[-1]) - 0.5
+            counts = counts[:, keep]
+        totals = counts.sum(1, keepdims=True)
+        return edges, counts / (np.where(totals > 0, totals, 1) * np.diff(edges))
+
+    def _draw(self, axes: Any, branch: str, log_y: bool) -> None:
+        edges, density = self.density(branch)
+        for row, name in enumerate(self.names):
+            total = int(self.counts[branch][row].sum())
+            if total:
+                axes.stairs(density[row], edges, lw=1.6,
+                            label=f"{self._legend_name(name)} ({total:,} values)")  # fmt: skip
+        kind = self.kinds[branch]
+        axes.set_title(branch, loc="left", fontweight="bold")
+        if self.outside[branch]:
+            low, high = self.ranges[branch]
+            axes.set_title(f"{self.outside[branch]:,} values beyond [{low:.4g}, {high:.4g}]\n"
+                           "counted in the edge bins", loc="right", fontsize=9)  # fmt: skip
+        every = {"jagged": " (every item)", "fixed": " (every element)"}.get(kind, "")
+        axes.set_xlabel(branch + every)
+        axes.set_ylabel("density (unit area)")
+        if self.integral[branch]:
+            from matplotlib.ticker import MaxNLocator
+
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log_y:
+            axes.set_yscale("log")
+        axes.grid(alpha=0.3)
+        if axes.has_data():
+            axes.legend()
+
+    def _legend_name(self, name: str) -> str:
+        """A class name as given; a bare label reads "class N", one unnamed class "all"."""
+        if name.lstrip("-").isdigit():
+            return "all" if len(self.names) == 1 else f"class {name}"
+        return name
 
 
 def _flat_values(values: Any, kind: str) -> np.ndarray:
