@@ -31,17 +31,18 @@ log = logging.getLogger(__name__)
 MODES = ("bar", "log", "off")
 EVERY_S = 5.0  # first log line after this, then at least this far apart
 MAX_EVERY_S = 60.0
+BAR_DELAY_S = 1.0  # a bar appears only for a step that lasts longer than this
 
 
 def mode(show: bool | str | None = None) -> str:
     """The display: "bar", "log" or "off". `show` ("bar", "log", "off"; False is "off"; None or True: the
     ROOTML_PROGRESS environment variable, else "bar" on a terminal or in Jupyter, else "log").
     Always "off" on DDP ranks other than 0 (RANK set by torchrun)."""
+    if isinstance(show, str) and show not in MODES:
+        raise ValueError(f"progress must be one of {MODES}, not {show!r}")
     if show is False or int(os.environ.get("RANK", "0") or 0) != 0:
         return "off"  # under torchrun rank 0 speaks for all
     if isinstance(show, str):
-        if show not in MODES:
-            raise ValueError(f"progress must be one of {MODES}, not {show!r}")
         return show
     forced = os.environ.get("ROOTML_PROGRESS", "").strip().lower()
     if forced in MODES:
@@ -76,7 +77,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=total, desc=desc, unit=unit, unit_scale=True, leave=False, delay=1.0,
+                total=total, desc=desc, unit=unit, unit_scale=True, leave=False, delay=BAR_DELAY_S,
                 file=sys.stderr, dynamic_ncols=True,
             )  # fmt: skip
 

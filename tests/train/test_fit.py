@@ -3,17 +3,20 @@ numpy + a TensorDataset); a run stopped inside an epoch and resumed equals an un
 
 from __future__ import annotations
 
-import awkward as ak
+import logging
+import warnings
+
 import numpy as np
 import pytest
 import torch
-import uproot
 from sklearn.metrics import roc_auc_score
 
 from rootml import RootIterableDataset
 from rootml.datasets import fit_specs
 from rootml.errors import ModelError
 from rootml.train import fit, load_checkpoint
+
+from ._outside import outside_features
 
 BRANCHES = ["nJet", "Jet_pt", "Jet_btagDeepB", "HT", "MET_pt"]  # stored order = feature order
 EVENTS = 3000  # per file (tests/train/conftest.py)
@@ -27,25 +30,6 @@ def small_model(idim, outputs=1, dropout=0.0):
     if outputs == 1:
         layers.append(torch.nn.Sigmoid())
     return torch.nn.Sequential(*layers)
-
-
-def outside_features(files, max_len):
-    """The same events with plain uproot + awkward + numpy: first `max_len` items, padding 0,
-    standardised with each branch's mean and std over all its values (every item of a jagged
-    branch, as Specs defines them)."""
-    arrays = [uproot.open(path)["Events"].arrays(BRANCHES) for path in files]
-    columns = []
-    for name in BRANCHES:
-        values = ak.concatenate([a[name] for a in arrays])
-        flat = ak.to_numpy(ak.flatten(values) if values.ndim > 1 else values).astype(np.float64)
-        mean, std = flat.mean(), flat.std() or 1.0
-        if values.ndim == 1:
-            columns.append(((flat - mean) / std)[:, None])
-            continue
-        padded = ak.to_numpy(ak.fill_none(ak.pad_none(values, max_len, clip=True), np.nan))
-        padded = padded.astype(np.float64)
-        columns.append(np.where(np.isnan(padded), 0.0, (padded - mean) / std))
-    return np.concatenate(columns, axis=1).astype(np.float32)
 
 
 def tth_dataset(tth_data, **options):
@@ -81,7 +65,7 @@ def test_inside_equals_outside(tth_data, tmp_path, outputs, class_weights):
         class_weights=class_weights,
     )
 
-    features = torch.from_numpy(outside_features(ds.files, 4))
+    features = torch.from_numpy(outside_features(ds.files, BRANCHES, 4))
     labels = torch.cat([torch.ones(EVENTS), torch.zeros(EVENTS)]).long()
     per_class = torch.tensor(class_weights or [1.0, 1.0])
     model = small_model(features.shape[1], outputs)
@@ -193,3 +177,72 @@ def test_amp_on_cpu_trains_in_bfloat16_close_to_float32(tth_data, tmp_path):
     assert amp[-1]["train_loss"] != full[-1]["train_loss"]
     assert amp[-1]["train_loss"] == pytest.approx(full[-1]["train_loss"], abs=0.02)
     assert amp[-1]["train_auc"] == pytest.approx(full[-1]["train_auc"], abs=0.02)
+
+
+def test_raw_inputs_warn_once_naming_branches_and_their_rms(tth_data, tmp_path, caplog):
+    """No Specs, no normalize: the first batch's RMS per branch (numpy, here) is quoted for the
+    branches above 10; standardised inputs (tth_dataset) give no warning."""
+    files = [str(tth_data / "signal.root"), str(tth_data / "background.root")]
+    raw = RootIterableDataset(
+        files, labels=[1, 0], branches=BRANCHES, max_len=4, batch_size=200, chunk_size=700
+    )
+    raw.set_epoch(0)
+    first = next(iter(raw))
+    features, mask = first["features"].double().numpy(), first["mask"].numpy()
+    columns = np.array(raw.feature_names)
+    rms = {}
+    for branch in BRANCHES:
+        chosen = (columns == branch) | np.char.startswith(columns, branch + "[")
+        values = features[:, chosen][mask[:, chosen]]
+        rms[branch] = np.sqrt(np.mean(values**2))
+    large = sorted((b for b in rms if rms[b] > 10), key=lambda b: -rms[b])
+    assert "HT" in large and "Jet_btagDeepB" not in large  # the check means something here
+    with caplog.at_level(logging.WARNING, logger="rootml.train.fit"):
+        fit(small_model(FEATURES), raw, out_dir=tmp_path / "raw", epochs=2, device="cpu")
+    warned = [r.getMessage() for r in caplog.records if r.name == "rootml.train.fit"]
+    assert len(warned) == 1, warned
+    quoted = ", ".join(f"{b} {rms[b]:.3g}" for b in large)
+    assert f"RMS in the first batch: {quoted};" in warned[0]
+    assert f"{len(large)} of {len(BRANCHES)} branches above 10" in warned[0]
+    assert 'normalize="standard"' in warned[0]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rootml.train.fit"):
+        fit(small_model(FEATURES), tth_dataset(tth_data), out_dir=tmp_path / "std", epochs=1)
+    assert not [r for r in caplog.records if r.name == "rootml.train.fit"]
+
+
+def test_epoch_results_are_table_lines_and_torchdata_warnings_are_hidden(
+    tth_data, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setenv("ROOTML_PROGRESS", "log")
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        history = fit(
+            small_model(FEATURES),
+            tth_dataset(tth_data),
+            tth_dataset(tth_data, entries=[(2000, 3000), (2000, 3000)]),
+            out_dir=tmp_path,
+            epochs=2,
+            lr=3e-3,
+        )
+    assert not [w for w in caught if "set_vital" in str(w.message)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "rootml.progress"]
+    table = [line for line in lines if " | " in line]
+    assert table[0].split() == "epoch | train loss acc AUC | val loss acc AUC | time events/s".split()  # fmt: skip
+    for line, row in zip(table[1:], history, strict=True):
+        cells = line.replace("|", " ").split()
+        assert cells[0] == f"{row['epoch']}/2"
+        assert cells[1:7] == [
+            f"{row[k]:.4f}"
+            for k in (
+                "train_loss",
+                "train_accuracy",
+                "train_auc",
+                "val_loss",
+                "val_accuracy",
+                "val_auc",
+            )  # fmt: skip
+        ]
+        assert cells[-1] == f"{row['events_per_s']:,.0f}"
+    assert not any("{'epoch'" in line for line in lines)  # no Python dict

@@ -51,3 +51,32 @@ def test_ranges_from_a_chunk_and_merge_refuses_other_ranges() -> None:
     other.set_ranges({"a": (0.0, 1.0), "c": (0.0, 1.0)})
     with pytest.raises(ValueError, match="ranges"):
         hist.merge(other)
+
+
+@pytest.mark.parametrize("bins, high", [(50, 19), (20, 55)], ids=["narrow-bins", "wide-bins"])
+def test_whole_numbers_are_drawn_per_integer(tmp_path, bins, high) -> None:
+    """nJet-like values: bins narrower than 1 (picket fence) or holding 1 or 2 integers are
+    drawn as spans of whole integers, heights the count per integer over the total."""
+    rng = np.random.default_rng(3)
+    n_jet = np.clip(rng.poisson(high / 3, 5000), 0, high)
+    n_jet[:2] = [0, high]
+    classes = rng.integers(0, 2, 5000)
+    hist = Histograms({"nJet": "flat", "MET": "flat"}, classes=[0, 1], bins=bins)
+    hist.update({"nJet": n_jet, "MET": rng.normal(size=5000)}, classes)
+    assert hist.integral == {"nJet": True, "MET": False}
+    edges, density = hist.density("nJet")
+    assert edges[0] == -0.5 and edges[-1] == high + 0.5
+    assert np.all(np.diff(edges) >= 1) and np.all(edges % 1 == 0.5)
+    for c in (0, 1):
+        per_integer = np.bincount(n_jet[classes == c], minlength=high + 1) / (classes == c).sum()
+        # Every integer k lies in one drawn span; its height is the span's mean per integer.
+        span = np.searchsorted(edges, np.arange(high + 1), side="right") - 1
+        widths = np.diff(edges)
+        want = np.bincount(span, weights=per_integer, minlength=len(widths)) / widths
+        np.testing.assert_allclose(density[c], want, rtol=1e-12)
+        assert np.sum(density[c] * widths) == pytest.approx(1.0)
+    met_edges, met_density = hist.density("MET")
+    np.testing.assert_array_equal(met_edges, hist.edges("MET"))  # real numbers: bins as filled
+    assert met_density.shape == (2, bins)
+    paths = hist.plot(tmp_path, log_y=True, progress=False)
+    assert [p.name for p in paths] == ["nJet.png", "MET.png"]

@@ -359,18 +359,20 @@ def _expected(dataset: Any, history: list[dict[str, Any]], key: str, world: int)
 
 
 def _warn_unscaled(dataset: Any, batch: dict[str, Any]) -> bool:
-    """Log one warning when input branches of `batch` (real values, padding left out) have an
-    RMS above SCALE_LIMIT; returns False (the check is done)."""
-    rms: dict[str, float] = {}
+    """Log one warning when input branches of `batch` have an RMS (over all their real values:
+    every column or item, padding left out) above SCALE_LIMIT; returns False (check done)."""
+    sums: dict[str, list[float]] = {}  # branch -> [sum of squares, values]
     for array, mask, branches in layout_parts(dataset.layout):
         if not branches:
             continue
         values, real = batch[array].double(), batch[mask]
         real = (real.unsqueeze(1) if values.ndim == 3 else real).expand_as(values)
         axes = [d for d in range(values.ndim) if d != 1]  # all but the branch axis
-        squares = torch.where(real, values, 0.0).square().sum(axes)
-        for branch, value in zip(branches, (squares / real.sum(axes).clamp_min(1)).sqrt().tolist()):
-            rms[branch] = max(rms.get(branch, 0.0), value)
+        squares = torch.where(real, values, 0.0).square().sum(axes).tolist()
+        for branch, square, count in zip(branches, squares, real.sum(axes).tolist()):
+            total = sums.setdefault(branch, [0.0, 0])
+            total[0], total[1] = total[0] + square, total[1] + count
+    rms = {b: (square / count) ** 0.5 for b, (square, count) in sums.items() if count}
     large = sorted(((v, b) for b, v in rms.items() if v > SCALE_LIMIT), reverse=True)
     if large:
         listed = ", ".join(f"{b} {v:.3g}" for v, b in large[:5])
