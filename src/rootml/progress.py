@@ -77,7 +77,8 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=total, desc=desc, unit=unit, unit_scale=True, leave=False, delay=BAR_DELAY_S,
+                total=total, desc=desc, unit=unit, unit_scale=total is None or total >= 10_000,
+                leave=False, delay=BAR_DELAY_S,
                 file=sys.stderr, dynamic_ncols=True,
             )  # fmt: skip
 

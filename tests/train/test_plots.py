@@ -15,7 +15,13 @@ from sklearn.metrics import roc_curve
 
 from rootml.train import EpochMetrics
 from rootml.train.metrics import BINS, kolmogorov_sf
-from rootml.train.plots import plot_classifier, plot_history, roc_curves, score_distributions
+from rootml.train.plots import (
+    ROC_RESOLUTION,
+    plot_classifier,
+    plot_history,
+    roc_curves,
+    score_distributions,
+)
 
 
 def fill(probs, labels, weights, n_classes=2):
@@ -31,8 +37,10 @@ def fill(probs, labels, weights, n_classes=2):
 
 
 def quantised(scores):
-    """The score bin centres the metrics count each score in (float64, exact)."""
-    return np.round(np.clip(scores.astype(np.float32), 0, 1) * (BINS - 1)) / (BINS - 1)
+    """The centre of the score bin the metrics count each score in: the bin index as they
+    compute it (float32), the centre in float64."""
+    index = np.round(np.clip(scores.astype(np.float32), 0, 1) * np.float32(BINS - 1))
+    return index.astype(np.float64) / (BINS - 1)
 
 
 def binary_sample(rng, n, shift=0.0):
@@ -41,26 +49,48 @@ def binary_sample(rng, n, shift=0.0):
     return scores, labels
 
 
+def assert_points_of(curve, labels, scores, weights=None):
+    """Every point kept is a point of sklearn's ROC on the same (bin-quantised) scores, at the
+    same cut; every sklearn point dropped is within ROC_RESOLUTION of the kept one before it.
+    Returns sklearn's (fpr, tpr) of the kept points."""
+    fpr, tpr, thresholds = roc_curve(
+        labels, quantised(scores), sample_weight=weights, drop_intermediate=False
+    )
+    # sklearn's thresholds are the bin centres b/(BINS-1) of the scores (descending, the first
+    # one inf); a kept point cuts half a bin below the centre of its lowest bin.
+    # The first point selects nothing (sklearn: threshold inf), the last one everything (its
+    # cut, below bin 0, may be under the lowest score).
+    bins_sklearn = np.round(thresholds[1:] * (BINS - 1)).astype(np.int64)
+    bins_kept = np.round(np.asarray(curve["score_cut"][1:-1]) * (BINS - 1) + 0.5).astype(np.int64)
+    index = np.searchsorted(-bins_sklearn, -bins_kept) + 1
+    np.testing.assert_array_equal(bins_sklearn[index - 1], bins_kept)
+    assert curve["score_cut"][-1] <= thresholds[-1] and curve["score_cut"][0] > 1
+    index = np.concatenate([[0], index, [len(fpr) - 1]])
+    np.testing.assert_allclose(curve["signal_efficiency"], tpr[index], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(curve["background_efficiency"], fpr[index], rtol=0, atol=1e-12)
+    before = np.searchsorted(index, np.arange(len(fpr)), side="right") - 1
+    eff_s, log_b = ROC_RESOLUTION
+    assert np.all(np.abs(tpr - tpr[index][before]) < eff_s)
+    both = fpr[index][before] > 0
+    assert np.all(np.abs(np.log(fpr[both] / fpr[index][before][both])) < np.log1p(log_b))
+    return fpr[index], tpr[index]
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_rejection_is_one_over_sklearn_fpr_on_the_same_scores(weighted):
     rng = np.random.default_rng(11)
     scores, labels = binary_sample(rng, 30_000)
-    weights = rng.uniform(0.2, 2.0, 30_000) if weighted else np.ones(30_000)
-    (curve,) = roc_curves(fill(scores, labels, weights), ["background", "signal"])
-    fpr, tpr, thresholds = roc_curve(
-        labels, quantised(scores), sample_weight=weights, drop_intermediate=False
-    )
-    eff_s = np.asarray(curve["signal_efficiency"])
+    weights = rng.uniform(0.2, 2.0, 30_000) if weighted else None
+    metrics = fill(scores, labels, np.ones(30_000) if weights is None else weights)
+    (curve,) = roc_curves(metrics, ["background", "signal"])
+    fpr, tpr = assert_points_of(curve, labels, scores, weights)
+    assert 500 < len(fpr) < 3000  # thinned from up to 20,001 points, still fine-grained
     eff_b = np.asarray(curve["background_efficiency"])
-    np.testing.assert_allclose(eff_s, tpr, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(eff_b, fpr, rtol=0, atol=1e-12)
-    drawn = eff_b > 0  # rejection.png plots 1/eps_B where eps_B > 0
-    np.testing.assert_allclose(1 / eff_b[drawn], 1 / fpr[fpr > 0], rtol=1e-12)
-    # A point's cut selects the scores of its bin and above: half a bin below the bin centre.
-    np.testing.assert_allclose(curve["score_cut"][1:], thresholds[1:] - 0.5 / (BINS - 1))
-    assert curve["class"] == "signal" and curve["auc"] == pytest.approx(
-        np.trapezoid(tpr, fpr), abs=1e-12
-    )
+    # rejection.png draws 1/eps_B against eps_S where eps_B > 0
+    np.testing.assert_allclose(1 / eff_b[eff_b > 0], 1 / fpr[fpr > 0], rtol=1e-12)
+    full_fpr, full_tpr, _ = roc_curve(labels, quantised(scores), sample_weight=weights)
+    assert curve["class"] == "signal"
+    assert curve["auc"] == pytest.approx(np.trapezoid(full_tpr, full_fpr), abs=1e-12)
 
 
 def test_multiclass_curves_are_each_class_against_the_rest():
@@ -70,9 +100,7 @@ def test_multiclass_curves_are_each_class_against_the_rest():
     curves = roc_curves(fill(probs, labels, np.ones(20_000), 3), ["ttH", "ttbar", "ttZ"])
     assert [c["class"] for c in curves] == ["ttH", "ttbar", "ttZ"]
     for k, curve in enumerate(curves):
-        fpr, tpr, _ = roc_curve(labels == k, quantised(probs[:, k]), drop_intermediate=False)
-        np.testing.assert_allclose(curve["signal_efficiency"], tpr, atol=1e-12)
-        np.testing.assert_allclose(curve["background_efficiency"], fpr, atol=1e-12)
+        assert_points_of(curve, labels == k, probs[:, k])
 
 
 def ecdf_distance(a, b, wa, wb):

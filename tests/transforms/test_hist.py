@@ -64,7 +64,7 @@ def test_whole_numbers_are_drawn_per_integer(tmp_path, bins, high) -> None:
     hist = Histograms({"nJet": "flat", "MET": "flat"}, classes=[0, 1], bins=bins)
     hist.update({"nJet": n_jet, "MET": rng.normal(size=5000)}, classes)
     assert hist.integral == {"nJet": True, "MET": False}
-    edges, density = hist.density("nJet")
+    edges, heights = hist.fractions("nJet")
     assert edges[0] == -0.5 and edges[-1] == high + 0.5
     assert np.all(np.diff(edges) >= 1) and np.all(edges % 1 == 0.5)
     for c in (0, 1):
@@ -73,10 +73,11 @@ def test_whole_numbers_are_drawn_per_integer(tmp_path, bins, high) -> None:
         span = np.searchsorted(edges, np.arange(high + 1), side="right") - 1
         widths = np.diff(edges)
         want = np.bincount(span, weights=per_integer, minlength=len(widths)) / widths
-        np.testing.assert_allclose(density[c], want, rtol=1e-12)
-        assert np.sum(density[c] * widths) == pytest.approx(1.0)
-    met_edges, met_density = hist.density("MET")
+        np.testing.assert_allclose(heights[c], want, rtol=1e-12)
+        assert np.sum(heights[c] * widths) == pytest.approx(1.0)
+    met_edges, met_heights = hist.fractions("MET")
     np.testing.assert_array_equal(met_edges, hist.edges("MET"))  # real numbers: bins as filled
-    assert met_density.shape == (2, bins)
+    for c in (0, 1):  # the fraction of the class's values in each bin
+        np.testing.assert_allclose(met_heights[c], hist.counts["MET"][c] / (classes == c).sum())
     paths = hist.plot(tmp_path, log_y=True, progress=False)
     assert [p.name for p in paths] == ["nJet.png", "MET.png"]

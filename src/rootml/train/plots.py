@@ -11,46 +11,25 @@
 Train scores are either those made while training the epoch (weights changing, dropout on: a
 model with dropout then shows train/validation differences that are not overtraining) or, after
 the last epoch of rootml.train.fit, those of the final model in eval mode; legends and JSON
-say which ("train_scored"). Matplotlib is imported inside the
-functions (importing rootml.train stays light) and draws with Agg, no display.
+say which ("train_scored"). Drawn with rootml.plotting (Agg, matplotlib imported only when
+drawing, so importing rootml.train stays light).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rootml.plotting import Canvas, file_name
 from rootml.train.metrics import BINS, EpochMetrics, ks_test
 
 SCORE_BINS = 50  # drawn score bins; BINS / SCORE_BINS fine bins each
-_FONTS = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 9}
-_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown")
-
-
-def _draw(path: Path, title: str, context: str, draw) -> Path:
-    """One figure: `draw(axes)` fills it; `title` over the axes, `context` (run, sample) above."""
-    from matplotlib import rc_context
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rc_context(_FONTS):
-        figure = Figure(figsize=(6.4, 4.8), dpi=100)
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        draw(axes)
-        axes.set_title(title, loc="left")
-        axes.grid(alpha=0.3)
-        if context:
-            figure.suptitle(context, x=0.01, ha="left", fontsize=9, color="dimgrey")
-        figure.tight_layout()
-        figure.savefig(path)
-    return path
+# ROC points kept: a new one where signal efficiency moves by 1e-3 or background efficiency by 1%.
+ROC_RESOLUTION = (1e-3, 0.01)
 
 
 def plot_history(history: list[dict[str, Any]], folder: Path, context: str = "") -> list[Path]:
@@ -58,24 +37,27 @@ def plot_history(history: list[dict[str, Any]], folder: Path, context: str = "")
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    labels = {"loss": "loss (weighted)", "accuracy": "accuracy (weighted)", "auc": "ROC AUC"}
-    written = []
-    for metric, label in labels.items():
+    labels = {
+        "loss": ("Loss", "loss (weighted)"),
+        "accuracy": ("Accuracy", "accuracy (weighted)"),
+        "auc": ("ROC AUC", "ROC AUC"),
+    }
+    canvas, written = Canvas(), []
+    for metric, (name, label) in labels.items():
 
         def draw(axes, metric=metric, label=label):
             for split in ("train", "val"):
                 values = [row.get(f"{split}_{metric}", np.nan) for row in history]
                 if not all(np.isnan(v) for v in values):
-                    name = "validation" if split == "val" else split
-                    axes.plot(epochs, values, marker="o", label=name)
+                    shown = "validation" if split == "val" else "train (during the epoch)"
+                    axes.plot(epochs, values, marker="o", label=shown)
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.set_xlabel("epoch")
             axes.set_ylabel(label)
             if axes.has_data():
                 axes.legend()
 
-        title = f"{label.split(' (')[0].capitalize()} per epoch"
-        written.append(_draw(folder / f"{metric}.png", title, context, draw))
+        written.append(canvas.draw(folder / f"{metric}.png", draw, f"{name} per epoch", context))
     return written
 
 
@@ -88,24 +70,40 @@ def class_names(n_classes: int, names: Sequence[str] | None = None) -> list[str]
 
 def roc_curves(metrics: EpochMetrics, names: Sequence[str]) -> list[dict[str, Any]]:
     """Per score class (binary: signal; else each class against the rest): its name, AUC and
-    the ROC points where the curve moves: score_cut (events with score >= it are selected),
-    signal_efficiency, background_efficiency (the background rejection is 1 / it)."""
+    points of its ROC curve: score_cut (events with score >= it are selected),
+    signal_efficiency, background_efficiency (the background rejection is 1 / it). The points
+    are exact points of the curve, thinned (thin_roc) to a few thousand at most."""
     curves = []
     for k in metrics.score_classes:
         fpr, tpr, auc = metrics.roc(k)
         # Point i selects the top i fine bins; bin b holds scores within half a bin of b/(BINS-1).
         cuts = (BINS - np.arange(len(fpr)) - 0.5) / (BINS - 1)
-        moves = np.concatenate([[True], (np.diff(fpr) != 0) | (np.diff(tpr) != 0)])
+        keep = thin_roc(fpr, tpr)
         curves.append(
             {
                 "class": names[k],
                 "auc": auc,
-                "score_cut": cuts[moves].tolist(),
-                "signal_efficiency": tpr[moves].tolist(),
-                "background_efficiency": fpr[moves].tolist(),
+                "score_cut": cuts[keep].tolist(),
+                "signal_efficiency": tpr[keep].tolist(),
+                "background_efficiency": fpr[keep].tolist(),
             }
         )
     return curves
+
+
+def thin_roc(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
+    """Which ROC points to keep: the first of each run of points that agree within
+    ROC_RESOLUTION in signal efficiency and in log background efficiency (rejection), and the
+    last point. Every point dropped lies that close to the kept one before it, so the drawn
+    curves do not change and the JSON stays small (20,000 bins would give 20,001 points)."""
+    eff_s, log_b = ROC_RESOLUTION
+    with np.errstate(divide="ignore"):
+        key_b = np.floor(np.log(fpr) / np.log1p(log_b))
+    key_b[fpr <= 0] = -1e300  # no background selected yet: one run
+    key_s = np.floor(tpr / eff_s)
+    keep = np.concatenate([[True], (np.diff(key_s) != 0) | (np.diff(key_b) != 0)])
+    keep[-1] = True
+    return keep
 
 
 def score_distributions(
@@ -159,13 +157,14 @@ def plot_classifier(
     folder.mkdir(parents=True, exist_ok=True)
     about = {"epoch": epoch, "train_scored": train_scored}
     (folder / "roc.json").write_text(json.dumps({**about, **shown}))
+    canvas = Canvas()
     written = [
-        _draw(folder / "roc.png", f"ROC, epoch {epoch}", context, _roc_drawer(shown, False)),
-        _draw(
+        canvas.draw(folder / "roc.png", _roc_drawer(shown, False), f"ROC, epoch {epoch}", context),
+        canvas.draw(
             folder / "rejection.png",
+            _roc_drawer(shown, True),
             f"Background rejection, epoch {epoch}",
             context,
-            _roc_drawer(shown, True),
         ),
     ]
     scores = score_distributions(train, val, names)
@@ -173,23 +172,25 @@ def plot_classifier(
     binary = train.n_classes == 2
     for entry in scores:
         what = "Classifier score" if binary else f"Score of {entry['class']} vs rest"
-        title = f"{what}, train vs validation, epoch {epoch}"
-        name = "scores.png" if binary else f"scores_{re.sub(r'[^A-Za-z0-9_.-]', '_', entry['class'])}.png"  # fmt: skip
+        title = f"{what}, train{' vs validation' if val is not None else ''}, epoch {epoch}"
+        name = "scores.png" if binary else file_name(f"scores_{entry['class']}") + ".png"
         drawer = _score_drawer(entry, binary, train_scored)
-        written.append(_draw(folder / name, title, context, drawer))
+        written.append(canvas.draw(folder / name, drawer, title, context))
     return written
 
 
 def _roc_drawer(shown: dict[str, list[dict[str, Any]]], rejection: bool):
     def draw(axes):
         for split, curves in shown.items():
-            for colour, curve in zip(_COLOURS, curves):
+            for i, curve in enumerate(curves):
                 eff_s = np.asarray(curve["signal_efficiency"])
                 eff_b = np.asarray(curve["background_efficiency"])
                 label = f"{split}, AUC = {curve['auc']:.4f}"
                 if len(curves) > 1:
                     label = f"{curve['class']} vs rest, {label}"
-                style = dict(color=colour, ls="--" if split.startswith("train") else "-", lw=1.5)
+                style = dict(
+                    color=f"C{i % 10}", ls="--" if split.startswith("train") else "-", lw=1.5
+                )
                 if rejection:
                     keep = eff_b > 0
                     axes.plot(eff_s[keep], 1 / eff_b[keep], label=label, **style)

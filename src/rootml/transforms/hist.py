@@ -9,7 +9,6 @@ nothing is silently lost; parts filled in parallel merge exactly (counts add up)
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,37 +130,26 @@ class Histograms:
         the bins, counted in the edge bins, are noted in the corner. log_y: a logarithmic y axis
         (for tails). progress: as rootml.progress.mode (drawing many branches takes a while).
         Returns the paths."""
-        from matplotlib import rc_context
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
+        from rootml.plotting import Canvas, file_name
         from rootml.progress import Progress
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        fonts = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10}
-        with rc_context(fonts), Progress("drawing histograms", len(self.kinds), "plots", show=progress) as bar:  # fmt: skip
-            # One figure redrawn per branch, with its own Agg canvas: no pyplot global state,
-            # no display, and no new Figure per branch (making one costs as much as drawing it).
-            figure = Figure(figsize=(6.4, 4.8), dpi=100)
-            FigureCanvasAgg(figure)
+        canvas, written = Canvas(), []
+        with Progress("drawing histograms", len(self.kinds), "plots", show=progress) as bar:
             for branch in self.kinds:
-                figure.clear()
-                self._draw(figure.add_subplot(), branch, log_y)
-                figure.tight_layout()
-                path = out / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', branch)}.png"
-                figure.savefig(path)
-                written.append(path)
+                path = out / f"{file_name(branch)}.png"
+                written.append(canvas.draw(path, lambda axes, b=branch: self._draw(axes, b, log_y)))
                 bar.update(1)
         return written
 
-    def density(self, branch: str) -> tuple[np.ndarray, np.ndarray]:
-        """What plot draws: (edges, density (n_classes, len(edges) - 1)), each class's counts
-        over its total and the bin width (0 for a class without values). A branch of whole
-        numbers only is drawn per integer: its bins become [k - 0.5, k + 0.5) spans of the
-        integers they hold (bins holding none are dropped), the width the number of integers,
-        so bins narrower than 1 or holding 1 or 2 integers draw no picket fence."""
+    def fractions(self, branch: str) -> tuple[np.ndarray, np.ndarray]:
+        """What plot draws: (edges, heights (n_classes, len(edges) - 1)), the fraction of each
+        class's values per bin (0 for a class without values), so each class sums to 1 and
+        classes of different sizes compare. A branch of whole numbers only is drawn per
+        integer: its bins become [k - 0.5, k + 0.5) spans of the integers they hold (bins
+        holding none are dropped) and the heights the fraction per integer (the span's fraction
+        over its number of integers), so bins narrower than 1 or holding 1 or 2 integers draw
+        no picket fence."""
         edges, counts = self.edges(branch), self.counts[branch].astype(np.float64)
         if self.integral[branch]:
             first = np.ceil(edges[:-1])  # the first integer of each bin
@@ -170,33 +158,35 @@ class Histograms:
             edges = np.append(first[keep], after[-1]) - 0.5
             counts = counts[:, keep]
         totals = counts.sum(1, keepdims=True)
-        return edges, counts / (np.where(totals > 0, totals, 1) * np.diff(edges))
+        fractions = counts / np.where(totals > 0, totals, 1)
+        return edges, fractions / np.diff(edges) if self.integral[branch] else fractions
 
     def _draw(self, axes: Any, branch: str, log_y: bool) -> None:
-        edges, density = self.density(branch)
+        edges, heights = self.fractions(branch)
         for row, name in enumerate(self.names):
             total = int(self.counts[branch][row].sum())
             if total:
-                axes.stairs(density[row], edges, lw=1.6,
+                axes.stairs(heights[row], edges, lw=1.6,
                             label=f"{self._legend_name(name)} ({total:,} values)")  # fmt: skip
         kind = self.kinds[branch]
         axes.set_title(branch, loc="left", fontweight="bold")
-        if self.outside[branch]:
+        outside = self.outside[branch]
+        if outside:
             low, high = self.ranges[branch]
-            axes.set_title(f"{self.outside[branch]:,} values beyond [{low:.4g}, {high:.4g}]\n"
-                           "counted in the edge bins", loc="right", fontsize=9)  # fmt: skip
+            note = f"{outside:,} value{'s' * (outside != 1)} beyond [{low:.4g}, {high:.4g}]"
+            axes.set_title(f"{note}\ncounted in the edge bins", loc="right", fontsize=9)
         every = {"jagged": " (every item)", "fixed": " (every element)"}.get(kind, "")
         axes.set_xlabel(branch + every)
-        axes.set_ylabel("density (unit area)")
+        per = "integer" if self.integral[branch] else "bin"
+        axes.set_ylabel(f"fraction of values per {per}")
         if self.integral[branch]:
             from matplotlib.ticker import MaxNLocator
 
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if log_y:
             axes.set_yscale("log")
-        axes.grid(alpha=0.3)
         if axes.has_data():
-            axes.legend()
+            axes.legend(fontsize=10)
 
     def _legend_name(self, name: str) -> str:
         """A class name as given; a bare label reads "class N", one unnamed class "all"."""
