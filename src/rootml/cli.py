@@ -104,7 +104,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     if args.hist is None:
         given = ("labels", "bins", "nevts", "log_y")
-        unused = [f"--{k.replace('_', '-')}" for k in given if getattr(args, k) not in (None, False)]
+        unused = [
+            f"--{k.replace('_', '-')}" for k in given if getattr(args, k) not in (None, False)
+        ]
         if unused:
             raise ConfigError(f"histogram options ({', '.join(unused)}) need --hist OUT")
     reports = [_select(inspect_file(f), args) for f in args.files]

@@ -192,9 +192,7 @@ def fit(
             note = "final model"
         if rank == 0:
             context = title if title is not None else _context(out, train)
-            names = display_names(metrics.n_classes, class_names)
-            plot_history(history, out / "plots", context)
-            plot_classifier(metrics, val_metrics, out / "plots", epoch + 1, names, context, note)
+            _plot(out / "plots", history, metrics, val_metrics, class_names, context, note)
         if on_epoch is not None:
             on_epoch(row)
     return history
@@ -346,6 +344,13 @@ def _loss(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
         probs = output.reshape(-1).clamp(1e-7, 1 - 1e-7)
         return F.binary_cross_entropy(probs, labels.float(), reduction="none"), probs
     return F.cross_entropy(output, labels, reduction="none"), output.softmax(1)
+
+
+def _plot(folder, history, train, val, class_names, context, train_scored) -> None:
+    """The run's plots after an epoch (rootml.train.plots)."""
+    names = display_names(train.n_classes, class_names)
+    plot_history(history, folder, context)
+    plot_classifier(train, val, folder, history[-1]["epoch"], names, context, train_scored)
 
 
 def _expected(dataset: Any, history: list[dict[str, Any]], key: str, world: int) -> int | None:
