@@ -75,7 +75,9 @@ RUN_FILES = {
     "params.json",
     "specs.json",
     "summary.json",
-    *(f"plots/{name}.png" for name in ("loss", "accuracy", "auc", "roc")),
+    *(f"plots/{name}.png" for name in ("loss", "accuracy", "auc", "roc", "rejection", "scores")),
+    "plots/roc.json",
+    "plots/scores.json",
 }
 
 
