@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs (pip packages, Debian's xrootd-server) and runs it.
+# Installs everything the test suite needs and runs it: Debian packages (xrootd-server for the
+# tests against a real XRootD server, curl for the README's examples, python3-venv when missing),
+# then rootml with its test extras into the project's virtual environment (.venv/, or the active
+# one; scripts/setup_env.sh), with the test tools' versions from scripts/constraints.txt.
 # Usage: bash scripts/test.sh [pytest args]. Fails on no tests collected (pytest exit 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
 
-if ! command -v xrootd >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server >/dev/null
-  fi
-fi
-# torch pinned: a bare `torch` pulls a multi-GB CUDA build; 2.13.0 is the CPU wheel on these machines.
-python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[test]"
+missing=()
+command -v xrootd >/dev/null 2>&1 || missing+=(xrootd-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+use_project_venv
+install_rootml ".[test]"
 
 export ROOTML_REQUIRE_XROOTD=1
 status=0
-python3 -m pytest -q -p no:cacheprovider "$@" || status=$?
+"$PY" -m pytest -q -p no:cacheprovider "$@" || status=$?
 if [ "$status" = 5 ]; then
   echo "pytest collected no tests: failing" >&2
   exit 1

@@ -73,8 +73,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         collection (counter, or prefix: "Jet" of "Jet_pt", "AnalysisJetsAuxDyn" of
         "AnalysisJetsAuxDyn:pt"), or None for the largest multiplicity (found by a first pass
         over the counts); a dict key naming no jagged branch or collection is refused.
-    specs: a fitted Specs (pad lengths, statistics); refused if fitted on other inputs unless
-        `reuse_specs=True`.
+    specs: a fitted Specs (pad lengths, statistics); its branches are the features when `branches`
+        is None. Refused if fitted on other inputs unless `reuse_specs=True`.
     preprocess: callable (or "module.py:function") taking and returning a chunk (dict of awkward
         arrays) before padding; transform: callable on the padded block (dict of numpy arrays).
     shuffle: permute units per epoch (seed + epoch) and mix rows in a buffer of `shuffle_buffer`
@@ -173,6 +173,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         metas = read_metadata(self.files, tree, self.retries, self.backoff)
         self.tree = metas[0].tree
         self._report = SharedReport(self._report_keys(metas))
+        if branches is None and specs is not None:
+            branches = list(specs.branches)  # the Specs' features, not every branch of the file
         self.branch_info = select_branches(metas, branches, exclude, self._reserved(), self.aliases)
         read = expression_branches(self.cut, self.aliases, metas[0].keys, metas[0].url, self.tree)
         self._sort_keys = sort_key_branches(sort_by, metas[0], self.aliases)
