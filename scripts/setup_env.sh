@@ -33,8 +33,9 @@ use_project_venv() { # sets VIRTUAL_ENV, PATH and PY
   else
     VIRTUAL_ENV=${ROOTML_VENV:-.venv}
     case $VIRTUAL_ENV in /*) ;; *) VIRTUAL_ENV=$PWD/$VIRTUAL_ENV ;; esac
-    # Reused when its Python and pip work; remade (--clear) when a failed attempt left it broken.
-    if ! "$VIRTUAL_ENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    # Reused when its Python runs and it has pip; remade (--clear) when a failed attempt (no
+    # ensurepip) left it without.
+    if ! { [ -x "$VIRTUAL_ENV/bin/pip" ] && "$VIRTUAL_ENV/bin/python" -c '' 2>/dev/null; }; then
       command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
       if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
         echo "error: rootml needs Python >= 3.10; python3 is $(python3 -V 2>&1)" >&2
@@ -57,7 +58,9 @@ install_rootml() { # install_rootml TARGET ("." or ".[test]"): pip install -e, s
   key=$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -c1-16)
   key="$key $PWD $TORCH_REQUIREMENT"
   if [ -f "$stamp" ] && { grep -qxF "$key $target" "$stamp" || grep -qxF "$key .[test]" "$stamp"; } &&
-    "$PY" -c 'import rootml, sys; sys.exit(not rootml.__file__.startswith(sys.argv[1]))' "$PWD/src"; then
+    "$PY" -c 'import importlib.util as u, sys
+spec = u.find_spec("rootml")  # where it is, without importing it (and torch)
+sys.exit(spec is None or not spec.origin.startswith(sys.argv[1]))' "$PWD/src"; then
     echo "rootml $target already installed in $VIRTUAL_ENV" >&2
     return
   fi
