@@ -13,7 +13,8 @@ from tests.conftest import HZZ
 
 def test_specs_alone_choose_the_branches(tmp_path) -> None:
     pads = {"MET_px": None, "Jet_Px": 3, "Muon_E": 2}
-    fit_specs(str(HZZ), branches=list(pads), max_len=pads).save(tmp_path / "specs.json")
+    max_len = {name: n for name, n in pads.items() if n is not None}
+    fit_specs(str(HZZ), branches=list(pads), max_len=max_len).save(tmp_path / "specs.json")
     specs = Specs.load(tmp_path / "specs.json")
     ds = RootIterableDataset(str(HZZ), specs=specs, batch_size=10_000)
     assert sorted(ds.branch_info) == sorted(pads)  # not the file's other 48 branches
