@@ -17,7 +17,7 @@ installed=$SECONDS
 "$PY" examples/tth/make_data.py "$out/data" --events 20000
 rootml inspect "$out/data/signal.root" >"$out/inspect.txt" && head -8 "$out/inspect.txt"
 rootml train --files "$out/data/files.txt" --labels "$out/data/labels.txt" \
-  --model examples/tth/model.py --params examples/tth/params.json --out "$out/run"
+  --model examples/tth/model.py --params examples/tth/params.json --out "$out/run" --overwrite
 rootml export "$out/run" --name tth --repo "$out/models"
 rootml predict --model "$out/models/tth" --files "$out/data/signal.root" "$out/data/background.root" \
   --out "$out/scores"
