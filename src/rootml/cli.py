@@ -433,7 +433,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from rootml.serve.predict import predict
+    from rootml.predict import predict
 
     summary = predict(
         args.model,

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rootml.export.repository import add_onnx_model
-from rootml.serve.codec import encode_infer_request
+from rootml.protocol import encode_infer_request
 from tests.serve.conftest import N_FEATURES, TOKEN, Server
 
 

@@ -6,7 +6,7 @@ __all__ = lazy_exports(
     __name__,
     {
         "ModelManager": "rootml.serve.models",
-        "ServeSettings": "rootml.serve.app",
+        "ServeSettings": "rootml.serve.settings",
         "ServedVersion": "rootml.serve.models",
         "create_app": "rootml.serve.app",
         "run_server": "rootml.serve.app",
