@@ -116,10 +116,8 @@ def _decode_input(
     return InferInput(item["name"], datatype, shape, array, counts), offset
 
 
-def _requested_outputs(raw: Any, binary_output: bool) -> list[tuple[str, bool]] | None:
-    """(name, binary) of the outputs a request asks for; None when it names none."""
-    if raw is None:
-        return None
+def _requested_outputs(raw: Any, binary_output: bool) -> list[tuple[str, bool]]:
+    """(name, binary) of the outputs a request's "outputs" asks for."""
     if not isinstance(raw, list):
         raise BadRequest("'outputs' must be a list")
     outputs = []
@@ -166,7 +164,9 @@ def parse_infer_request(
             "follow the JSON header"
         )
     binary_output = bool(parameters.get("binary_data_output", False))
-    outputs = _requested_outputs(doc.get("outputs"), binary_output)
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        outputs = _requested_outputs(outputs, binary_output)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string, not {type(request_id).__name__}")
