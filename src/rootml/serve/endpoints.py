@@ -3,9 +3,10 @@
 `Endpoints` holds the model manager, the metrics and the settings; its methods raise the meanings
 of rootml.errors (ModelNotFound, BadRequest, Unauthorized, ...) and never pick a status. The HTTP
 routes (serve.routes) and the infer fast path (serve.fastpath) only read requests and write
-answers around them, so a gRPC front-end can call the same methods and answer the same errors
-through serve.errors. The methods that FastAPI calls directly (metadata, readiness) are async and
-take their path parameters by name, as the routes declare them.
+answers around them, so a gRPC front-end can call the same methods (for infer: `run` on the feeds
+it decodes) and answer the same errors through serve.errors. The methods that FastAPI calls
+directly (metadata, readiness) are async and take their path parameters by name, as the routes
+declare them; their docstrings are the OpenAPI descriptions.
 """
 
 from __future__ import annotations
