@@ -490,7 +490,7 @@ def case_name(case: dict) -> str:
 
 
 def _body(batch: int, encoding: str) -> tuple[bytes, int | None]:
-    from rootml.serve.codec import encode_infer_request
+    from rootml.protocol import encode_infer_request
 
     return encode_infer_request({"features": _inputs(batch)}, binary=encoding == "binary")
 
@@ -499,7 +499,7 @@ def _check(url: str, body: bytes, header_length: int | None, expected: np.ndarra
     """One request; its scores must equal the in-process run's (else RuntimeError)."""
     import httpx
 
-    from rootml.serve.codec import decode_infer_response
+    from rootml.protocol import decode_infer_response
 
     headers = (
         {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}

@@ -359,7 +359,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from rootml.serve.app import ServeSettings, repository_notice, run_server
+    from rootml.serve.app import repository_notice, run_server
+    from rootml.serve.settings import ServeSettings
 
     token = _read_token(args.token_file)
     settings = ServeSettings(
@@ -433,7 +434,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from rootml.serve.predict import predict
+    from rootml.predict import predict
 
     summary = predict(
         args.model,

@@ -6,6 +6,9 @@ with Client("http://127.0.0.1:8000") as client:
     scores = client.infer("tth", {"features": x, "mask": m})["score"]   # x: float32 (B, F)
 ```
 Tensors travel with the binary tensor extension by default (raw bytes after a JSON header).
+The wire format comes from rootml.protocol, which the server shares; nothing of the server is
+imported, so a client needs httpx, numpy and orjson only (awkward only for `columns_to_inputs`
+of awkward arrays).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from rootml.errors import FileAccessError, ProtocolError
-from rootml.serve.codec import decode_infer_response, encode_infer_request
+from rootml.errors import FileAccessError, error_for_status
+from rootml.protocol import columns_to_inputs as columns_to_inputs
+from rootml.protocol import decode_infer_response, encode_infer_request
 
 
 class Client:
@@ -62,14 +66,15 @@ class Client:
             raise FileAccessError(f"{method} {url}{path}: {type(err).__name__}: {err}") from err
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """`_send`, raising ProtocolError with the server's message for an error status."""
+        """`_send`, raising the ProtocolError of an error status (rootml.errors.error_for_status:
+        NotFound for 404, Unavailable for 503, ...) with the server's message."""
         response = self._send(method, path, **kwargs)
         if response.status_code >= 300:
             try:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text or response.reason_phrase
-            raise ProtocolError(f"{method} {path}: {message}", response.status_code)
+            raise error_for_status(response.status_code, f"{method} {path}: {message}")
         return response
 
     @staticmethod
@@ -104,7 +109,7 @@ class Client:
 
     def model_rootml(self, name: str, version: str | int | None = None) -> dict[str, Any]:
         """The rootml.json of a version (default: the default version) of model `name`: Specs,
-        feature names, labels, normalisation. ProtocolError(404) if it has none."""
+        feature names, labels, normalisation. NotFound if it has none."""
         return self._request("GET", self._model_path(name, version) + "/rootml").json()
 
     def infer(

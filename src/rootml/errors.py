@@ -113,8 +113,106 @@ class ModelError(RootmlError):
 
 
 class ProtocolError(RootmlError):
-    """A request breaks the inference protocol; `status` is the HTTP status to answer with."""
+    """A request the inference protocol refuses, or an error answer a server gave a client.
 
-    def __init__(self, message: str, status: int = 400):
+    Each subclass below is one meaning and carries, as the class attribute `status`, the HTTP
+    status that answers it: model management and decoding raise meanings, and only the server's
+    edge (rootml.serve.errors) turns them into answers. `ProtocolError(message, status)` with an
+    explicit status is for an answer whose meaning is not known here (a client reading a server's
+    error, see `error_for_status`).
+    """
+
+    status = 400
+
+    def __init__(self, message: str = "", status: int | None = None):
         super().__init__(message)
-        self.status = status
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ProtocolError):
+    """400: a malformed request (JSON, datatypes, shapes, sizes, names) or one that does not fit
+    the model (inputs, outputs, batch size, branches)."""
+
+    status = 400
+
+
+class Unauthorized(ProtocolError):
+    """401: model control without the right bearer token."""
+
+    status = 401
+
+
+class Forbidden(ProtocolError):
+    """403: model control is off (no token configured, or several worker processes)."""
+
+    status = 403
+
+
+class NotFound(ProtocolError):
+    """404: no such thing on the server (a version without rootml.json, ...)."""
+
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    """404: no such model, or no such loaded version of it."""
+
+
+class RequestTimeout(ProtocolError):
+    """408: the request body did not arrive in time."""
+
+    status = 408
+
+
+class BodyTooLarge(ProtocolError):
+    """413: a request over a size limit: its body (as declared, received or decompressed), an
+    uploaded archive unpacked, or the model inputs it would be padded to."""
+
+    status = 413
+
+
+class InferenceFailed(ProtocolError):
+    """500: the model's run failed for a reason that is not the request's."""
+
+    status = 500
+
+
+class Unavailable(ProtocolError):
+    """503: the server cannot answer this now; the same request may work later."""
+
+    status = 503
+
+
+class ModelNotReady(Unavailable):
+    """503: the model or version is not (yet) loaded, failed to load, or is being unloaded."""
+
+
+class Overloaded(Unavailable):
+    """503: too many requests are waiting (a full queue)."""
+
+
+class DeadlineExceeded(Unavailable):
+    """503: the request was not answered within the server's request timeout."""
+
+
+# The general meaning of each status a server answers with (for a client reading an answer).
+_BY_STATUS: dict[int, type[ProtocolError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        RequestTimeout,
+        BodyTooLarge,
+        Unavailable,
+    )  # fmt: skip
+}
+
+
+def error_for_status(status: int, message: str) -> ProtocolError:
+    """The exception for an error answer of HTTP `status`: its meaning's class where there is one
+    (404 -> NotFound, 503 -> Unavailable, ...), else ProtocolError carrying `status`."""
+    cls = _BY_STATUS.get(status)
+    return cls(message) if cls is not None else ProtocolError(message, status)

@@ -76,7 +76,7 @@ def test_reference_endpoint_answers_json_and_binary_like_onnxruntime(serve, tmp_
     import numpy as np
     from starlette.testclient import TestClient
 
-    from rootml.serve.codec import decode_infer_response
+    from rootml.protocol import decode_infer_response
 
     model = serve.mlp_onnx(serve.MODELS["mlp"])
     (tmp_path / "m.onnx").write_bytes(model)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 
 import awkward as ak
@@ -106,6 +110,36 @@ def test_refused_connection_fails_fast_naming_the_url():
         RootIterableDataset(url, retries=1, backoff=0.1)
     assert err.value.url == url
     assert time.monotonic() - begin < 30
+
+
+def test_xrootd_timeouts_are_set_at_the_first_remote_open_not_at_import():
+    """Importing rootml.datasets leaves the environment alone; the first root:// open puts the
+    bounded XRD_* timeouts in (before the XRootD client loads, which reads them once), and a
+    value the user set stays."""
+    code = f"""
+import json, os, sys
+os.environ["XRD_REQUESTTIMEOUT"] = "7"
+import rootml.datasets._files as files
+before = {{k: v for k, v in os.environ.items() if k.startswith("XRD_")}}
+loaded_before = "XRootD.client" in sys.modules
+try:
+    files.open_file("root://127.0.0.1:{free_port()}//data/f.root", retries=0)
+except Exception as err:
+    kind = type(err).__name__
+after = {{k: v for k, v in os.environ.items() if k.startswith("XRD_")}}
+print(json.dumps([before, loaded_before, after, kind]))
+"""
+    # This process may have set them already (an earlier test opened a root:// file).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XRD_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    before, loaded_before, after, kind = json.loads(done.stdout.splitlines()[-1])
+    assert before == {"XRD_REQUESTTIMEOUT": "7"} and not loaded_before
+    assert kind == "FileAccessError"
+    assert after["XRD_REQUESTTIMEOUT"] == "7"  # the user's
+    assert after["XRD_CONNECTIONWINDOW"] == "5" and after["XRD_RUNFORKHANDLER"] == "1"
 
 
 def test_preprocess_hook_from_a_module_file(tmp_path):

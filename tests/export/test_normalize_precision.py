@@ -12,7 +12,7 @@ import uproot
 
 from rootml import RootIterableDataset, fit_specs
 from rootml.export import export_run, load_model
-from rootml.serve.physics import Preprocessing
+from rootml.export.preprocessing import Preprocessing
 from tests.export.test_onnx import make_run, run_onnx
 
 IDENTITY_MODEL = """

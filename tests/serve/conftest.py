@@ -106,17 +106,18 @@ def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
 
 
 class Server:
-    """`rootml serve` in a subprocess on a free loopback port; always killed at the end."""
+    """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
-    def __init__(self, repo: Path, log: Path, *args: str):
+    `entry`: how Python starts the command (`-m rootml.cli`, or `-c CODE` running it)."""
+
+    def __init__(self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli")):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
         self.log = log
         command = [
             sys.executable,
-            "-m",
-            "rootml.cli",
+            *entry,
             "serve",
             "--repo",
             str(repo),

@@ -380,7 +380,7 @@ def test_infer_fast_path_answers_unexpected_errors_in_the_protocol_form(repo, mo
         def broken(*args, **kwargs):
             raise RuntimeError("bug")
 
-        monkeypatch.setattr("rootml.serve.app.encode_infer_response", broken)
+        monkeypatch.setattr("rootml.serve.endpoints.encode_infer_response", broken)
         for path in ("/v2/models/mlp/infer", "/v2/models/mlp/versions/1/infer"):
             response = client.post(path, content=orjson.dumps(_json_doc()))
             assert response.status_code == 500

@@ -8,13 +8,8 @@ import pytest
 
 from rootml.errors import ProtocolError
 from rootml.export.repository import TensorSpec
-from rootml.serve.codec import (
-    check_inputs,
-    decode_infer_response,
-    encode_infer_request,
-    encode_infer_response,
-    parse_infer_request,
-)
+from rootml.protocol import decode_infer_response, encode_infer_request
+from rootml.serve.codec import check_inputs, encode_infer_response, parse_infer_request
 
 ARRAYS = {
     "f32": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from rootml.errors import ProtocolError
 from rootml.export.repository import TensorSpec
-from rootml.serve.codec import DTYPES, check_inputs, encode_infer_request, parse_infer_request
+from rootml.protocol import DTYPES, encode_infer_request
+from rootml.serve.codec import check_inputs, parse_infer_request
 from tests.serve.conftest import N_FEATURES, make_inputs
 
 IN_PROCESS_EXAMPLES = 500  # per body family

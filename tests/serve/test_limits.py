@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from rootml.export.repository import add_onnx_model
-from rootml.serve.codec import decode_infer_response, encode_infer_request
+from rootml.protocol import decode_infer_response, encode_infer_request
 from tests.serve.conftest import N_FEATURES, TOKEN, Server
 
 

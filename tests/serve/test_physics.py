@@ -15,7 +15,8 @@ from tritonclient.utils import np_to_triton_dtype
 from rootml.client import Client
 from rootml.errors import ModelError, ProtocolError
 from rootml.export.repository import TensorSpec, add_onnx_model
-from rootml.serve.codec import encode_infer_request, parse_infer_request
+from rootml.protocol import encode_infer_request
+from rootml.serve.codec import parse_infer_request
 from rootml.serve.physics import (
     MAX_PADDED_VALUES,
     Preprocessing,

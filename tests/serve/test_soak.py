@@ -21,7 +21,7 @@ import pytest
 
 from rootml.client import Client
 from rootml.export.repository import add_onnx_model
-from rootml.serve.codec import decode_infer_response, encode_infer_request
+from rootml.protocol import decode_infer_response, encode_infer_request
 from tests.serve.conftest import TOKEN, Server, make_inputs
 
 SOAK_SECONDS = 60.0 if os.environ.get("ROOTML_SOAK") == "1" else 10.0

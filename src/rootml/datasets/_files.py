@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import uproot
+
 from rootml.errors import FileAccessError, SchemaError, closest, where
 
 log = logging.getLogger(__name__)
 
-# The XRootD client reads these once, when it is first loaded. Its defaults let a read from a
-# dead server hang for minutes; rootml bounds them and retries on its own (see `with_retries`).
-# XRD_RUNFORKHANDLER keeps the client usable in DataLoader workers forked after a parent read.
+# The XRootD client reads these once, when it is first loaded (at the first root:// open, never
+# at import). Its defaults let a read from a dead server hang for minutes; rootml bounds them
+# and retries on its own (see `with_retries`). XRD_RUNFORKHANDLER keeps the client usable in
+# DataLoader workers forked after a parent read. A value the user set wins.
 _XRD_DEFAULTS = {
     "XRD_CONNECTIONWINDOW": "5",
     "XRD_CONNECTIONRETRY": "1",
@@ -29,10 +32,6 @@ _XRD_DEFAULTS = {
     "XRD_STREAMERRORWINDOW": "1",
     "XRD_RUNFORKHANDLER": "1",
 }
-for _key, _value in _XRD_DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
-
-import uproot  # noqa: E402  (after the XRD_* defaults, which the client reads at load)
 
 _REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "gs://", "simplecache::")
 T = TypeVar("T")
@@ -117,11 +116,20 @@ def open_file(url: str, retries: int = 3, backoff: float = 0.5) -> Any:
     return with_retries(lambda: open_once(url), retries, backoff, url=url)
 
 
+def xrootd_defaults() -> None:
+    """Put rootml's XRD_* defaults into the environment where the user has not set them: before
+    the first remote open of this process, which may load the XRootD client."""
+    for key, value in _XRD_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def open_once(url: str) -> Any:
     """Open a ROOT file once. Transport failures raise OSError (for the caller to retry); a
     missing local file or a file that is not ROOT raises FileAccessError."""
     if not is_remote(url) and not os.path.exists(url):
         raise FileAccessError("file not found", url=url)
+    if is_remote(url):
+        xrootd_defaults()
     try:
         # No array cache: every unit is read once, and uproot's default (100 MB per open file)
         # would make memory grow with the number of files open in a worker.

@@ -8,6 +8,7 @@ __all__ = lazy_exports(
     __name__,
     {
         "LoadedModel": _REPOSITORY,
+        "Preprocessing": "rootml.export.preprocessing",
         "TensorSpec": _REPOSITORY,
         "TrainedRun": "rootml.export.checkpoint",
         "add_onnx_model": _REPOSITORY,

@@ -1,4 +1,8 @@
-"""HTTP details of the server kept out of the app: body reading and error answers."""
+"""HTTP details of the server kept out of the routes: body reading and error answers.
+
+`exception_response` is the HTTP form of serve.errors' table, and `EXCEPTION_HANDLERS` registers it
+for FastAPI: the routes and the infer fast path answer every exception through it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rootml.errors import ProtocolError
+from rootml.errors import BadRequest, BodyTooLarge, ModelError, ProtocolError, RequestTimeout
+from rootml.serve.errors import answer
 
 # A body may take 1 s more per this many bytes beyond the body timeout: slow links are fine,
 # stalled senders are not.
@@ -34,6 +40,27 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def exception_response(err: BaseException) -> JSONResponse:
+    """The answer to any exception: serve.errors' table, and FastAPI's own (a request that fails
+    its validation: 400; Starlette's HTTP errors such as 405 with their status and headers)."""
+    if isinstance(err, RequestValidationError):
+        return error_response(f"invalid request: {err.errors()}", 400)
+    if isinstance(err, StarletteHTTPException):
+        return error_response(str(err.detail), err.status_code, err.headers)
+    status, message = answer(err)
+    return error_response(message, status)
+
+
+async def _handle(request: Request, err: Exception) -> JSONResponse:
+    # Unexpected errors are still logged with their traceback by the server.
+    return exception_response(err)
+
+
+EXCEPTION_HANDLERS = dict.fromkeys(
+    (ProtocolError, ModelError, RequestValidationError, StarletteHTTPException, Exception), _handle
+)
+
+
 async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The body of a Starlette request: `receive_body` with its headers."""
     headers = request.headers
@@ -54,12 +81,13 @@ async def receive_body(
     timeout: float | None = None,
 ) -> bytes:
     """The request body from ASGI `receive`, decompressed for Content-Encoding (`encoding`)
-    gzip/deflate; 413 beyond `limit` bytes either as declared (`length`, Content-Length), on the
-    wire or decompressed, 400 for a bad or unknown encoding or a client gone before the end,
-    408 when the body has not arrived `timeout` s (plus 1 s per BODY_MIN_RATE bytes received)
-    after the first read: a stalled sender does not hold its connection."""
+    gzip/deflate. Raises BodyTooLarge beyond `limit` bytes either as declared (`length`,
+    Content-Length), on the wire or decompressed; BadRequest for a bad or unknown encoding or a
+    client gone before the end; RequestTimeout when the body has not arrived `timeout` s (plus
+    1 s per BODY_MIN_RATE bytes received) after the first read: a stalled sender does not hold its
+    connection."""
     if length is not None and length.isdigit() and int(length) > limit:
-        raise ProtocolError(f"body of {length} bytes is over the limit of {limit} bytes", 413)
+        raise BodyTooLarge(f"body of {length} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     start = asyncio.get_running_loop().time()
     try:
@@ -72,28 +100,27 @@ async def receive_body(
                 await _receive_all(receive, chunks, limit, deadline, start + timeout)
     except asyncio.TimeoutError:
         size = sum(map(len, chunks))
-        raise ProtocolError(
+        raise RequestTimeout(
             f"the request body did not arrive in time ({size} bytes in "
             f"{asyncio.get_running_loop().time() - start:.1f} s; the limit is {timeout:g} s "
-            f"plus 1 s per {BODY_MIN_RATE >> 20} MiB)",
-            408,
+            f"plus 1 s per {BODY_MIN_RATE >> 20} MiB)"
         ) from None
     body = b"".join(chunks)
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
     # gzip, or deflate in its zlib wrapper (what tritonclient sends); 32 makes zlib detect which.
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as err:
-        raise ProtocolError(f"cannot decompress the {encoding} body: {err}") from None
+        raise BadRequest(f"cannot decompress the {encoding} body: {err}") from None
     if len(out) > limit:
-        raise ProtocolError(f"body decompresses to more than the limit of {limit} bytes", 413)
+        raise BodyTooLarge(f"body decompresses to more than the limit of {limit} bytes")
     if not inflater.eof:
-        raise ProtocolError(f"the {encoding} body is truncated")
+        raise BadRequest(f"the {encoding} body is truncated")
     return out
 
 
@@ -110,30 +137,13 @@ async def _receive_all(
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            raise ProtocolError("the client went away before sending the whole body")
+            raise BadRequest("the client went away before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ProtocolError(f"body is over the limit of {limit} bytes", 413)
+            raise BodyTooLarge(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return
         if deadline is not None:
             deadline.reschedule(until + size / BODY_MIN_RATE)
-
-
-def json_body(body: bytes) -> Any:
-    """A small JSON body (repository routes, /json); empty means {}. ProtocolError(400) if invalid."""
-    if not body.strip():
-        return {}
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise ProtocolError(f"body is not valid JSON: {err}") from None
-
-
-def run_error(err: Exception) -> ProtocolError:
-    """The error answered for an exception of an onnxruntime run: 400 for bad input, else 500."""
-    # onnxruntime's own exception types; InvalidArgument is the caller's fault.
-    bad_input = type(err).__name__ in ("InvalidArgument", "InvalidProtobuf")
-    return ProtocolError(f"inference failed: {err}", 400 if bad_input else 500)

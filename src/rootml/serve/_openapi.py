@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from rootml.serve.codec import DTYPES
+from rootml.protocol import DTYPES
 
 
 class TensorMetadata(BaseModel):

@@ -3,7 +3,7 @@
 A request waits at most `max_delay_s` after it was queued for others to join it; a batch is sent
 as soon as it holds `max_batch_size` rows (or the largest of Triton's `preferred_batch_size`) or the
 delay of its first request is over. While every run slot is busy, requests keep queuing, so batches
-grow with load. The queue is bounded: a request that finds it full is refused with 503.
+grow with load. The queue is bounded: a request that finds it full is refused (Overloaded).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rootml.errors import ModelError, ProtocolError
+from rootml.errors import ModelError, ModelNotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,12 @@ class DynamicBatcher:
     def submit(self, feeds: dict[str, np.ndarray]) -> asyncio.Future:
         """Queue one request (inputs with the batch as first dim); the future gets its outputs.
 
-        Raises ProtocolError(503) when the queue is full or the batcher is closed.
+        Raises Overloaded when the queue is full, ModelNotReady when the batcher is closed.
         """
         if self._closed:
-            raise ProtocolError("model version is being unloaded", 503)
+            raise ModelNotReady("model version is being unloaded")
         if len(self._items) >= self.max_queue:
-            raise ProtocolError(f"queue full ({self.max_queue} requests waiting); retry later", 503)
+            raise Overloaded(f"queue full ({self.max_queue} requests waiting); retry later")
         future = asyncio.get_running_loop().create_future()
         rows = next(iter(feeds.values())).shape[0]
         self._items.append(_Pending(feeds, rows, _signature(feeds), time.perf_counter(), future))

@@ -7,7 +7,8 @@ the old version object, which finishes its run, or the new one. Never a half-loa
 Each loaded version keeps its own rootml.json (`ServedVersion.metadata`) for the layers that turn
 raw physics columns into model inputs. Versions load one by one: a version that fails (a graph
 that does not fit config.pbtxt, a broken rootml.json) is UNAVAILABLE with its reason while the
-others serve; requests for it, or for the default version when it is that one, get 503.
+others serve; requests for it, or for the default version when it is that one, get
+ModelNotReady.
 
 `poll` brings the served models in line with the repository (Triton's poll mode): models that
 appeared or changed are loaded, models removed are unloaded. Versions are written into the
@@ -25,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rootml.errors import ModelError, ProtocolError
+from rootml.errors import (
+    BadRequest,
+    ModelError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    ProtocolError,
+)
 from rootml.export import repository as repo_mod
 from rootml.export.model_config import batching_settings, select_versions
 from rootml.serve.batching import DynamicBatcher
@@ -77,7 +85,7 @@ class ModelManager:
 
     At most `run_slots` onnxruntime runs are in flight, each with `threads_per_run` intra-op
     threads: run_slots x threads_per_run should not exceed the cores, so runs never fight over
-    them. Beyond `max_queue` waiting requests, requests are refused with 503. A run of an
+    them. Beyond `max_queue` waiting requests, requests are refused (Overloaded). A run of an
     unbatched version measured to take at most `inline_run_s` runs on the event loop instead.
     """
 
@@ -171,13 +179,13 @@ class ModelManager:
     async def load(self, name: str) -> None:
         """(Re)load model `name` from the repository, then swap it in; the old set serves until then.
 
-        Raises ProtocolError: 400 for an invalid name, 404 for a model not in the repository.
+        Raises BadRequest for an invalid name, ModelNotFound for a model not in the repository,
         ModelError if no version loads (the versions already loaded, if any, keep serving), or
         if some did not (the others are swapped in and serve).
         """
         self._check_name(name)
         if not self._exists(name):
-            raise ProtocolError(f"model {name!r} is not in the repository", 404)
+            raise ModelNotFound(f"model {name!r} is not in the repository")
         async with self._locks.setdefault(name, asyncio.Lock()):
             self._fingerprints[name] = await asyncio.to_thread(self.fingerprint, name)
             if name not in self._models:
@@ -207,10 +215,10 @@ class ModelManager:
     async def unload(self, name: str) -> None:
         """Stop serving model `name` (requests already queued finish).
 
-        Raises ProtocolError: 400 for an invalid name, 404 for an unknown model."""
+        Raises BadRequest for an invalid name, ModelNotFound for an unknown model."""
         self._check_name(name)
         if name not in self._models and not self._exists(name):
-            raise ProtocolError(f"model {name!r} is not in the repository", 404)
+            raise ModelNotFound(f"model {name!r} is not in the repository")
         async with self._locks.setdefault(name, asyncio.Lock()):
             old = self._models.pop(name, {})
             self._failed.pop(name, None)
@@ -226,7 +234,7 @@ class ModelManager:
         The upload is unpacked and checked whole in a thread (archive, ONNX opened by
         onnxruntime, rootml.json against the graph, config.pbtxt, the model's signature) before
         anything is written, so a refused upload leaves the repository as it was. Returns the
-        new version. Raises ProtocolError/ModelError.
+        new version. Raises BadRequest, BodyTooLarge, ModelError.
         """
         self._check_name(name)
 
@@ -306,22 +314,22 @@ class ModelManager:
         try:
             repo_mod.check_model_name(name)
         except ModelError as err:
-            raise ProtocolError(str(err), 400) from None
+            raise BadRequest(str(err)) from None
 
     # Serving -------------------------------------------------------------------------------
     def get(self, name: str, version: str | int | None = None) -> ServedVersion:
         """The loaded version `version` (default: the model's default, its highest) of `name`.
 
-        Raises ProtocolError: 400 invalid name, 404 unknown model or version, 503 a model not
-        (yet) loaded or a version that failed to load.
+        Raises BadRequest for an invalid name, ModelNotFound for an unknown model or version,
+        ModelNotReady for a model not (yet) loaded or a version that failed to load.
         """
         versions = self._models.get(name)
         if versions is None:
             self._check_name(name)
             if self._exists(name):
                 state, reason = self._status.get(name, ("UNAVAILABLE", "not loaded"))
-                raise ProtocolError(f"model {name!r} is not ready ({state.lower()}: {reason})", 503)
-            raise ProtocolError(f"unknown model {name!r}", 404)
+                raise ModelNotReady(f"model {name!r} is not ready ({state.lower()}: {reason})")
+            raise ModelNotFound(f"unknown model {name!r}")
         if version is None or version == "":
             number = self._default.get(name) or max(versions)
         else:
@@ -334,11 +342,11 @@ class ModelManager:
             return served
         failed = self._failed.get(name, {})
         if number in failed:
-            raise ProtocolError(
-                f"version {number} of model {name!r} is unavailable: {failed[number]}", 503
+            raise ModelNotReady(
+                f"version {number} of model {name!r} is unavailable: {failed[number]}"
             )
-        raise ProtocolError(
-            f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})", 404
+        raise ModelNotFound(
+            f"model {name!r} has no loaded version {version!r} (versions: {sorted(versions)})"
         )
 
     def loaded(self) -> dict[str, list[int]]:
@@ -375,8 +383,8 @@ class ModelManager:
         its own session and unbatched: the request never sees the swap. A run that earlier runs
         of its size class show to take at most `inline_run_s` runs right here, on the event loop:
         handing it to a run thread and back costs more CPU (~100 us) than the run. Otherwise it
-        waits at most `timeout` s for a run thread. Raises ProtocolError(503) when too many
-        requests wait, asyncio.TimeoutError past `timeout`.
+        waits at most `timeout` s for a run thread. Raises Overloaded when too many requests
+        wait, asyncio.TimeoutError past `timeout`.
         """
         if served.batcher is not None and not served.batcher.closed:
             return await asyncio.wait_for(served.batcher.submit(feeds), timeout)
@@ -389,7 +397,7 @@ class ModelManager:
             served.note_run(rows, self._run_clock() - started)
             return outputs
         if self._waiting >= self.max_queue + self.run_slots:
-            raise ProtocolError(f"too many requests waiting ({self._waiting}); retry later", 503)
+            raise Overloaded(f"too many requests waiting ({self._waiting}); retry later")
         queued = time.perf_counter()
 
         def job() -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from rootml.errors import ModelError, ProtocolError
+from rootml.errors import BadRequest, BodyTooLarge, ModelError
 from rootml.export.pbtxt import parse_config
 
 _MAX_MEMBERS = 64
@@ -50,17 +50,17 @@ class ModelFiles:
 
 def _parts(name: str) -> list[str]:
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or "\\" in name:
-        raise ProtocolError(f"archive member {name!r}: absolute or non-POSIX path refused")
+        raise BadRequest(f"archive member {name!r}: absolute or non-POSIX path refused")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ProtocolError(f"archive member {name!r}: '..' refused")
+        raise BadRequest(f"archive member {name!r}: '..' refused")
     return parts
 
 
 def _decompressed_tar(body: bytes, max_bytes: int) -> bytes:
     """The tar stream of a tar, tar.gz, tar.bz2 or tar.xz body, decompressed up to `max_bytes`
-    of contents plus _TAR_OVERHEAD of blocks and padding (413 beyond); 400 for a truncated or
-    corrupt stream."""
+    of contents plus _TAR_OVERHEAD of blocks and padding (BodyTooLarge beyond); BadRequest for a
+    truncated or corrupt stream."""
     if body[:2] == b"\x1f\x8b":
         inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
     elif body[:3] == b"BZh":
@@ -73,11 +73,11 @@ def _decompressed_tar(body: bytes, max_bytes: int) -> bytes:
         # max_length stops the decompressor after that much output: a bomb costs the cap only.
         out = inflater.decompress(body, max_bytes + _TAR_OVERHEAD + 1)
     except (zlib.error, OSError, EOFError, lzma.LZMAError) as err:
-        raise ProtocolError(f"cannot decompress the uploaded archive: {err}") from None
+        raise BadRequest(f"cannot decompress the uploaded archive: {err}") from None
     if len(out) > max_bytes + _TAR_OVERHEAD:
-        raise ProtocolError(f"archive unpacks to more than {max_bytes} bytes", 413)
+        raise BodyTooLarge(f"archive unpacks to more than {max_bytes} bytes")
     if not inflater.eof:
-        raise ProtocolError("the uploaded archive is truncated")
+        raise BadRequest("the uploaded archive is truncated")
     return out
 
 
@@ -87,7 +87,7 @@ def _tar_size(field: bytes) -> int:
     try:
         return int(field.strip(b"\0 ") or b"0", 8)
     except ValueError:
-        raise ProtocolError("cannot read the uploaded archive: bad tar header") from None
+        raise BadRequest("cannot read the uploaded archive: bad tar header") from None
 
 
 def _check_tar_headers(raw: bytes, max_bytes: int) -> None:
@@ -102,15 +102,15 @@ def _check_tar_headers(raw: bytes, max_bytes: int) -> None:
         size = _tar_size(header[124:136])
         kind = header[156:157]
         if kind in _TAR_HEADER_TYPES and size > _MAX_TAR_HEADER_BYTES:
-            raise ProtocolError(
+            raise BadRequest(
                 f"archive holds a tar header (type {kind.decode()!r}) of {size} bytes; at most "
                 f"{_MAX_TAR_HEADER_BYTES} are accepted"
             )
         total += size
         if total > max_bytes:
-            raise ProtocolError(f"archive unpacks to more than {max_bytes} bytes", 413)
+            raise BodyTooLarge(f"archive unpacks to more than {max_bytes} bytes")
         pos += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
-    raise ProtocolError(f"archive has more than {_MAX_MEMBERS} members")
+    raise BadRequest(f"archive has more than {_MAX_MEMBERS} members")
 
 
 def _tar_members(body: bytes, max_bytes: int) -> list[tuple[str, bytes]]:
@@ -121,20 +121,20 @@ def _tar_members(body: bytes, max_bytes: int) -> list[tuple[str, bytes]]:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for i, member in enumerate(tar):
                 if i >= _MAX_MEMBERS:
-                    raise ProtocolError(f"archive has more than {_MAX_MEMBERS} members")
+                    raise BadRequest(f"archive has more than {_MAX_MEMBERS} members")
                 _parts(member.name)
                 if member.issym() or member.islnk():
-                    raise ProtocolError(f"archive member {member.name!r}: links are refused")
+                    raise BadRequest(f"archive member {member.name!r}: links are refused")
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    raise ProtocolError(f"archive member {member.name!r}: not a regular file")
+                    raise BadRequest(f"archive member {member.name!r}: not a regular file")
                 total += member.size
                 if total > max_bytes:
-                    raise ProtocolError(f"archive unpacks to more than {max_bytes} bytes", 413)
+                    raise BodyTooLarge(f"archive unpacks to more than {max_bytes} bytes")
                 files.append((member.name, tar.extractfile(member).read()))
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise ProtocolError(f"cannot read the uploaded archive: {err}") from None
+        raise BadRequest(f"cannot read the uploaded archive: {err}") from None
     return files
 
 
@@ -144,21 +144,21 @@ def _zip_members(body: bytes, max_bytes: int) -> list[tuple[str, bytes]]:
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
             infos = archive.infolist()
             if len(infos) > _MAX_MEMBERS:
-                raise ProtocolError(f"archive has more than {_MAX_MEMBERS} members")
+                raise BadRequest(f"archive has more than {_MAX_MEMBERS} members")
             for info in infos:
                 _parts(info.filename)
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
-                    raise ProtocolError(f"archive member {info.filename!r}: links are refused")
+                    raise BadRequest(f"archive member {info.filename!r}: links are refused")
                 if info.is_dir():
                     continue
                 total += info.file_size
                 if total > max_bytes:
-                    raise ProtocolError(f"archive unpacks to more than {max_bytes} bytes", 413)
+                    raise BodyTooLarge(f"archive unpacks to more than {max_bytes} bytes")
                 # zipfile checks the declared size and CRC while reading, so a lying header fails.
                 files.append((info.filename, archive.read(info)))
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ProtocolError(f"cannot read the uploaded archive: {err}") from None
+        raise BadRequest(f"cannot read the uploaded archive: {err}") from None
     return files
 
 
@@ -179,30 +179,30 @@ def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
             key = parts[-1]
             folders |= {parts[0]} if in_version else set()
         else:
-            raise ProtocolError(
+            raise BadRequest(
                 f"unexpected file {'/'.join(parts)!r} in archive; allowed: model.onnx and "
                 "rootml.json (at the top or in one version folder), config.pbtxt"
             )
         if key in found:
-            raise ProtocolError(f"archive holds more than one {key}; upload one version at a time")
+            raise BadRequest(f"archive holds more than one {key}; upload one version at a time")
         found[key] = data
     if len(folders) > 1:
-        raise ProtocolError(f"archive holds files of versions {sorted(folders)}; upload one")
+        raise BadRequest(f"archive holds files of versions {sorted(folders)}; upload one")
     if "model.onnx" not in found:
-        raise ProtocolError("archive holds no model.onnx")
+        raise BadRequest("archive holds no model.onnx")
     metadata = config = None
     if "rootml.json" in found:
         try:
             metadata = json.loads(found["rootml.json"])
         except ValueError as err:
-            raise ProtocolError(f"rootml.json is not valid JSON: {err}") from None
+            raise BadRequest(f"rootml.json is not valid JSON: {err}") from None
         if not isinstance(metadata, dict):
-            raise ProtocolError("rootml.json must be a JSON object")
+            raise BadRequest("rootml.json must be a JSON object")
     if "config.pbtxt" in found:
         try:
             config = parse_config(found["config.pbtxt"].decode())
         except (ModelError, UnicodeDecodeError) as err:
-            raise ProtocolError(f"config.pbtxt: {err}") from None
+            raise BadRequest(f"config.pbtxt: {err}") from None
     return ModelFiles(found["model.onnx"], metadata, config)
 
 
@@ -216,14 +216,15 @@ def check_model_files(name: str, files: ModelFiles) -> None:
 
     from rootml.export.metadata import check_metadata
     from rootml.export.onnx_file import graph_io, validate_onnx
-    from rootml.serve.physics import Preprocessing, RawColumns
+    from rootml.export.preprocessing import Preprocessing
 
-    inputs, outputs = graph_io(validate_onnx(files.onnx))
+    inputs, _ = graph_io(validate_onnx(files.onnx))
     check_metadata(files.metadata, "the uploaded rootml.json")
     if files.metadata and files.metadata.get("specs"):
-        raw = RawColumns(Preprocessing.from_metadata(files.metadata, name), inputs, outputs)
-        if raw.error is not None:
-            raise ModelError(f"the uploaded rootml.json does not fit the model: {raw.error}")
+        try:
+            Preprocessing.from_metadata(files.metadata, name).input_values(inputs)
+        except ModelError as err:
+            raise ModelError(f"the uploaded rootml.json does not fit the model: {err}") from err
     try:
         ort.InferenceSession(files.onnx, providers=["CPUExecutionProvider"])
     except Exception as err:
@@ -233,7 +234,8 @@ def check_model_files(name: str, files: ModelFiles) -> None:
 def read_upload(body: bytes, max_bytes: int) -> ModelFiles:
     """The model in an upload body: a zip or tar(.gz) model folder, else a single .onnx file.
 
-    Raises ProtocolError: 400 for a refused or malformed archive, 413 beyond `max_bytes` unpacked.
+    Raises BadRequest for a refused or malformed archive, BodyTooLarge beyond `max_bytes`
+    unpacked.
     The ONNX bytes themselves are validated later (rootml.export.validate_onnx).
     """
     if body[:4] == b"PK\x03\x04":

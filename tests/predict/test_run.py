@@ -14,7 +14,7 @@ import uproot
 from rootml.cli import main
 from rootml.errors import ModelError, ProtocolError, RootmlError
 from rootml.export.repository import add_onnx_model
-from rootml.serve.predict import _InOrder, branch_names, output_paths, predict
+from rootml.predict.run import _InOrder, branch_names, output_paths, predict
 from tests.serve._physics_model import (
     HZZ,
     HZZ_BRANCHES,

@@ -13,7 +13,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from rootml.serve.codec import DTYPES
+from rootml.protocol import DTYPES
 
 Chunk = tuple[int, int, dict[str, np.ndarray]]
 

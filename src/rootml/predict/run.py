@@ -1,7 +1,7 @@
 """Predictions out: score ROOT files with a model and write the scores entry by entry.
 
 ```python
-from rootml.serve.predict import predict
+from rootml.predict import predict
 predict("models/tth", ["signal.root"], "signal_scores.root")          # local onnxruntime
 predict("http://127.0.0.1:8000/tth", files, ["scores/", "all.parquet"])  # through a server
 ```
@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rootml.errors import ModelError, RootmlError, where
-from rootml.serve.physics import Preprocessing, RawColumns, model_feeds
+from rootml.export.preprocessing import Preprocessing, model_feeds
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +193,7 @@ def predict(
     runner = open_model(model, threads, token)
     try:
         prep = Preprocessing.from_metadata(runner.metadata, runner.name)
-        check = RawColumns(prep, runner.inputs, runner.outputs)
-        if check.error is not None:
-            raise check.error
+        prep.input_values(runner.inputs)  # the layout makes the model's inputs, or ModelError
         if runner.max_batch_size > 0:
             batch_size = min(batch_size, runner.max_batch_size)
         ds = RootIterableDataset(
@@ -328,7 +326,7 @@ def _write(
     outputs: Sequence[Any],
 ) -> list[Path]:
     """Write the chunks to ROOT friends and/or parquet as "<name>.part", then rename them all."""
-    from rootml.serve._writers import FriendTrees, write_parquet
+    from rootml.predict.writers import FriendTrees, write_parquet
 
     targets = [*(roots or []), *([parquet] if parquet else [])]
     parts = [p.with_name(p.name + _PARTIAL) for p in targets]

@@ -1,0 +1,37 @@
+"""What `rootml serve` configures, in one place (the CLI and uvicorn's worker processes read it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+MiB = 1 << 20
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """Everything `rootml serve` configures. `token` None turns load/unload/upload off."""
+
+    repo: str
+    token: str | None = None
+    max_body_bytes: int = 64 * MiB
+    max_upload_bytes: int = 256 * MiB
+    request_timeout_s: float = 30.0
+    # A request body must arrive within this many seconds, plus one per MiB received (so a
+    # steady sender of 1 MiB/s is never cut off); slower or stalled senders get 408.
+    body_timeout_s: float = 30.0
+    # Check the repository every this many seconds and load what changed (Triton's poll mode);
+    # 0: only at start and on load requests.
+    repository_poll_secs: float = 0.0
+    max_queue: int = 1024
+    workers: int = 1
+    threads_per_run: int = 1
+    run_slots: int | None = None  # default: the cores of this worker
+    inline_run_us: float = 100.0  # runs measured at most this long run on the event loop
+
+    def slots(self) -> int:
+        """onnxruntime runs in flight per worker: its share of the cores / threads per run."""
+        if self.run_slots:
+            return self.run_slots
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // (max(1, self.workers) * max(1, self.threads_per_run)))
