@@ -19,12 +19,14 @@ import textwrap
 from functools import cache
 from pathlib import Path
 
-import tomllib
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from rootml._extras import MODULES
+
+tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Python 3.11's tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 HZZ = ROOT / "tests" / "data" / "uproot-HZZ.root"
