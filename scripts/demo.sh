@@ -2,8 +2,8 @@
 # The main job end to end on an embedded default: generate small NanoAOD-like ttH(bb) signal and
 # background files, train the seed's MLP on them, export it to a model repository, score the
 # files with it, then serve the repository and score them again through the server. No network
-# once installed. rootml goes into the project's virtual environment (.venv/, or the active one;
-# scripts/setup_env.sh). Usage: bash scripts/demo.sh [OUT_DIR] (default: out/demo).
+# once installed. rootml, with every extra ([all]: train, export, serve, client, parquet), goes
+# into the project's virtual environment (.venv/, or the active one; scripts/setup_env.sh). Usage: bash scripts/demo.sh [OUT_DIR] (default: out/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
@@ -11,7 +11,7 @@ out="${1:-out/demo}"
 
 command -v curl >/dev/null 2>&1 || apt_install curl
 use_project_venv
-install_rootml .
+install_rootml ".[all]"
 installed=$SECONDS
 
 "$PY" examples/tth/make_data.py "$out/data" --events 20000

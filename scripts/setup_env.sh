@@ -51,13 +51,14 @@ use_project_venv() { # sets VIRTUAL_ENV, PATH and PY
   PY=$VIRTUAL_ENV/bin/python
 }
 
-install_rootml() { # install_rootml TARGET ("." or ".[test]"): pip install -e, skipped when done
+install_rootml() { # install_rootml TARGET (".[all]" or ".[all,test]"): pip install -e, skipped when done
   # A no-op `pip install -e` still takes ~15-30 s (it rebuilds the editable wheel), so the inputs
   # of the last install are kept in the environment and an unchanged one is not repeated.
   local target=$1 stamp="$VIRTUAL_ENV/.rootml-install" key
   key=$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -c1-16)
   key="$key $PWD $TORCH_REQUIREMENT"
-  if [ -f "$stamp" ] && { grep -qxF "$key $target" "$stamp" || grep -qxF "$key .[test]" "$stamp"; } &&
+  # An install with the test tools holds every other one.
+  if [ -f "$stamp" ] && { grep -qxF "$key $target" "$stamp" || grep -qxF "$key .[all,test]" "$stamp"; } &&
     "$PY" -c 'import importlib.util as u, sys
 spec = u.find_spec("rootml")  # where it is, without importing it (and torch)
 sys.exit(spec is None or not spec.origin.startswith(sys.argv[1]))' "$PWD/src"; then

@@ -14,6 +14,7 @@ from rootml.errors import (
     RootmlError,
     SchemaError,
     SpecsMismatch,
+    UserCodeError,
 )
 
 # The one version constant: pyproject.toml reads it (tool.setuptools.dynamic).
@@ -28,6 +29,7 @@ __all__ = [
     "RootmlError",
     "SchemaError",
     "SpecsMismatch",
+    "UserCodeError",
     "__version__",
     *lazy_exports(
         __name__,

@@ -15,8 +15,10 @@ import shutil
 import sys
 import traceback
 
-from rootml import __version__
-from rootml.errors import ConfigError, FileAccessError, RootmlError, SchemaError
+from rootml import __version__, defaults
+from rootml._extras import require
+from rootml._userfiles import read_json, read_token_file
+from rootml.errors import ConfigError, RootmlError, SchemaError
 
 _DESCRIPTION = """\
 Machine learning on ROOT files: look into them, train a PyTorch model on them, export it to
@@ -100,7 +102,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from rootml.datasets.inspect import format_report, inspect_file
+    from rootml.datasets.contents import format_report, inspect_file
 
     if args.hist is None:
         given = ("labels", "bins", "nevts", "log_y")
@@ -121,7 +123,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _select(report: dict, args: argparse.Namespace) -> dict:
     """The inspect report of the trees and branches that --tree, --branches, --exclude name."""
-    from rootml.datasets._files import match_names
+    from rootml.datasets import match_names
 
     trees = report["trees"]
     if args.tree is not None:
@@ -144,6 +146,7 @@ def _select(report: dict, args: argparse.Namespace) -> dict:
 
 
 def _run_hist(args: argparse.Namespace) -> None:
+    require("train", "rootml inspect --hist")
     from rootml.datasets import fit_histograms
 
     labels, names = _labels(args.labels)
@@ -151,7 +154,7 @@ def _run_hist(args: argparse.Namespace) -> None:
         args.files,
         args.tree,
         args.branches,
-        args.exclude,
+        exclude=args.exclude,
         nevts=args.nevts,
         labels=labels,
         class_names=names,
@@ -179,7 +182,7 @@ def _add_specs(sub: argparse._SubParsersAction) -> None:
         "(default: the largest multiplicity)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the --nevts sample")
-    p.add_argument("--chunk-size", type=int, default=100_000, help="entries per read")
+    p.add_argument("--chunk-size", type=int, default=defaults.CHUNK_SIZE, help="entries per read")
     p.set_defaults(func=_run_specs)
 
 
@@ -193,11 +196,11 @@ def _run_specs(args: argparse.Namespace) -> int:
         args.files,
         args.tree,
         args.branches,
-        args.exclude,
-        args.cut,
-        aliases or None,
-        args.nevts,
-        _max_len(args.max_len),
+        exclude=args.exclude,
+        cut=args.cut,
+        aliases=aliases or None,
+        nevts=args.nevts,
+        max_len=_max_len(args.max_len),
         seed=args.seed,
         chunk_size=args.chunk_size,
     )
@@ -252,7 +255,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch-size",
         type=int,
-        default=1024,
+        default=defaults.MAX_BATCH_SIZE,
         help="config.pbtxt max_batch_size when the first dim is variable; 0: no batching",
     )
     g = p.add_argument_group("from a training run")
@@ -261,20 +264,24 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="put the normalisation into the graph: clients send raw physics values",
     )
-    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    g.add_argument("--opset", type=int, default=defaults.ONNX_OPSET, help="ONNX opset")
     g.add_argument(
         "--tolerance",
         type=float,
-        default=1e-5,
-        help="largest |onnxruntime - torch| accepted by the parity check (default: 1e-5)",
+        default=defaults.PARITY_TOLERANCE,
+        help="largest |onnxruntime - torch| accepted by the parity check",
     )
     g.add_argument(
-        "--parity-batches", type=int, default=4, help="batches of 256 rows checked (default: 4)"
+        "--parity-batches",
+        type=int,
+        default=defaults.PARITY_BATCHES,
+        help=f"batches of {defaults.PARITY_BATCH_SIZE} rows checked",
     )
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    require("export", "rootml export")
     from rootml.errors import ModelError
     from rootml.export.repository import add_onnx_model, model_dir
 
@@ -302,8 +309,6 @@ def _run_export(args: argparse.Namespace) -> int:
 
     metadata = None
     if args.metadata is not None:
-        from rootml.train.params import read_json
-
         metadata = read_json(args.metadata, "metadata file")
     version = add_onnx_model(
         args.repo, args.name, args.onnx, metadata, max_batch_size=args.max_batch_size
@@ -325,21 +330,28 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-body-bytes",
         type=int,
-        default=64 << 20,
-        help="largest request body, also after decompression (default: 64 MiB)",
+        default=defaults.SERVE_MAX_BODY_BYTES,
+        help="largest request body, also after decompression "
+        f"(default: {defaults.SERVE_MAX_BODY_BYTES // defaults.MiB} MiB)",
     )
     p.add_argument(
         "--max-upload-bytes",
         type=int,
-        default=256 << 20,
-        help="largest model upload, also unpacked (default: 256 MiB)",
+        default=defaults.SERVE_MAX_UPLOAD_BYTES,
+        help="largest model upload, also unpacked "
+        f"(default: {defaults.SERVE_MAX_UPLOAD_BYTES // defaults.MiB} MiB)",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in s")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=defaults.SERVE_REQUEST_TIMEOUT_S,
+        help="per-request deadline in s",
+    )
     p.add_argument(
         "--body-timeout",
         type=float,
-        default=30.0,
-        help="s a request body may take to arrive, plus 1 s per MiB; slower: 408 (default: 30)",
+        default=defaults.SERVE_BODY_TIMEOUT_S,
+        help="s a request body may take to arrive, plus 1 s per MiB; slower: 408",
     )
     p.add_argument(
         "--repository-poll-secs",
@@ -348,7 +360,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="check the repository every N s: load new or changed models and versions, unload "
         "removed ones (Triton's poll mode; default 0: only at start and on load requests)",
     )
-    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 503")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.SERVE_MAX_QUEUE,
+        help="requests waiting before 503",
+    )
     p.add_argument(
         "--threads-per-run",
         type=int,
@@ -359,10 +376,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    require("serve", "rootml serve")
     from rootml.serve.app import repository_notice, run_server
     from rootml.serve.settings import ServeSettings
 
-    token = _read_token(args.token_file)
+    token = read_token_file(args.token_file)
     settings = ServeSettings(
         repo=args.repo,
         token=token,
@@ -393,20 +411,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_token(path: str | None) -> str | None:
-    """The bearer token in the file `path` (None without one)."""
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            token = f.read().strip()
-    except OSError as err:
-        raise FileAccessError(f"cannot read token file {path}: {err.strerror}") from err
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
-    return token
-
-
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub, "predict", "score ROOT files with a model: entry-aligned friend trees and/or parquet"
@@ -423,17 +427,22 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="scores.root (one input), scores.parquet, and/or a folder (<input stem>_scores.root each)",
     )
     p.add_argument("--out-tree", help="name of the friend tree (default: the input's tree name)")
-    p.add_argument("--batch-size", type=int, default=1024, help="entries per model run")
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.BATCH_SIZE, help="entries per model run"
+    )
     p.add_argument(
         "--branch-name", help="score branch name (default: score; with several outputs, a prefix)"
     )
-    p.add_argument("--chunk-size", type=int, default=100_000, help="entries read at once")
+    p.add_argument(
+        "--chunk-size", type=int, default=defaults.CHUNK_SIZE, help="entries read at once"
+    )
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: cores)")
     p.add_argument("--token-file", help="bearer token for a server that wants one")
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    require("serve", "rootml predict")
     from rootml.predict import predict
 
     summary = predict(
@@ -446,7 +455,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         branch_name=args.branch_name,
         chunk_size=args.chunk_size,
         threads=args.threads,
-        token=_read_token(args.token_file),
+        token=read_token_file(args.token_file),
     )
     print(
         f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr
@@ -534,6 +543,7 @@ has --epochs epochs, there is nothing to train and the command says so and exits
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    require("train", "rootml train")
     from rootml.train.run import run_from_params
 
     files = args.files[0] if len(args.files) == 1 else args.files
@@ -563,22 +573,17 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> script in the checkout's benchmarks/ folder; each defines run_benchmark(quick=...) -> dict
-# and format_table(results) -> str. Another benchmark adds itself here.
-# gpu: skipped (reported as such) where there is no CUDA device.
-_BENCHMARKS = {"loader": "loader.py", "serve": "serve.py", "gpu": "gpu.py"}
-
-
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = _command(
-        sub, "bench", "short benchmarks against their references, measured in the same run"
+        sub,
+        "bench",
+        "short benchmarks against their references (from a source checkout)",
+        description="Run the short benchmarks against their references, measured in the same "
+        "run: the repository's benchmarks/run.py (loader, serve, gpu). They need the source "
+        "checkout (examples, test fixtures, benchmarks/results), so they are not part of the "
+        "installed package: run this from a clone of rootml.",
     )
-    p.add_argument(
-        "names",
-        nargs="*",
-        metavar="NAME",
-        help=f"benchmarks to run: {', '.join(_BENCHMARKS)} (default: all)",
-    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
     p.add_argument("--full", action="store_true", help="the full benchmarks (minutes) instead")
     p.add_argument("--json", help="write the results of every benchmark to this JSON file")
     p.set_defaults(func=_run_bench)
@@ -590,29 +595,21 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     import rootml
 
-    folders = [Path(rootml.__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
-    unknown = sorted(set(args.names) - set(_BENCHMARKS))
-    if unknown:
-        raise ConfigError(f"no benchmark {unknown}; choose from {sorted(_BENCHMARKS)}")
-    results = {}
-    for name in args.names or list(_BENCHMARKS):
-        script = next(
-            (f / _BENCHMARKS[name] for f in folders if (f / _BENCHMARKS[name]).is_file()), None
+    checkouts = [Path(rootml.__file__).resolve().parents[2], Path.cwd()]
+    script = next(
+        (c / "benchmarks" / "run.py" for c in checkouts if (c / "benchmarks" / "run.py").is_file()),
+        None,
+    )
+    if script is None:
+        raise RootmlError(
+            "rootml bench runs the benchmark scripts of a rootml source checkout "
+            f"(benchmarks/run.py; none in {' or '.join(str(c) for c in checkouts)}): "
+            "run it from a clone of the repository"
         )
-        if script is None:
-            raise RootmlError(
-                f"rootml bench needs benchmarks/{_BENCHMARKS[name]} from a rootml source checkout "
-                f"(looked in {', '.join(str(f) for f in folders)})"
-            )
-        spec = importlib.util.spec_from_file_location(f"rootml_bench_{name}", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        print(f"== {name} ({'full' if args.full else 'quick'}) ==", flush=True)
-        results[name] = module.run_benchmark(quick=not args.full)
-        print(module.format_table(results[name]), "\n", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    spec = importlib.util.spec_from_file_location("rootml_bench_run", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.run(args.names, args.full, args.json)
     return 0
 
 

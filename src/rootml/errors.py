@@ -112,6 +112,11 @@ class ModelError(RootmlError):
     """A model file, repository entry or export is invalid or unsafe."""
 
 
+class UserCodeError(FileAccessError, ModelError):
+    """A user's Python file (model.py, a preprocess hook) is missing, fails to import or lacks
+    the function named. A mistake in the request: a dataset never skips it (on_error="skip")."""
+
+
 class ProtocolError(RootmlError):
     """A request the inference protocol refuses, or an error answer a server gave a client.
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rootml._extras import require
+
 FONTS = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 9}
 # Margins that fit the labels of these plots: tight_layout would take a third of the time.
 MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.12, "top": 0.87}
@@ -20,6 +22,7 @@ class Canvas:
     one, which matters for a thousand branch histograms)."""
 
     def __init__(self) -> None:
+        require("train", "plots (rootml.plotting)")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 

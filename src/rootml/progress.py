@@ -11,6 +11,7 @@ count whole chunks or batches, never single events. Where it shows:
   step logs tens of lines, not hundreds) with what is done, the rate (entries/s) and the ETA,
   and a last line when the step ends, if it logged any;
 - ``ROOTML_PROGRESS=bar|log|off`` forces one of them; ``show=`` does the same per call.
+- without tqdm (it comes with the `train` extra), log lines instead of bars.
 
 The ``rootml`` command sets the ``rootml.progress`` logger to INFO; from Python,
 ``logging.basicConfig(level=logging.INFO)`` shows the lines. `say` writes a result line (an
@@ -19,6 +20,7 @@ epoch's metrics) the same way: above the bars on a terminal, on that logger else
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -43,12 +45,19 @@ def mode(show: bool | str | None = None) -> str:
     if show is False or int(os.environ.get("RANK", "0") or 0) != 0:
         return "off"  # under torchrun rank 0 speaks for all
     if isinstance(show, str):
-        return show
-    forced = os.environ.get("ROOTML_PROGRESS", "").strip().lower()
-    if forced in MODES:
-        return forced
-    interactive = sys.stderr is not None and sys.stderr.isatty()
-    return "bar" if interactive or "ipykernel" in sys.modules else "log"
+        choice = show
+    else:
+        forced = os.environ.get("ROOTML_PROGRESS", "").strip().lower()
+        interactive = sys.stderr is not None and sys.stderr.isatty()
+        choice = (
+            forced
+            if forced in MODES
+            else "bar"
+            if interactive or "ipykernel" in sys.modules
+            else "log"
+        )
+    # tqdm comes with the train extra: without it, log lines.
+    return "log" if choice == "bar" and importlib.util.find_spec("tqdm") is None else choice
 
 
 class Progress:

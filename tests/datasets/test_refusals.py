@@ -22,8 +22,8 @@ from rootml import (
     SchemaError,
     fit_specs,
 )
+from rootml.datasets import inspect_file
 from rootml.datasets._plan import split_range
-from rootml.datasets.inspect import inspect_file
 from tests.conftest import DATA, HZZ, RNTUPLE
 
 OBJECTS = DATA / "HZZ-objects.root"  # std::vector<TLorentzVector>, TVector2, TVector3

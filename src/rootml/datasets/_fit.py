@@ -8,7 +8,7 @@ histograms add up) in file order, so the result does not depend on thread timing
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +18,7 @@ from rootml.datasets import _arguments as args
 from rootml.datasets._plan import Unit
 from rootml.datasets._reader import UnitReader
 from rootml.datasets.dataset import RootIterableDataset, _load_hook
+from rootml.datasets.selection import Selection
 from rootml.errors import ConfigError
 from rootml.progress import Progress
 from rootml.transforms import Specs
@@ -32,64 +33,47 @@ _RANGE_FILES = 32
 
 
 def fit_specs(
-    files: Any,
+    files: Any = None,
     tree: str | None = None,
     branches: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    cut: str | None = None,
-    aliases: Mapping[str, str] | None = None,
-    nevts: int | None = None,
-    max_len: int | float | Mapping[str, int | float] | None = None,
     *,
-    entries: Any = None,
-    chunk_size: int = 100_000,
+    selection: Selection | None = None,
+    max_len: int | float | Mapping[str, int | float] | None = None,
     seed: int = 0,
     workers: int = 4,
-    preprocess: Callable | str | None = None,
-    redirector: str | None = None,
-    retries: int = 3,
-    backoff: float = 0.5,
+    **reading: Any,
 ) -> Specs:
     """Fit a Specs: per-branch count, mean, std, min, max, NaN/inf count and multiplicity
     histograms, the pad lengths from `max_len`, and the fingerprint of the inputs.
 
-    files, tree, branches, exclude, cut, aliases, redirector, preprocess: as RootIterableDataset
-    (the same resolution; its fingerprint is the Specs' one, so a dataset built with the same
-    arguments accepts these Specs). entries: entry ranges, as RootIterableDataset (e.g. the
-    training part of each file). nevts: a random sample of about that many entries (before
-    the cut): random work units of the plan, seeded by `seed`, the last one shortened; None reads
-    every entry. max_len: as RootIterableDataset, applied to the fitted multiplicities
-    (quantiles use the definition of BranchSpec.multiplicity_quantile). workers: files read at
-    once. Raises what RootIterableDataset raises (FileAccessError, SchemaError).
+    What is read: `selection=` (a rootml.datasets.Selection) or its fields as arguments (files,
+    tree, branches, exclude, cut, aliases, entries, nevts, chunk_size, preprocess, redirector,
+    retries, backoff), resolved as RootIterableDataset does: its fingerprint is the Specs' one,
+    so a dataset of the same selection accepts these Specs. entries: e.g. the training part of
+    each file. nevts: a random sample of about that many entries (before the cut): random work
+    units of the plan, seeded by `seed`, the last one shortened; None reads every entry.
+    max_len: as RootIterableDataset, applied to the fitted multiplicities (quantiles use the
+    definition of BranchSpec.multiplicity_quantile). workers: files read at once. Raises what
+    RootIterableDataset raises (FileAccessError, SchemaError).
     """
-    options = dict(
-        tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, entries=entries,
-        preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
-    )  # fmt: skip
-    return _fit(files, options, nevts, max_len, chunk_size, seed, workers)[0]
+    sel = Selection.of(selection, "fit_specs", files=files, tree=tree, branches=branches, **reading)
+    return _fit(sel, None, max_len, seed, workers)[0]
 
 
 def fit_histograms(
-    files: Any,
+    files: Any = None,
     tree: str | None = None,
     branches: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    cut: str | None = None,
-    aliases: Mapping[str, str] | None = None,
-    nevts: int | None = None,
-    max_len: int | float | Mapping[str, int | float] | None = None,
     *,
+    selection: Selection | None = None,
+    max_len: int | float | Mapping[str, int | float] | None = None,
     labels: Any = None,
     class_names: Mapping[int, str] | None = None,
     bins: int = 50,
     ranges: Specs | None = None,
-    chunk_size: int = 100_000,
     seed: int = 0,
     workers: int = 4,
-    preprocess: Callable | str | None = None,
-    redirector: str | None = None,
-    retries: int = 3,
-    backoff: float = 0.5,
+    **reading: Any,
 ) -> tuple[Specs, Histograms]:
     """fit_specs plus histograms of every branch per class, filled in the same pass.
 
@@ -98,75 +82,78 @@ def fit_histograms(
     of a small first sample (the first entries of each file, up to 32 files): values beyond that
     range land in the edge bins and are counted in Histograms.outside.
     """
-    options = dict(
-        tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, labels=labels,
-        preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
-    )  # fmt: skip
-    hist = (class_names, args.positive_int("bins", bins), ranges)
-    return _fit(files, options, nevts, max_len, chunk_size, seed, workers, hist)
+    sel = Selection.of(
+        selection, "fit_histograms", files=files, tree=tree, branches=branches, **reading
+    )
+    hist = (labels, class_names, args.positive_int("bins", bins), ranges)
+    return _fit(sel, hist, max_len, seed, workers)
 
 
 def _fit(
-    files: Any,
-    options: dict[str, Any],
-    nevts: int | None,
-    max_len: Any,
-    chunk_size: int,
-    seed: int,
-    workers: int,
-    hist: tuple | None = None,
+    sel: Selection, hist: tuple | None, max_len: Any, seed: int, workers: int
 ) -> tuple[Specs, Histograms | None]:
-    unit_size = args.positive_int("chunk_size", chunk_size)
-    nevts = args.nevts(nevts)
+    nevts = sel.nevts
     if nevts is not None and not isinstance(nevts, int):
         raise ConfigError(f"nevts must be a number of entries to sample, not {nevts!r}")
     max_len = regularize_max_len(max_len)
     seed = args.non_negative_int("seed", seed)
     workers = args.positive_int("workers", workers)
+    unit_size = sel.chunk_size
     if nevts is not None:
         # Small enough units that the sample is drawn from about 16 places or more.
         unit_size = min(unit_size, max(-(-nevts // 16), 1000))
     # The dataset's constructor resolves files and branches and plans the units; an int max_len
     # skips its multiplicity pass (still made when there are aliases, to learn their kinds).
-    ds = RootIterableDataset(files, chunk_size=unit_size, max_len=1, **options)
+    labels = hist[0] if hist is not None else None
+    ds = RootIterableDataset(
+        selection=sel.replace(chunk_size=unit_size, nevts=None), max_len=1, labels=labels
+    )
     kinds = {n: (s.kind, s.width, s.collection) for n, s in ds.specs.branches.items()}
-    fingerprint = ds.fingerprint()
     units = ds.units(0)
     if nevts is not None:
         units = _sample(units, nevts, seed)
-    histograms = _histograms(ds, kinds, units, *hist) if hist is not None else None
+    histograms = _histograms(ds, kinds, units, *hist[1:]) if hist is not None else None
     by_file: dict[int, list[Unit]] = {}
     for unit in units:
         by_file.setdefault(unit.file, []).append(unit)
-
     what = "Specs and histograms" if histograms is not None else "Specs"
     bar = Progress(f"fitting {what}", sum(u.stop - u.start for u in units))
-
-    def one_file(file_units: list[Unit]) -> tuple[Specs, Histograms | None]:
-        part = Specs.empty(kinds, fingerprint)
-        part_hist = histograms.empty_copy() if histograms is not None else None
-        reader = _reader(ds)
-        try:
-            for unit in file_units:
-                columns, entries = _read(ds, reader, unit)
-                part.update(columns)
-                if part_hist is not None:
-                    label = part_hist.classes.index(ds._file_labels[unit.file])
-                    part_hist.update(columns, np.full(len(entries), label))
-                bar.update(unit.stop - unit.start)
-        finally:
-            reader.close()
-        return part, part_hist
-
-    specs = Specs.empty(kinds, fingerprint)
+    specs = Specs.empty(kinds, ds.fingerprint())
     with bar, ThreadPoolExecutor(max(1, min(int(workers), len(by_file)))) as pool:
-        for part, part_hist in pool.map(one_file, by_file.values()):
+        parts = pool.map(
+            lambda file_units: _fit_file(ds, kinds, histograms, file_units, bar), by_file.values()
+        )
+        for part, part_hist in parts:
             specs.merge(part)
             if histograms is not None:
                 histograms.merge(part_hist)
     specs.resolve_pad(max_len)
     log.info("fitted Specs on %d entries of %d files", specs.entries, len(by_file))
     return specs, histograms
+
+
+def _fit_file(
+    ds: RootIterableDataset,
+    kinds: dict[str, tuple],
+    histograms: Histograms | None,
+    file_units: list[Unit],
+    bar: Progress,
+) -> tuple[Specs, Histograms | None]:
+    """The Specs (and histograms) of one file's units, read in this thread."""
+    part = Specs.empty(kinds, ds.fingerprint())
+    part_hist = histograms.empty_copy() if histograms is not None else None
+    reader = _reader(ds)
+    try:
+        for unit in file_units:
+            columns, entries = _read(ds, reader, unit)
+            part.update(columns)
+            if part_hist is not None:
+                label = part_hist.classes.index(ds.file_labels[unit.file])
+                part_hist.update(columns, np.full(len(entries), label))
+            bar.update(unit.stop - unit.start)
+    finally:
+        reader.close()
+    return part, part_hist
 
 
 def _sample(units: Sequence[Unit], nevts: int, seed: int) -> list[Unit]:
@@ -204,7 +191,7 @@ def _histograms(
     bins: int,
     ranges: Specs | None,
 ) -> Histograms:
-    classes = sorted(set(ds._file_labels))
+    classes = sorted(set(ds.file_labels))
     names = [(class_names or {}).get(c, str(c)) for c in classes]
     histograms = Histograms({n: k[0] for n, k in kinds.items()}, classes, bins, names)
     if ranges is not None:

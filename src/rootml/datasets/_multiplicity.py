@@ -65,7 +65,7 @@ def _covers(max_len: Any, branch_info: dict) -> bool:
 
 def _pass(ds: Any, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
     by_file: dict[int, list] = {}
-    for unit in ds._units:
+    for unit in ds.plan:
         by_file.setdefault(unit.file, []).append(unit)
 
     def one_file(units: list) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:

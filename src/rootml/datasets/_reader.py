@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rootml._runtime import usable_cores
 from rootml.datasets._files import find_tree, forget_connections, open_once, with_retries
 from rootml.datasets._plan import Unit
 from rootml.datasets._schema import is_rntuple
@@ -26,12 +27,12 @@ def read_threads() -> int:
     processes reading at once (DataLoader workers x ranks on this node), at most 8."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     info = torch.utils.data.get_worker_info()
     readers = (info.num_workers if info is not None else 1) * int(
         os.environ.get("LOCAL_WORLD_SIZE", "1")
     )
-    return max(1, min((cores or 1) // max(readers, 1), 8))
+    return max(1, min(cores // max(readers, 1), 8))
 
 
 class UnitReader:

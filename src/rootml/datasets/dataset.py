@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootml import defaults
+from rootml._runtime import rank_world
+from rootml._userfiles import import_function, read_list_file
 from rootml.datasets import _arguments as args
 from rootml.datasets._batching import Batcher
 from rootml.datasets._expressions import expression_branches, sort_key_branches
@@ -23,24 +26,19 @@ from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
 from rootml.datasets._reserved import exact_int64, policy_weights
 from rootml.datasets._transport import TensorBatch
+from rootml.datasets.selection import Selection
 from rootml.errors import (
     ConfigError,
     DataValueError,
     FileAccessError,
     RootmlError,
     SchemaError,
+    UserCodeError,
     where,
 )
-from rootml.transforms import (
-    Compose,
-    NonFinite,
-    Normalize,
-    SortBy,
-    Specs,
-    make_layout,
-    to_torch,
-)
+from rootml.transforms import Specs, build_pipeline, to_torch
 from rootml.transforms.normalize import METHODS, NAN_POLICIES
+from rootml.transforms.pipeline import LAYOUTS
 from rootml.transforms.specs import regularize_max_len
 
 log = logging.getLogger(__name__)
@@ -55,42 +53,39 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     "label" int64 (B,), "weight" float32 (B,), "file" int64 (B,) (index into `files`), "entry"
     int64 (B,), and "ids" int64 (B, K) when `identifiers` are given.
 
-    files: path/URL, glob, `.txt` list, list of these, or dict path -> label. root:// and https://
-        go through fsspec. `redirector="root://site"` prefixes grid paths that do not exist locally.
-    tree: TTree or RNTuple name; None takes the only one in the file.
-    branches / exclude: names or glob patterns of feature branches (default: every numeric one).
+    What is read: `selection=` (a rootml.datasets.Selection), or its fields as arguments: files,
+    tree, branches, exclude, chunk_size (also positional), cut, aliases, entries, nevts,
+    preprocess, redirector, retries, backoff (see Selection); arguments given besides
+    `selection=` replace its fields. cut and aliases are checked against the branches at
+    construction (SchemaError naming the expression).
     labels / weights: per file (list in file order, or dict url -> value); `label_branch` and
         `weight_branch` read them per entry (weights multiply). Labels and `identifiers` come out
         exactly or are refused (DataValueError naming branch and entry): integers and bools as
         stored, floats only when whole; uint64 values at or above 2**63 do not fit the int64
         "ids" and are refused. NaN/inf and negative weights are counted in `report`
         (nonfinite:<b>, negative:<b>) and follow `nan_policy` ("mask": weight 0).
-    nevts: entries to read: a total split over files by their entries, or per file (list/dict).
-    entries: (start, stop) for every file, or per file (list/dict).
-    cut / aliases: uproot expressions (e.g. cut="nJet >= 4", aliases={"HT2": "HT**2"}), checked
-        against the branches at construction (SchemaError naming the expression).
     max_len: pad length of jagged branches: int >= 1, quantile in (0, 1), dict per branch,
         collection (counter, or prefix: "Jet" of "Jet_pt", "AnalysisJetsAuxDyn" of
         "AnalysisJetsAuxDyn:pt"), or None for the largest multiplicity (found by a first pass
         over the counts); a dict key naming no jagged branch or collection is refused.
     specs: a fitted Specs (pad lengths, statistics); its branches are the features when `branches`
         is None. Refused if fitted on other inputs unless `reuse_specs=True`.
-    preprocess: callable (or "module.py:function") taking and returning a chunk (dict of awkward
-        arrays) before padding; transform: callable on the padded block (dict of numpy arrays).
+    transform: callable on the padded block (dict of numpy arrays).
     shuffle: permute units per epoch (seed + epoch) and mix rows in a buffer of `shuffle_buffer`
         rows (default 2 x chunk_size: files mix in proportion once it spans several units).
         balance="class" multiplies weights so classes weigh the same.
     rank / world_size: default from torch.distributed when initialised, else 0 / 1.
     on_error: "raise" (default) or "skip" unreadable units (FileAccessError only: mistakes in the
         request are never skipped); skipped entries are in `report`, also per file.
-    sort_by: collection -> key branch, e.g. {"Jet": "Jet_pt"}: items sorted descending ("+Jet_pt"
-        ascending) before padding, so truncation keeps the leading ones (rootml.transforms.SortBy).
-    nan_policy: NaN/inf among real values are counted in `report` (nonfinite:<branch>) and kept
-        ("keep"), refused ("raise": DataValueError) or made padding ("mask").
-    normalize: None (values as read), "standard" or "minmax" per column from `specs`, which must
-        hold statistics (rootml.fit_specs); padding stays `pad_value`.
-    layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet") K
-        float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
+    sort_by, nan_policy, normalize, layout: the value pipeline (rootml.transforms.build_pipeline).
+        sort_by: collection -> key branch, e.g. {"Jet": "Jet_pt"}: items sorted descending
+        ("+Jet_pt" ascending) before padding, so truncation keeps the leading ones.
+        nan_policy: NaN/inf among real values are counted in `report` (nonfinite:<branch>) and
+        kept ("keep"), refused ("raise": DataValueError) or made padding ("mask").
+        normalize: None (values as read), "standard" or "minmax" per column from `specs`, which
+        must hold statistics (rootml.fit_specs); padding stays `pad_value`.
+        layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet")
+        K float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
     Raises ConfigError for an argument that cannot work (naming it and its value), and
     FileAccessError / SchemaError / SpecsMismatch / DataValueError with the file URL, tree,
     branch and entry range as attributes (err.url, err.tree, err.branch, err.entries).
@@ -98,117 +93,127 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        files: Any,
+        files: Any = None,
         tree: str | None = None,
         branches: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         labels: PerFile = None,
         identifiers: Sequence[str] | None = None,
-        batch_size: int = 1024,
-        chunk_size: int = 100_000,
+        batch_size: int = defaults.BATCH_SIZE,
+        chunk_size: int = defaults.CHUNK_SIZE,
         shuffle: bool = False,
         seed: int = 0,
         max_len: int | float | Mapping[str, int | float] | None = None,
         pad_value: float = 0.0,
         *,
+        selection: Selection | None = None,
         label_branch: str | None = None,
         weights: PerFile = None,
         weight_branch: str | None = None,
-        nevts: int | PerFile = None,
-        entries: tuple[int, int] | PerFile = None,
-        cut: str | None = None,
-        aliases: Mapping[str, str] | None = None,
         drop_last: bool = False,
         balance: str | None = None,
         shuffle_buffer: int | None = None,
         prefetch: int = 2,
         rank: int | None = None,
         world_size: int | None = None,
-        redirector: str | None = None,
         specs: Specs | None = None,
         reuse_specs: bool = False,
-        preprocess: Callable | str | None = None,
         transform: Callable | None = None,
         on_error: str = "raise",
-        retries: int = 3,
-        backoff: float = 0.5,
         sort_by: Mapping[str, str | tuple[str, bool]] | None = None,
         nan_policy: str = "keep",
         normalize: str | None = None,
         layout: str = "flat",
+        **reading: Any,
     ):
         super().__init__()
-        self.on_error = args.one_of("on_error", on_error, ("raise", "skip"))
-        args.one_of("balance", balance, (None, "class"))
-        self.batch_size = args.positive_int("batch_size", batch_size)
-        self.chunk_size = args.positive_int("chunk_size", chunk_size)
-        self.shuffle_buffer = (
-            2 * self.chunk_size
-            if shuffle_buffer is None
-            else args.non_negative_int("shuffle_buffer", shuffle_buffer)
-        )
-        self.prefetch = args.positive_int("prefetch", prefetch)
-        self.retries = args.non_negative_int("retries", retries)
-        self.backoff = args.real("backoff", backoff, minimum=0.0)
-        self.seed = args.non_negative_int("seed", seed)
-        self.pad_value = args.real("pad_value", pad_value)
-        self.rank, self.world_size = args.shard(rank, world_size)
+        sel = Selection.of(
+            selection, "RootIterableDataset", files=files, tree=tree, branches=branches,
+            exclude=exclude, chunk_size=chunk_size, **reading,
+        )  # fmt: skip
+        if sel.files is None:
+            raise ConfigError("no input files: give files, or selection=Selection(files, ...)")
+        self.selection = sel
+        self.chunk_size, self.retries, self.backoff = sel.chunk_size, sel.retries, sel.backoff
+        self.cut, self.aliases = sel.cut, dict(sel.aliases or {})
+        self.preprocess = sel.preprocess  # a "module.py:function" string is loaded in each worker
+        self._set_options(
+            on_error=on_error, balance=balance, batch_size=batch_size, shuffle_buffer=shuffle_buffer,
+            prefetch=prefetch, seed=seed, pad_value=pad_value, rank=rank, world_size=world_size,
+            nan_policy=nan_policy, normalize=normalize, layout=layout,
+        )  # fmt: skip
         max_len = regularize_max_len(max_len)
-        nevts = args.nevts(nevts)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
-        self.files, dict_labels = resolve_files(files, redirector)
+        self.files, dict_labels = resolve_files(sel.files, sel.redirector)
         self.identifiers, self.label_branch, self.weight_branch = (
             list(identifiers or []),
             label_branch,
             weight_branch,
         )
-        self.nan_policy = args.one_of("nan_policy", nan_policy, NAN_POLICIES)
-        args.one_of("normalize", normalize, (None, *METHODS))
-        if isinstance(layout, str):
-            args.one_of("layout", layout, ("flat", "collection"))
-        self.cut, self.aliases = cut, dict(aliases or {})
-        self.preprocess = preprocess  # a "module.py:function" string is loaded in each worker
         self.transform = transform
-
-        metas = read_metadata(self.files, tree, self.retries, self.backoff)
+        metas = read_metadata(self.files, sel.tree, self.retries, self.backoff)
         self.tree = metas[0].tree
         self._report = SharedReport(self._report_keys(metas))
-        if branches is None and specs is not None:
-            branches = list(specs.branches)  # the Specs' features, not every branch of the file
-        self.branch_info = select_branches(metas, branches, exclude, self._reserved(), self.aliases)
-        read = expression_branches(self.cut, self.aliases, metas[0].keys, metas[0].url, self.tree)
-        self._sort_keys = sort_key_branches(sort_by, metas[0], self.aliases)
-        check_same(
-            metas,
-            [*self.branch_info, *self._reserved(), *read, *self._sort_keys],
-            self.aliases,
-        )
+        self._select(metas, sel.branches, specs, sort_by)
         self._file_labels = self._per_file(
             dict_labels if labels is None else labels, "labels", 0, args.label
         )
         self._file_weights = self._per_file(weights, "weights", 1.0, args.weight)
-        ranges = self._ranges(metas, nevts, entries)
-        self.ranges = ranges  # the selected [start, stop) of each file, before the cut
-        self.num_entries = int(sum(stop - start for start, stop in ranges))
-        self._units = [
-            u
-            for u in plan_units(ranges, self.chunk_size, [m.boundaries for m in metas])
-            if u.stop > u.start
-        ]
+        self._plan(metas, sel.nevts, sel.entries)
+        self._class_weights = self._balance_weights(self.ranges) if balance == "class" else None
+        self.specs = self._fit_pad(specs, reuse_specs, max_len)
+        self._pipeline = build_pipeline(
+            self.specs, layout, pad_value=self.pad_value, sort_by=sort_by,
+            nan_policy=nan_policy, normalize=normalize,
+        )  # fmt: skip
+        self.layout = self._pipeline.layout
+        self.feature_names = self.layout.feature_names
+        self._epoch, self._resume, self._current = 0, None, None
+
+    def _set_options(self, **options: Any) -> None:
+        """Check the batching, sharding and value settings; keep those read later."""
+        self.on_error = args.one_of("on_error", options["on_error"], ("raise", "skip"))
+        args.one_of("balance", options["balance"], (None, "class"))
+        self.batch_size = args.positive_int("batch_size", options["batch_size"])
+        buffer = options["shuffle_buffer"]
+        self.shuffle_buffer = (
+            2 * self.chunk_size
+            if buffer is None
+            else args.non_negative_int("shuffle_buffer", buffer)
+        )
+        self.prefetch = args.positive_int("prefetch", options["prefetch"])
+        self.seed = args.non_negative_int("seed", options["seed"])
+        self.pad_value = args.real("pad_value", options["pad_value"])
+        self.rank, self.world_size = args.shard(options["rank"], options["world_size"])
+        self.nan_policy = args.one_of("nan_policy", options["nan_policy"], NAN_POLICIES)
+        args.one_of("normalize", options["normalize"], (None, *METHODS))
+        if isinstance(options["layout"], str):
+            args.one_of("layout", options["layout"], LAYOUTS)
+
+    def _select(
+        self, metas: Sequence[FileMeta], branches: Any, specs: Specs | None, sort_by: Any
+    ) -> None:
+        """The feature branches (`branch_info`), checked to exist alike in every file with the
+        branches the cut, aliases and sort keys read."""
+        if branches is None and specs is not None:
+            branches = list(specs.branches)  # the Specs' features, not every branch of the file
+        exclude = self.selection.exclude
+        self.branch_info = select_branches(metas, branches, exclude, self._reserved(), self.aliases)
+        read = expression_branches(self.cut, self.aliases, metas[0].keys, metas[0].url, self.tree)
+        sort_keys = sort_key_branches(sort_by, metas[0], self.aliases)
+        check_same(metas, [*self.branch_info, *self._reserved(), *read, *sort_keys], self.aliases)
+
+    def _plan(self, metas: Sequence[FileMeta], nevts: Any, entries: Any) -> None:
+        """The selected entry range of each file (`ranges`, before the cut) and its work units."""
+        self.ranges = self._ranges(metas, nevts, entries)
+        self.num_entries = int(sum(stop - start for start, stop in self.ranges))
+        boundaries = [m.boundaries for m in metas]
+        units = plan_units(self.ranges, self.chunk_size, boundaries)
+        self._units = [u for u in units if u.stop > u.start]
         for meta in metas:
             if meta.entries == 0:
                 self._report.add("empty_files", 1)
                 log.warning("%s: no entries; skipped", where(meta.url, meta.tree))
-        self._class_weights = self._balance_weights(ranges) if balance == "class" else None
-        self.specs = self._fit_pad(specs, reuse_specs, max_len)
-        self.layout = make_layout(self.specs, layout, self.pad_value)
-        self.feature_names = self.layout.feature_names
-        self._sort = SortBy(sort_by, self.specs)
-        self._values = Compose(
-            [NonFinite(self.layout, nan_policy, self.pad_value)]
-            + ([Normalize(self.specs, normalize, self.pad_value, self.layout)] if normalize else [])
-        )
-        self._epoch, self._resume, self._current = 0, None, None
 
     def _reserved(self) -> dict[str, str]:
         """Identifier, label and weight branches -> the argument naming them."""
@@ -249,6 +254,16 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             "cut": self.cut,
             "aliases": self.aliases or None,
         }
+
+    @property
+    def file_labels(self) -> list[int]:
+        """The label of each file of `files` (0 without labels; label_branch labels per entry)."""
+        return list(self._file_labels)
+
+    @property
+    def plan(self) -> list[Unit]:
+        """Every work unit of the selection, in file and entry order (before sharding)."""
+        return list(self._units)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (shuffling is seeded by seed + epoch)."""
@@ -345,7 +360,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         except FileAccessError as err:
             # Only unreadable data is skipped: a mistake in the request (SchemaError,
             # ConfigError) or refused values (DataValueError) always stop the iteration.
-            if self.on_error == "raise":
+            if self.on_error == "raise" or isinstance(err, UserCodeError):
                 raise
             url = err.url if err.url in self.files else self.files[unit.file]
             start, stop = err.entries or (unit.start, unit.stop)
@@ -360,7 +375,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             *self.branch_info,
             *self.identifiers,
             *filter(None, [self.label_branch, self.weight_branch]),
-            *self._sort.keys,
+            *self._pipeline.sort.keys,
         ]
         return UnitReader(
             self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
@@ -372,7 +387,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         if self.preprocess is not None:
             columns = _load_hook(self.preprocess)(columns)
         try:
-            block = self._values(self.layout(self._sort(columns)))
+            block = self._pipeline(columns)
         except DataValueError as err:
             raise DataValueError(err.message, **{**context, **err.context}) from err
         except (TypeError, ValueError, KeyError) as err:
@@ -410,10 +425,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     def _shard(self) -> tuple[int, int, int, int]:
         rank, world = self.rank, self.world_size
         if rank is None or world is None:
-            dist = torch.distributed
-            initialised = dist.is_available() and dist.is_initialized()
-            rank = (dist.get_rank() if initialised else 0) if rank is None else rank
-            world = (dist.get_world_size() if initialised else 1) if world is None else world
+            group_rank, group_world = rank_world()
+            rank = group_rank if rank is None else rank
+            world = group_world if world is None else world
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return rank, world, worker, workers
@@ -423,9 +437,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         if values is None:
             return [default] * len(self.files)
         if isinstance(values, str) and os.path.isfile(values):
-            with open(values) as listing:
-                values = [line.split("#", 1)[0].strip() for line in listing]
-                values = [v for v in values if v]
+            values = read_list_file(values)
         if isinstance(values, Mapping):
             unknown = set(values) - set(self.files)
             if unknown:
@@ -495,17 +507,11 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
 
 @functools.lru_cache(maxsize=8)
 def _load_hook(spec: str | Callable) -> Callable:
-    """Load "path/to/module.py:function" (the user's preprocessing hook) at run time."""
-    import importlib.util
-
+    """The user's preprocessing hook: a callable, or "path/to/module.py:function" loaded at run
+    time (UserCodeError when it cannot be)."""
     if callable(spec):
         return spec
     path, _, name = spec.rpartition(":")
-    if not path or not os.path.isfile(path):
-        raise FileAccessError(f"preprocess hook {spec!r}: expected an existing module.py:function")
-    module_spec = importlib.util.spec_from_file_location(f"rootml_hook_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not callable(getattr(module, name, None)):
-        raise FileAccessError(f"preprocess hook {spec!r}: {path} defines no function {name!r}")
-    return getattr(module, name)
+    if not path:
+        raise UserCodeError(f"preprocess hook {spec!r}: expected module.py:function")
+    return import_function(path, name, "preprocess hook")

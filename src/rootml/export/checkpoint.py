@@ -1,40 +1,38 @@
 """A training run as export sees it: the checkpoint, the model rebuilt from RUN/model.py, Specs.
 
-The run folder follows the contract between train/ and export/::
-
-    RUN/model.py          defines model(**model_args): model(idim) for the flat layout,
-                          model(inputs) for the collection layout
-    RUN/checkpoint.pt     the latest checkpoint; RUN/checkpoints/epoch_NNN.pt the earlier ones
-    RUN/specs.json        the Specs (also inside the checkpoint)
-    RUN/summary.json      the training summary (optional)
-
-Checkpoint keys read: model_state, model_file, model_args, layout ("flat" or "collection"),
-feature_names (checked against the Specs), labels, normalize, pad_value, specs (else
-RUN/specs.json), params, epoch, metrics, and for the collection layout optionally collections
-(name -> branches; default: jagged branches grouped by name prefix, as CollectionLayout does).
+The run folder follows the contract between train/ and export/, rootml.runfolder: model.py
+defines model(**model_args) (model(idim) for the flat layout, model(inputs) for the collection
+layout). Checkpoint keys read: model state, model file and arguments, layout, feature names
+(checked against the Specs), labels, normalisation, pad value, Specs (else RUN/specs.json),
+params, epoch, metrics, and for the collection layout optionally its collections (name ->
+branches; default: jagged branches grouped by name prefix, as CollectionLayout does).
 
 How a model is called: rootml.transforms.feed.call_model, the rule training uses too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rootml._userfiles import import_function
 from rootml.errors import ModelError
+from rootml.runfolder import (
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    MODEL_FILE,
+    SPECS_FILE,
+    SUMMARY_FILE,
+    CheckpointKey,
+    load_checkpoint,
+)
 from rootml.transforms import Specs
 from rootml.transforms.collection import layout_parts
-from rootml.transforms.normalize import make_layout
-
-CHECKPOINT_FILE = "checkpoint.pt"
-LAYOUTS = ("flat", "collection")
+from rootml.transforms.pipeline import LAYOUTS, Pipeline, build_pipeline, make_layout
 
 
 @dataclass
@@ -70,6 +68,18 @@ class TrainedRun:
     def feature_names(self) -> list[str]:
         return list(self.layout.feature_names)
 
+    def pipeline(self) -> Pipeline:
+        """The value pipeline training applied (rootml.transforms.build_pipeline), on this run's
+        layout; `.normalize` is None for a run trained without normalisation."""
+        return build_pipeline(
+            self.specs,
+            self.layout,
+            pad_value=self.pad_value,
+            sort_by=self.params.get("sort_by"),
+            nan_policy=self.params.get("nan_policy") or "keep",
+            normalize=self.normalize,
+        )
+
 
 def locate(source: str | os.PathLike) -> tuple[Path, Path]:
     """(run folder, checkpoint file) of a run folder or of a checkpoint file inside one.
@@ -84,53 +94,16 @@ def locate(source: str | os.PathLike) -> tuple[Path, Path]:
         return path, checkpoint
     if path.is_file():
         run_dir = path.parent
-        if run_dir.name == "checkpoints" and (run_dir.parent / "model.py").exists():
+        if run_dir.name == CHECKPOINTS_DIR and (run_dir.parent / MODEL_FILE).exists():
             run_dir = run_dir.parent
         return run_dir, path
     raise ModelError(f"no training run or checkpoint at {path}")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dict written by rootml train. Raises ModelError if unreadable or foreign.
-
-    Loaded with ``weights_only=False``: exporting a run executes its model.py anyway, so the run
-    folder is trusted code already, and the checkpoint may hold plain Python objects (numpy
-    scalars in metrics, dataset state) that the weights-only unpickler refuses.
-    """
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # pickle, zip and torch errors alike
-        raise ModelError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
-        raise ModelError(f"{path} is not a rootml checkpoint (no 'model_state')")
-    if checkpoint.get("format", 1) != 1:
-        raise ModelError(f"{path}: unknown checkpoint format {checkpoint.get('format')!r}")
-    return checkpoint
-
-
 def import_model_file(path: str | os.PathLike, function: str = "model") -> Any:
-    """The `function` defined by the Python file at `path` (imported by path, under a private
-    module name). Raises ModelError when the file cannot be imported or lacks it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} not found")
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    name = f"rootml_run_model_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered while it runs so that dataclasses and pickling inside the user's file work.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        sys.modules.pop(name, None)
-        raise ModelError(f"cannot import model file {path}: {err!r}") from err
-    factory = getattr(module, function, None)
-    if not callable(factory):
-        raise ModelError(f"model file {path} defines no function {function!r}")
-    return factory
+    """The `function` defined by the Python file at `path` (rootml._userfiles.import_function).
+    Raises UserCodeError (a ModelError) when the file is missing, fails to import or lacks it."""
+    return import_function(path, function, "model file")
 
 
 def load_run(source: str | os.PathLike) -> TrainedRun:
@@ -141,26 +114,27 @@ def load_run(source: str | os.PathLike) -> TrainedRun:
     run_dir, checkpoint_path = locate(source)
     checkpoint = load_checkpoint(checkpoint_path)
     specs = _specs(checkpoint, run_dir, checkpoint_path)
-    layout_name = checkpoint.get("layout") or "flat"
+    layout_name = checkpoint.get(CheckpointKey.LAYOUT) or "flat"
     if layout_name not in LAYOUTS:
         raise ModelError(f"{checkpoint_path}: unknown layout {layout_name!r}")
-    pad_value = float(checkpoint.get("pad_value", 0.0))
-    layout = _layout(specs, layout_name, pad_value, checkpoint.get("collections"))
-    expected = checkpoint.get("feature_names")
+    pad_value = float(checkpoint.get(CheckpointKey.PAD_VALUE, 0.0))
+    collections = checkpoint.get(CheckpointKey.COLLECTIONS) if layout_name == "collection" else None
+    layout = make_layout(specs, layout_name, pad_value, collections or None)
+    expected = checkpoint.get(CheckpointKey.FEATURE_NAMES)
     if expected is not None and list(expected) != list(layout.feature_names):
         raise ModelError(
             f"{checkpoint_path}: the checkpoint's feature_names do not match its Specs "
             f"({len(expected)} vs {len(layout.feature_names)} features)"
         )
-    factory = import_model_file(run_dir / checkpoint.get("model_file", "model.py"))
+    factory = import_model_file(run_dir / checkpoint.get(CheckpointKey.MODEL_FILE, MODEL_FILE))
     module = _build(factory, checkpoint, checkpoint_path)
     summary = None
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / SUMMARY_FILE).is_file():
         try:
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         except ValueError as err:
-            raise ModelError(f"{run_dir / 'summary.json'}: not valid JSON: {err}") from err
-    labels = checkpoint.get("labels")
+            raise ModelError(f"{run_dir / SUMMARY_FILE}: not valid JSON: {err}") from err
+    labels = checkpoint.get(CheckpointKey.LABELS)
     return TrainedRun(
         run_dir=run_dir,
         checkpoint_path=checkpoint_path,
@@ -169,37 +143,29 @@ def load_run(source: str | os.PathLike) -> TrainedRun:
         specs=specs,
         layout_name=layout_name,
         layout=layout,
-        normalize=checkpoint.get("normalize"),
+        normalize=checkpoint.get(CheckpointKey.NORMALIZE),
         pad_value=pad_value,
         labels=None if labels is None else [str(label) for label in labels],
-        params=dict(checkpoint.get("params") or {}),
+        params=dict(checkpoint.get(CheckpointKey.PARAMS) or {}),
         summary=summary,
     )
 
 
 def _specs(checkpoint: Mapping[str, Any], run_dir: Path, checkpoint_path: Path) -> Specs:
     try:
-        if checkpoint.get("specs") is not None:
-            return Specs.from_dict(checkpoint["specs"])
-        if (run_dir / "specs.json").is_file():
-            return Specs.load(run_dir / "specs.json")
+        if checkpoint.get(CheckpointKey.SPECS) is not None:
+            return Specs.from_dict(checkpoint[CheckpointKey.SPECS])
+        if (run_dir / SPECS_FILE).is_file():
+            return Specs.load(run_dir / SPECS_FILE)
     except Exception as err:
         raise ModelError(f"{checkpoint_path}: unreadable Specs: {err}") from err
-    raise ModelError(f"{checkpoint_path}: no Specs in the checkpoint nor {run_dir / 'specs.json'}")
-
-
-def _layout(specs: Specs, name: str, pad_value: float, collections: Any) -> Any:
-    if name == "collection" and collections:
-        from rootml.transforms import CollectionLayout
-
-        return CollectionLayout(specs, pad_value, collections)
-    return make_layout(specs, name, pad_value)
+    raise ModelError(f"{checkpoint_path}: no Specs in the checkpoint nor {run_dir / SPECS_FILE}")
 
 
 def _build(factory: Any, checkpoint: Mapping[str, Any], checkpoint_path: Path) -> Any:
     import torch
 
-    args = dict(checkpoint.get("model_args") or {})
+    args = dict(checkpoint.get(CheckpointKey.MODEL_ARGS) or {})
     try:
         module = factory(**args)
     except Exception as err:
@@ -209,7 +175,7 @@ def _build(factory: Any, checkpoint: Mapping[str, Any], checkpoint_path: Path) -
             f"the run's model(**{args}) returned {type(module).__name__}, not a Module"
         )
     try:
-        module.load_state_dict(_unwrapped(checkpoint["model_state"]))
+        module.load_state_dict(_unwrapped(checkpoint[CheckpointKey.MODEL_STATE]))
     except (RuntimeError, TypeError, KeyError) as err:
         raise ModelError(f"{checkpoint_path}: model_state does not fit the model: {err}") from err
     return module.eval()

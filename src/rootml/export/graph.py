@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from rootml import defaults
 from rootml.errors import ModelError
 from rootml.export.checkpoint import TrainedRun
 from rootml.transforms import Normalize
@@ -18,7 +19,7 @@ from rootml.transforms.feed import call_model
 from rootml.transforms.normalize import split_offset
 
 OUTPUT_NAME = "score"
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = defaults.ONNX_OPSET
 
 
 def input_names(run: TrainedRun) -> list[str]:

@@ -1,6 +1,8 @@
 """rootml.json: rootml's metadata of one model version (Specs, layout, normalisation, labels,
-training record), read with the fallback for repositories written before per-version metadata,
-and checked before it is stored or served.
+training record). Its writer (`run_metadata`), its reader `read_metadata` (with the fallback for
+repositories written before per-version metadata) and its check before it is stored or served
+live here, with the key names (`MetadataKey`); rootml.export.preprocessing reads what training
+applied from it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,43 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rootml._jsonsafe import finite_json
 from rootml.errors import ModelError, RootmlError
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "rootml.json"
+FORMAT = 1
+
+
+class MetadataKey:
+    """Keys of rootml.json. LAYOUT "flat" (default) or "collection"; COLLECTIONS (collection
+    layout): name -> {"branches": [...], "length": N}; NORMALIZATION: {METHOD: "standard",
+    "minmax" or null, FOLDED: bool}; PAD_VALUE (0.0); SORT_BY and NAN_POLICY (top-level, else
+    in TRAINING's PARAMS); SPECS, FEATURE_NAMES, LABELS, TREE, BRANCHES, TRAINING (run,
+    checkpoint, epoch, metrics, params, summary), VERSIONS, PARITY."""
+
+    FORMAT = "format"
+    LAYOUT = "layout"
+    SPECS = "specs"
+    NORMALIZATION = "normalization"
+    METHOD = "method"
+    FOLDED = "folded"
+    FEATURE_NAMES = "feature_names"
+    PAD_VALUE = "pad_value"
+    LABELS = "labels"
+    TREE = "tree"
+    BRANCHES = "branches"
+    TRAINING = "training"
+    PARAMS = "params"
+    VERSIONS = "versions"
+    PARITY = "parity"
+    COLLECTIONS = "collections"
+    SORT_BY = "sort_by"
+    NAN_POLICY = "nan_policy"
+
+
+K = MetadataKey
 # Bounds on what a rootml.json may ask the server to build per entry: a pad length (items kept
 # of a jagged branch) or fixed-array width, and values per entry over all inputs. Real models use
 # tens to a few thousand; a request padded to 1e9 columns would exhaust memory.
@@ -71,12 +105,12 @@ def check_metadata(metadata: Any, what: str = METADATA_FILE) -> None:
         return
     if not isinstance(metadata, dict):
         raise ModelError(f"{what}: expected a JSON object")
-    if metadata.get("format", 1) != 1:
-        raise ModelError(f"{what}: unknown format {metadata.get('format')!r} (rootml reads 1)")
-    if metadata.get("layout") not in (None, "flat", "collection"):
-        raise ModelError(f"{what}: layout {metadata['layout']!r} is not 'flat' or 'collection'")
-    normalization = metadata.get("normalization") or {}
-    if not isinstance(normalization, dict) or normalization.get("method") not in (
+    if metadata.get(K.FORMAT, FORMAT) != FORMAT:
+        raise ModelError(f"{what}: unknown format {metadata.get(K.FORMAT)!r} (rootml reads 1)")
+    if metadata.get(K.LAYOUT) not in (None, "flat", "collection"):
+        raise ModelError(f"{what}: layout {metadata[K.LAYOUT]!r} is not 'flat' or 'collection'")
+    normalization = metadata.get(K.NORMALIZATION) or {}
+    if not isinstance(normalization, dict) or normalization.get(K.METHOD) not in (
         None,
         "standard",
         "minmax",
@@ -85,13 +119,13 @@ def check_metadata(metadata: Any, what: str = METADATA_FILE) -> None:
             f"{what}: normalization must be {{'method': 'standard'|'minmax'|null, 'folded': "
             f"bool}}, not {normalization!r}"
         )
-    pad_value = metadata.get("pad_value", 0.0)
+    pad_value = metadata.get(K.PAD_VALUE, 0.0)
     if pad_value is not None and (
         not isinstance(pad_value, (int, float)) or not math.isfinite(pad_value)
     ):
         raise ModelError(f"{what}: pad_value {pad_value!r} is not a finite number")
-    if metadata.get("specs") is not None:
-        _check_specs(metadata["specs"], what)
+    if metadata.get(K.SPECS) is not None:
+        _check_specs(metadata[K.SPECS], what)
 
 
 def _check_specs(data: Any, what: str) -> None:
@@ -117,3 +151,50 @@ def _check_specs(data: Any, what: str) -> None:
         raise ModelError(
             f"{what}: its specs make {total} values per entry, more than {MAX_ROW_VALUES}"
         )
+
+
+def run_metadata(run: Any, folded: bool, opset: int, parity: dict[str, Any]) -> dict[str, Any]:
+    """rootml.json of an exported run (a rootml.export.TrainedRun), as strict JSON: metrics and
+    params may hold numpy scalars and NaN (an AUC of one class), written as plain numbers and
+    null."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    import rootml
+
+    fingerprint = run.specs.fingerprint
+    checkpoint = run.checkpoint
+    metadata: dict[str, Any] = {
+        K.FORMAT: FORMAT,
+        K.LAYOUT: run.layout_name,
+        K.SPECS: run.specs.to_dict(),
+        K.NORMALIZATION: {K.METHOD: run.normalize, K.FOLDED: bool(folded)},
+        K.FEATURE_NAMES: run.feature_names,
+        K.PAD_VALUE: run.pad_value,
+        K.LABELS: run.labels,
+        K.TREE: fingerprint.get("tree"),
+        K.BRANCHES: fingerprint.get("branches"),
+        K.TRAINING: {
+            "run": str(run.run_dir),
+            "checkpoint": str(run.checkpoint_path),
+            "epoch": checkpoint.get("epoch"),
+            "metrics": checkpoint.get("metrics"),
+            K.PARAMS: run.params,
+            "summary": run.summary,
+        },
+        K.VERSIONS: {
+            "rootml": rootml.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": int(opset),
+        },
+        K.PARITY: parity,
+    }
+    if run.layout_name == "collection":
+        metadata[K.COLLECTIONS] = {
+            key: {"branches": list(branches), "length": int(run.layout.lengths[key])}
+            for key, branches in run.layout.collections.items()
+        }
+    return finite_json(metadata)

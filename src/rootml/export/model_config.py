@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rootml import defaults
 from rootml.errors import ModelError
 from rootml.export.pbtxt import parse_config
 
 CONFIG_FILE = "config.pbtxt"
-DEFAULT_MAX_BATCH_SIZE = 1024
+DEFAULT_MAX_BATCH_SIZE = defaults.MAX_BATCH_SIZE
 # Per-model settings that a config made from a graph takes over from a given config.
 KEPT_CONFIG_KEYS = ("dynamic_batching", "version_policy", "instance_group", "parameters")
 

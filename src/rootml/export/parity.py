@@ -17,9 +17,9 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from rootml import defaults
 from rootml.errors import ModelError, RootmlError
 from rootml.export.checkpoint import TrainedRun
-from rootml.transforms import Normalize
 from rootml.transforms.feed import call_model
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ class ParityBatches:
         return sum(len(next(iter(b.values()))) for b in self.blocks)
 
 
-def parity_batches(run: TrainedRun, batches: int = 4, batch_size: int = 256) -> ParityBatches:
+def parity_batches(
+    run: TrainedRun,
+    batches: int = defaults.PARITY_BATCHES,
+    batch_size: int = defaults.PARITY_BATCH_SIZE,
+) -> ParityBatches:
     """`batches` batches of the run's training data (shuffle off, no normalisation), read again
     with the files, tree, branches, cut and aliases its Specs were fitted on; random inputs drawn
     from the Specs' ranges when those files cannot be read (the reason is kept)."""
@@ -62,12 +66,12 @@ def parity_batches(run: TrainedRun, batches: int = 4, batch_size: int = 256) -> 
 
 
 def _training_blocks(run: TrainedRun, batches: int, batch_size: int) -> Iterator[dict]:
-    from rootml.datasets import RootIterableDataset
+    from rootml.datasets import RootIterableDataset, Selection
 
     fingerprint = run.specs.fingerprint
     if not fingerprint.get("files"):
         raise RootmlError("the Specs do not name the files they were fitted on")
-    accepted = inspect.signature(RootIterableDataset).parameters
+    accepted = {*inspect.signature(RootIterableDataset).parameters, *Selection.FIELDS}
     options: dict[str, Any] = {
         key: run.params[key] for key in _VALUE_PARAMS if key in accepted and key in run.params
     }
@@ -95,7 +99,11 @@ def _training_blocks(run: TrainedRun, batches: int, batch_size: int) -> Iterator
         yield {key: batch[key].numpy() for key in keys}
 
 
-def random_blocks(run: TrainedRun, batches: int = 4, batch_size: int = 256) -> list[dict]:
+def random_blocks(
+    run: TrainedRun,
+    batches: int = defaults.PARITY_BATCHES,
+    batch_size: int = defaults.PARITY_BATCH_SIZE,
+) -> list[dict]:
     """Raw blocks from a random chunk pushed through the run's layout: every value uniform in
     its branch's [min, max], multiplicities drawn from each branch's multiplicity histogram (one
     draw per collection, so its branches agree), NaN-free. Seeded: the same run gives the same
@@ -163,11 +171,7 @@ def compare(
         onnx_bytes, sess_options=session_options(1), providers=["CPUExecutionProvider"]
     )
     graph_inputs = [i.name for i in session.get_inputs()]
-    normalize = (
-        Normalize(run.specs, run.normalize, run.pad_value, run.layout)
-        if run.normalize is not None
-        else None
-    )
+    normalize = run.pipeline().normalize
     worst = 0.0
     for raw in blocks:
         normalised = normalize(dict(raw)) if normalize is not None else dict(raw)

@@ -5,10 +5,8 @@ mask, the NaN policy, normalisation unless folded into the graph), rebuilt from 
 rootml.json with the same transforms. The server (raw physics columns, rootml.serve.physics), an
 upload's check and batch scoring (rootml.predict) all use it.
 
-rootml.json keys read (see rootml.export.metadata): "specs", "layout" ("flat" by default),
-"collections" (collection layout: name -> {"branches": [...]}), "pad_value" (0.0),
-"normalization": {"method": "standard"|"minmax"|null, "folded": bool}, "sort_by" and
-"nan_policy" (top-level, else from "training": {"params": ...}).
+rootml.json keys read: rootml.export.metadata.MetadataKey, where its writer (run_metadata) is.
+The transforms are assembled by rootml.transforms.build_pipeline, as for training.
 """
 
 from __future__ import annotations
@@ -22,18 +20,9 @@ import awkward as ak
 import numpy as np
 
 from rootml.errors import ModelError, RootmlError
+from rootml.export.metadata import MetadataKey as K
 from rootml.export.metadata import check_metadata
 from rootml.protocol import DTYPES
-from rootml.transforms import (
-    CollectionLayout,
-    Compose,
-    NonFinite,
-    Normalize,
-    SortBy,
-    Specs,
-    make_layout,
-    parse_sort_key,
-)
 
 
 @dataclass
@@ -41,48 +30,49 @@ class Preprocessing:
     """What training did to a chunk of branches before the model, as rootml.json records it.
 
     normalize: the method to apply here (None when there is none or the graph does it itself).
+    `pipeline` is the value pipeline of these settings (rootml.transforms.build_pipeline).
     """
 
-    specs: Specs
+    specs: Any  # rootml.transforms.Specs
     layout: str = "flat"
     pad_value: float = 0.0
     normalize: str | None = None
     collections: dict[str, list[str]] | None = None
     sort_by: dict[str, Any] | None = None
     nan_policy: str = "keep"
-    _layout: Any = field(default=None, repr=False)
+    pipeline: Any = field(default=None, repr=False)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any] | None, model: str) -> Preprocessing:
         """The preprocessing of a model from its rootml.json. Raises ModelError when it has no
         "specs", or they cannot be read or ask for too much (`check_metadata`)."""
-        if not metadata or not metadata.get("specs"):
+        from rootml.transforms import Specs, build_pipeline
+
+        if not metadata or not metadata.get(K.SPECS):
             raise ModelError(
                 f"model {model!r} has no Specs in its rootml.json: it takes model inputs only"
             )
         check_metadata(metadata, f"rootml.json of model {model!r}")
         try:
-            specs = Specs.from_dict(metadata["specs"])
-            normalization = metadata.get("normalization") or {}
-            collections = metadata.get("collections")
+            normalization = metadata.get(K.NORMALIZATION) or {}
+            collections = metadata.get(K.COLLECTIONS)
             # sort_by and nan_policy: top-level keys, else the training parameters exported.
-            params = (metadata.get("training") or {}).get("params") or {}
-            sort_by = metadata.get("sort_by", params.get("sort_by"))
-            nan_policy = metadata.get("nan_policy", params.get("nan_policy"))
+            params = (metadata.get(K.TRAINING) or {}).get(K.PARAMS) or {}
+            sort_by = metadata.get(K.SORT_BY, params.get(K.SORT_BY))
             prep = cls(
-                specs,
-                metadata.get("layout") or "flat",
-                float(metadata.get("pad_value") or 0.0),
-                None if normalization.get("folded") else normalization.get("method"),
+                Specs.from_dict(metadata[K.SPECS]),
+                metadata.get(K.LAYOUT) or "flat",
+                float(metadata.get(K.PAD_VALUE) or 0.0),
+                None if normalization.get(K.FOLDED) else normalization.get(K.METHOD),
                 {k: list(v["branches"]) for k, v in collections.items()} if collections else None,
                 dict(sort_by) if sort_by else None,
-                nan_policy or "keep",
+                metadata.get(K.NAN_POLICY, params.get(K.NAN_POLICY)) or "keep",
             )
-            prep._layout = (
-                CollectionLayout(specs, prep.pad_value, prep.collections)
-                if prep.layout == "collection"
-                else make_layout(specs, prep.layout, prep.pad_value)
-            )
+            prep.pipeline = build_pipeline(
+                prep.specs, prep.layout, pad_value=prep.pad_value, sort_by=prep.sort_by,
+                nan_policy=prep.nan_policy, normalize=prep.normalize,
+                collections=prep.collections if prep.layout == "collection" else None,
+            )  # fmt: skip
         except (RootmlError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelError(
                 f"model {model!r}: cannot use the Specs of its rootml.json: {err}"
@@ -92,11 +82,13 @@ class Preprocessing:
     @property
     def layout_object(self) -> Any:
         """The FlatLayout or CollectionLayout of these Specs."""
-        return self._layout
+        return self.pipeline.layout
 
     def branches(self) -> dict[str, str]:
         """Branch -> kind ("flat", "fixed", "jagged") of every column a chunk needs: the Specs'
         branches, then sort_by keys that are not features (jagged)."""
+        from rootml.transforms import parse_sort_key
+
         kinds = {name: spec.kind for name, spec in self.specs.branches.items()}
         for key in (self.sort_by or {}).values():
             kinds.setdefault(parse_sort_key(key)[0], "jagged")
@@ -111,18 +103,15 @@ class Preprocessing:
             "reuse_specs": True,
             "pad_value": self.pad_value,
             "normalize": self.normalize,
-            "layout": self._layout,
+            "layout": self.pipeline.layout,
             "sort_by": self.sort_by,
             "nan_policy": self.nan_policy,
         }
 
-    def transform(self) -> Compose:
-        """chunk (branch -> array of n entries) -> block of numpy arrays ("features", "mask", ...)."""
-        steps: list[Any] = [SortBy(self.sort_by, self.specs)] if self.sort_by else []
-        steps += [self._layout, NonFinite(self._layout, self.nan_policy, self.pad_value)]
-        if self.normalize:
-            steps.append(Normalize(self.specs, self.normalize, self.pad_value, self._layout))
-        return Compose(steps)
+    def transform(self) -> Any:
+        """chunk (branch -> array of n entries) -> block of numpy arrays ("features", "mask",
+        ...): the value pipeline."""
+        return self.pipeline
 
     def input_values(self, inputs: Sequence[Any]) -> int:
         """Model input values per entry this preprocessing makes for a model taking `inputs`

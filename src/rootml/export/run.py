@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
-import numpy as np
-
+from rootml import defaults
 from rootml.errors import ModelError
 from rootml.export.checkpoint import TrainedRun, load_run
 from rootml.export.graph import (
@@ -18,14 +16,15 @@ from rootml.export.graph import (
     input_names,
     to_onnx,
 )
+from rootml.export.metadata import run_metadata
 from rootml.export.parity import ParityBatches, compare, parity_batches
 from rootml.export.repository import DEFAULT_MAX_BATCH_SIZE, add_onnx_model, model_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = 1e-5
-DEFAULT_PARITY_BATCHES = 4
-DEFAULT_PARITY_BATCH_SIZE = 256
+DEFAULT_TOLERANCE = defaults.PARITY_TOLERANCE
+DEFAULT_PARITY_BATCHES = defaults.PARITY_BATCHES
+DEFAULT_PARITY_BATCH_SIZE = defaults.PARITY_BATCH_SIZE
 
 
 def export_run(
@@ -96,10 +95,9 @@ def build_onnx(
     names = input_names(run)
     module = ExportedModel(run.module, run.layout_name, names, fold, run.pad_value)
     example = data.blocks[0]
-    if fold is None and run.normalize is not None:
-        from rootml.transforms import Normalize
-
-        example = Normalize(run.specs, run.normalize, run.pad_value, run.layout)(dict(example))
+    normalize = run.pipeline().normalize
+    if fold is None and normalize is not None:
+        example = normalize(dict(example))
     onnx_bytes = to_onnx(module, example, opset)
     worst = compare(run, onnx_bytes, data.blocks, folded=fold is not None)
     parity = {
@@ -119,72 +117,3 @@ def build_onnx(
             "tracing; check the model)"
         )
     return onnx_bytes, parity
-
-
-def run_metadata(
-    run: TrainedRun, folded: bool, opset: int, parity: dict[str, Any]
-) -> dict[str, Any]:
-    """rootml.json of an exported run (see the repository's format in rootml.export.repository)."""
-    import onnx
-    import onnxruntime
-    import torch
-
-    import rootml
-
-    fingerprint = run.specs.fingerprint
-    checkpoint = run.checkpoint
-    metadata: dict[str, Any] = {
-        "format": 1,
-        "layout": run.layout_name,
-        "specs": run.specs.to_dict(),
-        "normalization": {"method": run.normalize, "folded": bool(folded)},
-        "feature_names": run.feature_names,
-        "pad_value": run.pad_value,
-        "labels": run.labels,
-        "tree": fingerprint.get("tree"),
-        "branches": fingerprint.get("branches"),
-        "training": {
-            "run": str(run.run_dir),
-            "checkpoint": str(run.checkpoint_path),
-            "epoch": checkpoint.get("epoch"),
-            "metrics": checkpoint.get("metrics"),
-            "params": run.params,
-            "summary": run.summary,
-        },
-        "versions": {
-            "rootml": rootml.__version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "opset": int(opset),
-        },
-        "parity": parity,
-    }
-    if run.layout_name == "collection":
-        metadata["collections"] = {
-            key: {"branches": list(branches), "length": int(run.layout.lengths[key])}
-            for key, branches in run.layout.collections.items()
-        }
-    # Metrics and params may hold numpy scalars and NaN (an AUC of one class); JSON gets plain
-    # numbers, and null for what strict JSON cannot write.
-    return _finite(json.loads(json.dumps(metadata, default=_plain)))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if hasattr(value, "tolist"):  # torch tensors
-        return value.tolist()
-    return str(value)

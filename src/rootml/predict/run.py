@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from rootml import defaults
+from rootml._runtime import usable_cores
 from rootml.errors import ModelError, RootmlError, where
 from rootml.export.preprocessing import Preprocessing, model_feeds
 
@@ -115,7 +117,7 @@ def open_model(model: str, threads: int = 0, token: str | None = None) -> Any:
             f"model {model!r}: not a model folder (models/NAME), version folder (models/NAME/N) "
             "nor an http:// URL"
         )
-    return _LocalModel(folder, version, threads or len(os.sched_getaffinity(0)))
+    return _LocalModel(folder, version, threads or usable_cores())
 
 
 def output_paths(
@@ -167,9 +169,9 @@ def predict(
     *,
     tree: str | None = None,
     out_tree: str | None = None,
-    batch_size: int = 1024,
+    batch_size: int = defaults.BATCH_SIZE,
     branch_name: str | None = None,
-    chunk_size: int = 100_000,
+    chunk_size: int = defaults.CHUNK_SIZE,
     flush_entries: int = 100_000,
     threads: int = 0,
     token: str | None = None,

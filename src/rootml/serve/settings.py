@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
-MiB = 1 << 20
+from rootml import defaults
+from rootml._runtime import usable_cores
+
+MiB = defaults.MiB
 
 
 @dataclasses.dataclass
@@ -14,16 +16,16 @@ class ServeSettings:
 
     repo: str
     token: str | None = None
-    max_body_bytes: int = 64 * MiB
-    max_upload_bytes: int = 256 * MiB
-    request_timeout_s: float = 30.0
+    max_body_bytes: int = defaults.SERVE_MAX_BODY_BYTES
+    max_upload_bytes: int = defaults.SERVE_MAX_UPLOAD_BYTES
+    request_timeout_s: float = defaults.SERVE_REQUEST_TIMEOUT_S
     # A request body must arrive within this many seconds, plus one per MiB received (so a
     # steady sender of 1 MiB/s is never cut off); slower or stalled senders get 408.
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = defaults.SERVE_BODY_TIMEOUT_S
     # Check the repository every this many seconds and load what changed (Triton's poll mode);
     # 0: only at start and on load requests.
     repository_poll_secs: float = 0.0
-    max_queue: int = 1024
+    max_queue: int = defaults.SERVE_MAX_QUEUE
     workers: int = 1
     threads_per_run: int = 1
     run_slots: int | None = None  # default: the cores of this worker
@@ -33,5 +35,5 @@ class ServeSettings:
         """onnxruntime runs in flight per worker: its share of the cores / threads per run."""
         if self.run_slots:
             return self.run_slots
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // (max(1, self.workers) * max(1, self.threads_per_run)))
+        cores = usable_cores()
+        return max(1, cores // (max(1, self.workers) * max(1, self.threads_per_run)))

@@ -1,12 +1,10 @@
-"""Checkpoints and history files of a run folder (the contract export reads).
+"""Checkpoints and history files of a run folder (the contract export reads: rootml.runfolder).
 
-RUN/checkpoint.pt is the latest state, RUN/checkpoints/epoch_NNN.pt the state after epoch NNN.
-A checkpoint is one dict saved with torch.save: "format" 1, "epoch" (completed epochs),
-"model_state", "optimizer_state", "scaler_state" (AMP), "history" (one row per completed epoch),
-"metrics" (the last row), "dataset_state", "rng_state", and, for a checkpoint taken inside an
-epoch, "partial" (step, DataLoader state, metric sums so far, seconds so far). The caller adds
-what describes the model (model_file, model_args, layout, feature_names, labels, normalize,
-pad_value, specs, params).
+RUN/checkpoint.pt is the latest state, RUN/checkpoints/epoch_NNN.pt the state after epoch NNN;
+the keys are rootml.runfolder.CheckpointKey. A checkpoint taken inside an epoch has CheckpointKey.PARTIAL (step,
+DataLoader state, metric sums so far, seconds so far). The caller adds what describes the model
+(model file and arguments, layout, feature names, labels, normalisation, pad value, Specs,
+params).
 """
 
 from __future__ import annotations
@@ -18,9 +16,15 @@ from typing import Any
 
 import torch
 
-from rootml.errors import ModelError
+from rootml.runfolder import (
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    FORMAT,
+    CheckpointKey,
+    load_checkpoint,
+)
 
-FORMAT = 1
+__all__ = ["load_checkpoint", "restore_rng", "rng_state", "save_checkpoint", "write_history"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,30 +49,14 @@ def save_checkpoint(out: Path, state: dict[str, Any], epoch_copy: bool) -> Path:
     """Write out/checkpoint.pt atomically (a crash mid-write leaves the previous one) and, when
     `epoch_copy`, out/checkpoints/epoch_NNN.pt. Returns the path of checkpoint.pt."""
     out.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, **state}
+    state = {CheckpointKey.FORMAT: FORMAT, **state}
     if epoch_copy:
-        (out / "checkpoints").mkdir(exist_ok=True)
-        torch.save(state, out / "checkpoints" / f"epoch_{state['epoch']:03d}.pt")
-    tmp = out / "checkpoint.pt.tmp"
+        (out / CHECKPOINTS_DIR).mkdir(exist_ok=True)
+        torch.save(state, out / CHECKPOINTS_DIR / f"epoch_{state[CheckpointKey.EPOCH]:03d}.pt")
+    tmp = out / f"{CHECKPOINT_FILE}.tmp"
     torch.save(state, tmp)
-    os.replace(tmp, out / "checkpoint.pt")
-    return out / "checkpoint.pt"
-
-
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at `path`, tensors on `device`. Raises ModelError if it is unreadable
-    or not a rootml checkpoint."""
-    try:
-        # weights_only=False: the run folder is the user's own (its model.py is code already),
-        # and the checkpoint holds numpy values and RNG states.
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise ModelError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(state, dict) or "model_state" not in state:
-        raise ModelError(f"{path} is not a rootml checkpoint (no 'model_state')")
-    if state.get("format", FORMAT) != FORMAT:
-        raise ModelError(f"{path}: unknown checkpoint format {state.get('format')!r}")
-    return state
+    os.replace(tmp, out / CHECKPOINT_FILE)
+    return out / CHECKPOINT_FILE
 
 
 def write_history(out: Path, history: list[dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootml._runtime import distributed, rank_world
 from rootml.errors import ConfigError
 
 
@@ -39,23 +40,13 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         torch.cuda.set_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def world() -> tuple[int, int]:
-    """(rank, world_size) of the running process group, (0, 1) without one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_world()
 
 
 def gather_arrays(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Every rank's `arrays`, in rank order (collective: every rank must call it)."""
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return [arrays]
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, arrays)
@@ -74,7 +65,7 @@ def sync_after_join(optimizer: torch.optim.Optimizer, scaler: Any, steps: int) -
     rank 0's checkpoint would not be the state the other ranks continue from. The state travels
     through torch.save to CPU, so ranks on nodes with other GPU numbering can read it."""
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed() or dist.get_world_size() == 1:
         return
     counts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(counts, steps)

@@ -4,11 +4,13 @@ metrics, history, plots and checkpoints written into one run folder."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from rootml.errors import ModelError, RootmlError
 from rootml.progress import Progress, duration, say
+from rootml.runfolder import CHECKPOINT_FILE, CHECKPOINTS_DIR, CheckpointKey
 from rootml.train.checkpoint import (
     load_checkpoint,
     restore_rng,
@@ -36,7 +39,6 @@ from rootml.train.distributed import (
 from rootml.train.metrics import EpochMetrics
 from rootml.train.plots import class_names as display_names
 from rootml.train.plots import plot_classifier, plot_history
-from rootml.transforms import FlatLayout
 from rootml.transforms.collection import layout_parts
 from rootml.transforms.feed import call_model
 
@@ -127,75 +129,133 @@ def fit(
     out = Path(out_dir)
     target = resolve_device(device)
     rank, world = init_distributed(target)
-    model = model.to(target)
-    loop = _Loop(model, optimizer, lr, target, world, num_workers, amp, class_weights)
-    history: list[dict[str, Any]] = []
-    start, partial = 0, None
-    if resume and (out / "checkpoint.pt").exists():
-        history, start, partial = loop.restore(load_checkpoint(out / "checkpoint.pt", target))
-        if partial is not None and world > 1:
-            raise RootmlError(
-                f"{out / 'checkpoint.pt'} was taken inside epoch {start + 1} by one process; "
-                f"resume it with one process, or from checkpoints/epoch_{start:03d}.pt"
-            )
-        log.info("resuming %s after epoch %d%s", out, start, " (inside it)" if partial else "")
-    extra = checkpoint_extra or {}
-    every = checkpoint_every if checkpoint_every and world == 1 else None
+    loop = _Loop(model.to(target), optimizer, lr, target, world, num_workers, amp, class_weights)
+    history, start, partial = [], 0, None
+    if resume and (out / CHECKPOINT_FILE).exists():
+        history, start, partial = _restore(loop, out, target, world)
     if checkpoint_every and world > 1:
         log.warning("checkpoint_every is ignored under DDP: checkpoints at epoch ends only")
+    run = _Run(
+        out, loop, train, val, history, rank, world, epochs, checkpoint_extra or {},
+        every=checkpoint_every if checkpoint_every and world == 1 else None, on_step=on_step,
+        record_entries=record_entries, score_train=score_train, class_names=class_names,
+        title=title,
+    )  # fmt: skip
     for epoch in range(start, epochs):
-        begin = time.perf_counter() - (partial["seconds"] if partial else 0.0)
-        train.set_epoch(epoch)
-
-        def save_partial(state: dict[str, Any], epoch: int = epoch, begin: float = begin) -> None:
-            state["seconds"] = time.perf_counter() - begin
-            checkpoint = {**loop.state(), "epoch": epoch, "history": history, "partial": state}
-            save_checkpoint(
-                out, {**checkpoint, "dataset_state": state["loader_state"], **extra}, False
-            )
-
-        desc = f"epoch {epoch + 1}/{epochs} train"
-        expect = _expected(train, history, "train_events", world)
-        metrics, seen = loop.epoch(
-            train, desc, rank, epoch, partial, every, save_partial, on_step, record_entries, expect
-        )
+        row = run.epoch(epoch, partial, first=epoch == start)
         partial = None
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+
+
+def _restore(loop: _Loop, out: Path, device: torch.device, world: int) -> tuple[list, int, Any]:
+    """(history, completed epochs, inside-epoch state or None) of out/checkpoint.pt, loaded into
+    the loop. Raises RootmlError for a checkpoint taken inside an epoch under DDP."""
+    path = out / CHECKPOINT_FILE
+    history, start, partial = loop.restore(load_checkpoint(path, device))
+    if partial is not None and world > 1:
+        raise RootmlError(
+            f"{path} was taken inside epoch {start + 1} by one process; resume it with one "
+            f"process, or from {CHECKPOINTS_DIR}/epoch_{start:03d}.pt"
+        )
+    log.info("resuming %s after epoch %d%s", out, start, " (inside it)" if partial else "")
+    return history, start, partial
+
+
+@dataclass
+class _Run:
+    """One call of fit: the loop, the datasets, the history so far and the settings of its
+    epochs; `epoch` runs one and writes its checkpoint, history line and plots."""
+
+    out: Path
+    loop: _Loop
+    train: Any
+    val: Any
+    history: list[dict[str, Any]]
+    rank: int
+    world: int
+    epochs: int
+    extra: dict[str, Any]
+    every: int | None = None
+    on_step: Callable[[dict[str, Any]], None] | None = None
+    record_entries: bool = False
+    score_train: bool = True
+    class_names: list[str] | None = None
+    title: str | None = None
+
+    def epoch(self, epoch: int, partial: dict[str, Any] | None, first: bool) -> dict[str, Any]:
+        """Train (from `partial`, a checkpoint's inside-epoch state, if any) and validate one
+        epoch; returns its history row."""
+        begin = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+        self.train.set_epoch(epoch)
+        expect = _expected(self.train, self.history, "train_events", self.world)
+        save = functools.partial(self._save_partial, epoch=epoch, begin=begin)
+        metrics, seen = self.loop.epoch(
+            self.train, f"epoch {epoch + 1}/{self.epochs} train", self.rank, epoch, partial,
+            self.every, save, self.on_step, self.record_entries, expect,
+        )  # fmt: skip
         row = {"epoch": epoch + 1, **metrics.result("train")}
         val_metrics = None
-        if val is not None:
-            expect = _expected(val, history, "val_events", world)
-            val_metrics, _ = loop.epoch(val, f"epoch {epoch + 1}/{epochs} validation", rank, total=expect)  # fmt: skip
+        if self.val is not None:
+            expect = _expected(self.val, self.history, "val_events", self.world)
+            title = f"epoch {epoch + 1}/{self.epochs} validation"
+            val_metrics, _ = self.loop.epoch(self.val, title, self.rank, total=expect)
             row.update(val_metrics.result("val"))
         seconds = time.perf_counter() - begin
         events = row["train_events"] + row.get("val_events", 0)
         row.update(seconds=seconds, events_per_s=events / seconds if seconds > 0 else None)
-        history.append(row)
-        if record_entries:
-            _write_entries(out, epoch + 1, gather_arrays(seen), rank)
-        if rank == 0:
-            checkpoint = {**loop.state(), "epoch": epoch + 1, "history": history}
-            save_checkpoint(
-                out,
-                {**checkpoint, "metrics": row, "dataset_state": train.state_dict(), **extra},
-                True,
-            )
-            write_history(out, history)
-            if epoch == start:
-                say(_epoch_line(None, val is not None))
-            say(_epoch_line(row, val is not None, epochs))
+        self.history.append(row)
+        if self.record_entries:
+            _write_entries(self.out, epoch + 1, gather_arrays(seen), self.rank)
+        if self.rank == 0:
+            self._save_epoch(row, first)
+        self._plot(epoch, row, metrics, val_metrics)
+        return row
+
+    def _save_partial(self, state: dict[str, Any], epoch: int, begin: float) -> None:
+        """checkpoint.pt inside an epoch (checkpoint_every): where the loader stands."""
+        state["seconds"] = time.perf_counter() - begin
+        checkpoint = {
+            **self.loop.state(),
+            CheckpointKey.EPOCH: epoch,
+            CheckpointKey.HISTORY: self.history,
+        }
+        checkpoint.update(
+            {CheckpointKey.PARTIAL: state, CheckpointKey.DATASET_STATE: state["loader_state"]}
+        )
+        save_checkpoint(self.out, {**checkpoint, **self.extra}, False)
+
+    def _save_epoch(self, row: dict[str, Any], first: bool) -> None:
+        """The epoch's checkpoint, history files and line of the epoch table (rank 0)."""
+        checkpoint = {
+            **self.loop.state(),
+            CheckpointKey.EPOCH: row["epoch"],
+            CheckpointKey.HISTORY: self.history,
+        }
+        checkpoint.update(
+            {CheckpointKey.METRICS: row, CheckpointKey.DATASET_STATE: self.train.state_dict()}
+        )
+        save_checkpoint(self.out, {**checkpoint, **self.extra}, True)
+        write_history(self.out, self.history)
+        if first:
+            say(_epoch_line(None, self.val is not None))
+        say(_epoch_line(row, self.val is not None, self.epochs))
+
+    def _plot(self, epoch: int, row: dict[str, Any], metrics: Any, val_metrics: Any) -> None:
+        """The run's plots after an epoch; after the last, the training entries are scored
+        again first (score_train), so the overtraining check compares one model on both."""
         note = "while training"
-        if score_train and epoch == epochs - 1:
-            # The overtraining check compares one model on both samples: the epoch's own train
-            # scores came from weights that kept changing, with dropout on.
-            expect = row["train_events"] // world
-            metrics, _ = loop.epoch(train, "scoring the training entries", rank, total=expect)
+        if self.score_train and epoch == self.epochs - 1:
+            # The epoch's own train scores came from weights that kept changing, dropout on.
+            expect = row["train_events"] // self.world
+            title = "scoring the training entries"
+            metrics, _ = self.loop.epoch(self.train, title, self.rank, total=expect)
             note = "final model"
-        if rank == 0:
-            context = title if title is not None else _context(out, train)
-            _plot(out / "plots", history, metrics, val_metrics, class_names, context, note)
-        if on_epoch is not None:
-            on_epoch(row)
-    return history
+        if self.rank == 0:
+            context = self.title if self.title is not None else _context(self.out, self.train)
+            folder = self.out / "plots"
+            _plot(folder, self.history, metrics, val_metrics, self.class_names, context, note)
 
 
 class _Loop:
@@ -220,20 +280,24 @@ class _Loop:
 
     def state(self) -> dict[str, Any]:
         return {
-            "model_state": self.model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "scaler_state": self.scaler.state_dict(),
-            "rng_state": rng_state(),
+            CheckpointKey.MODEL_STATE: self.model.state_dict(),
+            CheckpointKey.OPTIMIZER_STATE: self.optimizer.state_dict(),
+            CheckpointKey.SCALER_STATE: self.scaler.state_dict(),
+            CheckpointKey.RNG_STATE: rng_state(),
         }
 
     def restore(self, state: dict[str, Any]) -> tuple[list[dict[str, Any]], int, dict | None]:
         """Load a checkpoint; returns (history, completed epochs, inside-epoch state or None)."""
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
-        if state.get("scaler_state"):
-            self.scaler.load_state_dict(state["scaler_state"])
-        restore_rng(state.get("rng_state"))  # dropout continues as if never interrupted
-        return list(state.get("history", [])), int(state["epoch"]), state.get("partial")
+        self.model.load_state_dict(state[CheckpointKey.MODEL_STATE])
+        self.optimizer.load_state_dict(state[CheckpointKey.OPTIMIZER_STATE])
+        if state.get(CheckpointKey.SCALER_STATE):
+            self.scaler.load_state_dict(state[CheckpointKey.SCALER_STATE])
+        restore_rng(state.get(CheckpointKey.RNG_STATE))  # dropout continues as if never interrupted
+        return (
+            list(state.get(CheckpointKey.HISTORY, [])),
+            int(state[CheckpointKey.EPOCH]),
+            state.get(CheckpointKey.PARTIAL),
+        )
 
     def epoch(
         self,
@@ -273,7 +337,7 @@ class _Loop:
             loader.load_state_dict(partial["loader_state"])
             metrics = EpochMetrics.from_state_dict(partial["metrics"], self.device)
             step, seen = partial["step"], list(partial.get("seen", []))
-        layout = "flat" if isinstance(dataset.layout, FlatLayout) else "collection"
+        layout = dataset.layout.name
         keys = [k for a, m, branches in layout_parts(dataset.layout) if branches for k in (a, m)]
         if metrics is not None and total is not None:  # a resumed epoch: what is left of it
             total = max(total - int(metrics.sums[3].item()), 0)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootml._runtime import distributed
+
 BINS = 20_000  # score bins per class: the AUC is exact up to ties inside a bin (< 1e-4)
 
 
@@ -129,7 +131,7 @@ class EpochMetrics:
     def all_reduce(self) -> None:
         """Sum over DDP ranks (no-op without torch.distributed)."""
         dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
+        if distributed():
             dist.all_reduce(self.sums)
             dist.all_reduce(self.hist)
             dist.all_reduce(self.w2)

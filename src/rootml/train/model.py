@@ -3,45 +3,28 @@ checked on a batch of zeros before any training, so a mismatch is one line, not 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import sys
 from typing import Any
 
 import torch
 
-from rootml.errors import FileAccessError, ModelError
-from rootml.transforms import FlatLayout
+from rootml._userfiles import import_function
+from rootml.errors import ModelError
 from rootml.transforms.collection import layout_parts
 from rootml.transforms.feed import call_model
 
 
 def load_model_factory(path: str | os.PathLike):
     """The `model` function of a user's model.py: model(idim) for the flat layout, model(inputs)
-    for the collection layout. Raises FileAccessError when the file is missing, ModelError when
-    it does not import or defines no `model`."""
-    if not os.path.isfile(path):
-        raise FileAccessError(f"model file not found: {path}")
-    name = "rootml_user_model_" + hashlib.sha1(str(os.path.abspath(path)).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered while it runs so that dataclasses and pickling inside the user's file work.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        sys.modules.pop(name, None)
-        raise ModelError(f"cannot import model file {path}: {err!r}") from err
-    if not callable(getattr(module, "model", None)):
-        raise ModelError(f"{path} defines no function model(idim)")
-    return module.model
+    for the collection layout. Raises UserCodeError (a FileAccessError and a ModelError) when the
+    file is missing, does not import or defines no `model`."""
+    return import_function(path, "model", "model file")
 
 
 def model_arguments(train: Any) -> dict[str, Any]:
     """model(idim=F) for the flat layout; model(inputs=...) for the collection layout, inputs
     describing each part: {"features": F0, "Jet": [C, N], ...} (shapes without the batch)."""
-    if isinstance(train.layout, FlatLayout):
+    if train.layout.name == "flat":
         return {"idim": len(train.feature_names)}
     inputs = {}
     for array, _, branches in layout_parts(train.layout):
@@ -69,7 +52,7 @@ def build_model(
         raise ModelError(f"{call} fails: {type(err).__name__}: {err}") from err
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"{call} returns {type(model).__name__}, not a torch.nn.Module")
-    layout = "flat" if isinstance(train.layout, FlatLayout) else "collection"
+    layout = train.layout.name
     inputs = _zero_batch(train, model_args)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items() if "mask" not in k)
     was_training = model.training

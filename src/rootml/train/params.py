@@ -15,7 +15,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from rootml.errors import ConfigError, FileAccessError
+from rootml._userfiles import read_json
+from rootml.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def load_params(
     source = "params"
     if isinstance(params, (str, os.PathLike)):
         source = str(params)
-        params = read_json(source)
+        params = read_json(source, "params file")
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"{source} must hold a JSON object of parameters, not {params!r}")
     effective = defaults()
@@ -167,19 +168,6 @@ def load_params(
             seen[param.name] = key
             effective[param.name] = _check(param, key, value, where)
     return _normalized(effective)
-
-
-def read_json(path: str, what: str = "params file") -> Any:
-    """The JSON value in the file at `path`; FileAccessError or ConfigError naming `what`."""
-    try:
-        with open(path) as source:
-            return json.load(source)
-    except FileNotFoundError as err:
-        raise FileAccessError(f"{what} {path} not found") from err
-    except OSError as err:
-        raise FileAccessError(f"cannot read {what} {path}: {err.strerror}") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{what} {path} is not valid JSON: {err}") from err
 
 
 def _lookup(key: str, where: str) -> Param:

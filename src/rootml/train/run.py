@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from rootml.datasets import RootIterableDataset, fit_specs
-from rootml.datasets._files import resolve_files
+from rootml._runtime import distributed
+from rootml.datasets import RootIterableDataset, Selection, fit_specs, resolve_files
 from rootml.errors import ConfigError
+from rootml.runfolder import MODEL_FILE, SPECS_FILE, SUMMARY_FILE, CheckpointKey
 from rootml.train.distributed import init_distributed, resolve_device
 from rootml.train.fit import fit
 from rootml.train.folder import check_run_folder, clear_run_folder, finished_summary
@@ -84,58 +85,90 @@ def run_from_params(
         )
     out = Path(out_dir)
     device = resolve_device(params["device"])
-    started = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    started = not distributed()
     rank, world = init_distributed(device)
     done = check_run_folder(out, resume, overwrite, params["epochs"])
     if world > 1:  # every rank reads the folder before rank 0 changes it
         torch.distributed.barrier()
     if done == params["epochs"]:
-        if started and world > 1:
-            torch.distributed.destroy_process_group()
+        _leave_group(started, world)
         return finished_summary(out, done)
     if overwrite and rank == 0:
         clear_run_folder(out)
-    urls, dict_labels = resolve_files(files, params["redirector"])
-    labels = dict_labels if labels is None else labels
+    selection, labels = _selection(files, labels, params)
     torch.manual_seed(params["seed"])
-    specs, train, val = _datasets(urls, labels, params, out if done is not None else None)
+    specs, train, val = _datasets(selection, labels, params, out if done is not None else None)
     model_args = model_arguments(train)
-    classes = None if params["label_branch"] else max(train._file_labels) + 1
+    classes = None if params["label_branch"] else max(train.file_labels) + 1
     model = build_model(model_file, model_args, train, classes)
-    record = {**params, "files": urls, "labels": train._file_labels}
+    record = {**params, "files": train.files, "labels": train.file_labels}
     if rank == 0 and done is None:
         _write_inputs(out, model_file, specs, record)
-    extra = {
-        "model_file": "model.py",
-        "model_args": model_args,
-        "layout": params["layout"],
-        "feature_names": train.feature_names,
-        "labels": _label_names(train._file_labels),
-        "normalize": params["normalize"],
-        "pad_value": params["pad_value"],
-        "specs": specs.to_dict(),
-        "params": record,
-        "tree": train.tree,
-        "branches": list(train.branch_info),
-    }
     history = fit(
-        model,
-        train,
-        val,
-        out_dir=out,
-        epochs=params["epochs"],
-        lr=params["lr"],
-        device=params["device"],
-        num_workers=params["num_workers"],
-        amp=params["amp"],
-        class_weights=params["class_weights"],
-        resume=done is not None,
-        checkpoint_every=params["checkpoint_every"],
-        record_entries=params["debug_entries"],
-        checkpoint_extra=extra,
-    )
+        model, train, val, out_dir=out, **_fit_arguments(params), resume=done is not None,
+        checkpoint_extra=_checkpoint_extra(train, params, specs, model_args, record),
+    )  # fmt: skip
     summary = {
         **_timings(history, done or 0, time.perf_counter() - begin),
+        **_outcome(history, train, val, device, world, params),
+    }
+    if rank == 0:
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_safe))
+    _leave_group(started, world)
+    return summary
+
+
+def _leave_group(started: bool, world: int) -> None:
+    """End the process group this run started (one started by the caller stays)."""
+    if started and world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _selection(files: Any, labels: Any, params: dict[str, Any]) -> tuple[Selection, Any]:
+    """What the run reads (its files resolved once, so every rank and dataset agrees) and the
+    labels (per file; from `files` when it is a dict path -> label and `labels` is None)."""
+    urls, dict_labels = resolve_files(files, params["redirector"])
+    keys = ("tree", "branches", "exclude", "cut", "aliases", "chunk_size", "redirector")
+    selection = Selection(urls, **{key: params[key] for key in keys})
+    return selection, dict_labels if labels is None else labels
+
+
+def _fit_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of rootml.train.fit that params.json sets."""
+    return {
+        "epochs": params["epochs"],
+        "lr": params["lr"],
+        "device": params["device"],
+        "num_workers": params["num_workers"],
+        "amp": params["amp"],
+        "class_weights": params["class_weights"],
+        "checkpoint_every": params["checkpoint_every"],
+        "record_entries": params["debug_entries"],
+    }
+
+
+def _checkpoint_extra(
+    train: RootIterableDataset, params: dict, specs: Specs, model_args: dict, record: dict
+) -> dict[str, Any]:
+    """What every checkpoint of the run says about its model, for export (rootml.runfolder)."""
+    return {
+        CheckpointKey.MODEL_FILE: MODEL_FILE,
+        CheckpointKey.MODEL_ARGS: model_args,
+        CheckpointKey.LAYOUT: params["layout"],
+        CheckpointKey.FEATURE_NAMES: train.feature_names,
+        CheckpointKey.LABELS: _label_names(train.file_labels),
+        CheckpointKey.NORMALIZE: params["normalize"],
+        CheckpointKey.PAD_VALUE: params["pad_value"],
+        CheckpointKey.SPECS: specs.to_dict(),
+        CheckpointKey.PARAMS: record,
+        CheckpointKey.TREE: train.tree,
+        CheckpointKey.BRANCHES: list(train.branch_info),
+    }
+
+
+def _outcome(history, train, val, device, world: int, params: dict) -> dict[str, Any]:
+    """The summary's results and setting: entries, features, final metrics, report, device."""
+    return {
         "train_entries": train.num_entries,
         "val_entries": val.num_entries if val else 0,
         "features": len(train.feature_names),
@@ -147,50 +180,44 @@ def run_from_params(
         "amp": bool(params["amp"]),
         "versions": _versions(),
     }
-    if rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_safe))
-    if started and world > 1:
-        torch.distributed.destroy_process_group()
-    return summary
 
 
-def _datasets(urls: list[str], labels: Any, params: dict[str, Any], resumed: Path | None):
+def _datasets(selection: Selection, labels: Any, params: dict[str, Any], resumed: Path | None):
     """(specs, training dataset, validation dataset or None) of a run: the Specs fitted on the
     training entries, or read from the `resumed` run folder."""
-    common = dataset_arguments(params)
+    common = {k: v for k, v in dataset_arguments(params).items() if k not in Selection.FIELDS}
     probe = RootIterableDataset(
-        urls,
+        selection=selection.replace(nevts=params["nevts"]),
         labels=labels,
-        nevts=params["nevts"],
         max_len=1,
-        **{k: v for k, v in common.items() if k not in ("normalize",)},
+        **{k: v for k, v in common.items() if k != "normalize"},
     )
-    _check_classes(probe._file_labels, labels, params["label_branch"])
+    _check_classes(probe.file_labels, labels, params["label_branch"])
     train_ranges, val_ranges = split_ranges(probe.ranges, params["val_fraction"])
+    train_selection = selection.replace(entries=train_ranges)
     specs = (
-        Specs.load(resumed / "specs.json")
+        Specs.load(resumed / SPECS_FILE)
         if resumed is not None
         else fit_specs(
-            urls,
-            params["tree"],
-            params["branches"],
-            [*(params["exclude"] or []), *_reserved(params)],
-            params["cut"],
-            params["aliases"],
-            params["specs_nevts"],
-            params["max_len"],
-            entries=train_ranges,
-            chunk_size=params["chunk_size"],
+            selection=train_selection.replace(exclude=_excluded(params)),
+            nevts=params["specs_nevts"],
+            max_len=params["max_len"],
             seed=params["seed"],
-            redirector=params["redirector"],
         )
     )
-    train = RootIterableDataset(urls, labels=labels, entries=train_ranges, specs=specs, **common)
+    train = RootIterableDataset(selection=train_selection, labels=labels, specs=specs, **common)
     val = None
     if params["val_fraction"] > 0:
         options = dict(common, shuffle=False, balance=None)
-        val = RootIterableDataset(urls, labels=labels, entries=val_ranges, specs=specs, **options)
+        val = RootIterableDataset(
+            selection=selection.replace(entries=val_ranges), labels=labels, specs=specs, **options
+        )
     return specs, train, val
+
+
+def _excluded(params: dict[str, Any]) -> list[str]:
+    """The branches the Specs leave out: `exclude` and the reserved ones."""
+    return [*(params["exclude"] or []), *_reserved(params)]
 
 
 def _reserved(params: dict[str, Any]) -> list[str]:
@@ -259,20 +286,17 @@ def _histograms(urls, labels, params, reserved, specs, folder: Path) -> None:
     entry (an inspection of the inputs, binned over the training Specs' ranges)."""
     from rootml.datasets import fit_histograms
 
+    keys = ("tree", "branches", "cut", "aliases", "chunk_size", "redirector")
+    selection = Selection(
+        urls, exclude=[*(params["exclude"] or []), *reserved], nevts=params["specs_nevts"],
+        **{key: params[key] for key in keys},
+    )  # fmt: skip
     _, histograms = fit_histograms(
-        urls,
-        params["tree"],
-        params["branches"],
-        [*(params["exclude"] or []), *reserved],
-        params["cut"],
-        params["aliases"],
-        params["specs_nevts"],
+        selection=selection,
         labels=labels,
         class_names=dict(enumerate(_label_names(labels))),
         ranges=specs,
-        chunk_size=params["chunk_size"],
         seed=params["seed"],
-        redirector=params["redirector"],
     )
     histograms.plot(folder)
 

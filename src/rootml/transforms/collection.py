@@ -39,8 +39,10 @@ class CollectionLayout:
     branches grouped by `collection_name` (so "Jet_Px", "Jet_E" and an alias "Jet_pt" form
     "Jet"). N is the largest pad length among a collection's branches. Branches of one collection
     must have the same number of items in every entry: otherwise the call raises ValueError
-    naming them.
+    naming them. `name` ("collection") is how training, export and rootml.json call this layout.
     """
+
+    name = "collection"
 
     def __init__(
         self,
@@ -122,7 +124,7 @@ class CollectionLayout:
 def layout_parts(layout: Any) -> list[tuple[str, str, list[str]]]:
     """(array key, mask key, branch of each index along axis 1) of the arrays a FlatLayout or
     CollectionLayout produces: ("features", "mask", [branch per column]) for the flat layout."""
-    if isinstance(layout, FlatLayout):
+    if layout.name == "flat":
         return [("features", "mask", _column_branches(layout))]
     return layout.parts()
 

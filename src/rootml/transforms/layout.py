@@ -46,7 +46,10 @@ class FlatLayout:
     Returns {"features": (n, F) float32, "mask": (n, F) bool, "stats": {"truncated": {branch: n
     items cut by padding}}}. Flat and fixed-size values are copied as float32 (bit for bit what
     uproot read, for float32 branches); jagged ones are padded with `pad_value`, mask False there.
+    `name` ("flat") is how training, export and rootml.json call this layout.
     """
+
+    name = "flat"
 
     def __init__(self, columns: Sequence[Column], pad_value: float = 0.0):
         self.columns = list(columns)

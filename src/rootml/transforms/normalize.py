@@ -12,23 +12,10 @@ from typing import Any
 import numpy as np
 
 from rootml.errors import ConfigError, DataValueError, SpecsMismatch
-from rootml.transforms.collection import CollectionLayout, layout_parts
-from rootml.transforms.layout import FlatLayout
+from rootml.transforms.collection import layout_parts
 
 METHODS = ("standard", "minmax")
 NAN_POLICIES = ("keep", "raise", "mask")
-
-
-def make_layout(specs: Any, layout: Any = "flat", pad_value: float = 0.0) -> Any:
-    """A FlatLayout or CollectionLayout of `specs` from "flat"/"collection" (a layout object is
-    returned as it is)."""
-    if layout == "flat":
-        return FlatLayout(specs.columns(), pad_value)
-    if layout == "collection":
-        return CollectionLayout(specs, pad_value)
-    if isinstance(layout, str):
-        raise ValueError(f"layout must be 'flat' or 'collection', not {layout!r}")
-    return layout
 
 
 class Normalize:
@@ -59,6 +46,8 @@ class Normalize:
                 "specs.json` and Specs.load) and pass specs="
             )
         self.method, self.pad_value = method, float(pad_value)
+        from rootml.transforms.pipeline import make_layout
+
         self.layout = make_layout(specs, layout, pad_value)
         offsets, scales = _branch_scales(specs, method)
         # key -> (mask key, offset high and low parts, scale) as float32, shaped to broadcast

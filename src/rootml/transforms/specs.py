@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rootml._jsonsafe import finite_json
 from rootml.errors import ConfigError, SchemaError, SpecsMismatch, closest
 from rootml.transforms.collection import collection_name
 from rootml.transforms.layout import Column, make_columns
@@ -214,7 +215,8 @@ class Specs:
             "feature_names": self.feature_names
             if all(s.kind != "jagged" or n in self.pad for n, s in self.branches.items())
             else None,
-            "branches": {name: _finite_json(asdict(spec)) for name, spec in self.branches.items()},
+            # JSON has no inf: an empty branch keeps min/max as null.
+            "branches": {name: finite_json(asdict(spec)) for name, spec in self.branches.items()},
         }
 
     @classmethod
@@ -296,13 +298,6 @@ def _lookup(policy: Any, branch: str, collection: str | None) -> Any:
         if key in policy:
             return policy[key]
     return None
-
-
-def _finite_json(spec: dict) -> dict:
-    # JSON has no inf: an empty branch keeps min/max as null.
-    return {
-        k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in spec.items()
-    }
 
 
 def _from_json(spec: dict) -> dict:
