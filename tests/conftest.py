@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from rootml.datasets._files import xrootd_defaults
+
 DATA = Path(__file__).parent / "data"
 HZZ = DATA / "uproot-HZZ.root"
 ZMUMU = DATA / "uproot-Zmumu.root"
@@ -50,32 +52,43 @@ class XRootDServer:
     def url(self, name: str) -> str:
         return f"root://127.0.0.1:{self.port}/{self.folder}/{name}"
 
-    def start(self) -> None:
+    def start(self, ready_within: float = 60) -> None:
+        """Start xrootd and wait until it is ready: its log says its initialization completed
+        (it listens before that) and the port takes connections. Fails after `ready_within` s
+        (generous: a loaded machine), with the end of its log."""
         config = self.workdir / "xrootd.cfg"
         config.write_text(
             f"xrd.port {self.port}\nall.export {self.folder}\nall.adminpath {self.workdir}\n"
         )
-        command = ["xrootd", "-c", str(config), "-l", str(self.workdir / "xrootd.log")]
+        log = self.workdir / "xrootd.log"
+        seen = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
+        command = ["xrootd", "-c", str(config), "-l", str(log)]
         if os.geteuid() == 0:
             command[1:1] = ["-R", "nobody"]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        log = (
-            (self.workdir / "xrootd.log").read_text()
-            if (self.workdir / "xrootd.log").exists()
-            else ""
-        )
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self._log_since(seen).find(f":{self.port} initialization completed") >= 0:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                        return
+            time.sleep(0.05)
+        text = self._log_since(seen)
         self.stop()
-        raise RuntimeError(f"xrootd did not start on port {self.port}:\n{log[-2000:]}")
+        raise RuntimeError(
+            f"xrootd did not become ready on port {self.port} within {ready_within} s:\n"
+            f"{text[-2000:]}"
+        )
+
+    def _log_since(self, offset: int) -> str:
+        log = self.workdir / "xrootd.log"
+        if not log.exists():
+            return ""
+        with open(log, errors="replace") as text:
+            text.seek(offset)
+            return text.read()
 
     def stop(self) -> None:
         if self.process is not None:
@@ -99,6 +112,9 @@ def _require_xrootd() -> None:
 def running_xrootd(files):
     """A real xrootd-server serving copies of `files`, stopped (and cleaned up) on exit."""
     _require_xrootd()
+    # The XRootD client of this process reads its settings once, when it loads: whichever test
+    # loads it first (rootml, or uproot.open in a test) gets the ones rootml sets.
+    xrootd_defaults()
     # Not under pytest's tmp folder: that one is private to root, and xrootd runs as nobody.
     base = Path(tempfile.mkdtemp(prefix="rootml-xrootd-"))
     folder, workdir = base / "export", base / "work"

@@ -128,3 +128,14 @@ def test_xrootd_server_holds_no_open_file_once_rootml_is_done(tmp_path):
         while open_descriptors(server.process.pid, served) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert open_descriptors(server.process.pid, served) == 0
+
+
+def test_a_user_set_xrd_runforkhandler_stands():
+    code = (
+        "import os\nos.environ['XRD_RUNFORKHANDLER'] = '1'\n"
+        "from rootml.datasets._xrootd import make_fork_safe\nfrom XRootD import client\n"
+        "print(make_fork_safe(), client.EnvGetInt('RunForkHandler'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "1"]  # XrdCl's own handler, as the user asked

@@ -23,14 +23,17 @@ log = logging.getLogger(__name__)
 # The XRootD client reads these once, when it is first loaded (at the first root:// open, never
 # at import). Its defaults let a read from a dead server hang for minutes; rootml bounds them
 # and retries on its own (see `with_retries`). A value the user set wins. Forks are handled in
-# _xrootd (XRD_RUNFORKHANDLER is left to the user).
+# _xrootd (XRD_RUNFORKHANDLER is left to the user). XRD_STREAMERRORWINDOW=0: otherwise, for that
+# many seconds after a failed connection, the client answers every request to the server with the
+# cached "[FATAL] Connection error" without trying it, and rootml's retries (0.5 s apart) would
+# never reach a server that is back.
 _XRD_DEFAULTS = {
     "XRD_CONNECTIONWINDOW": "5",
     "XRD_CONNECTIONRETRY": "1",
     "XRD_REQUESTTIMEOUT": "20",
     "XRD_STREAMTIMEOUT": "20",
     "XRD_TIMEOUTRESOLUTION": "1",
-    "XRD_STREAMERRORWINDOW": "1",
+    "XRD_STREAMERRORWINDOW": "0",
 }
 
 _REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "gs://", "simplecache::")
