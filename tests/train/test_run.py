@@ -148,11 +148,13 @@ FILES = ("signal.root", "background.root")
 
 def test_resume_reaches_the_same_metrics(tth_data, tmp_path):
     args = (str(tth_data / "files.txt"), str(tth_data / "labels.txt"), write_model(tmp_path))
-    full = run_from_params(*args, PARAMS, tmp_path / "full")
-    run_from_params(*args, {**PARAMS, "epochs": 1}, tmp_path / "cut")
+    params = {**PARAMS, "epochs": 2}  # one epoch, then the resumed one
+    full = run_from_params(*args, params, tmp_path / "full")
+    run_from_params(*args, {**params, "epochs": 1}, tmp_path / "cut")
     specs_before = (tmp_path / "cut" / "specs.json").read_text()
-    resumed = run_from_params(*args, PARAMS, tmp_path / "cut", resume=True)
-    assert resumed["epochs"] == 3 and (tmp_path / "cut" / "specs.json").read_text() == specs_before
+    resumed = run_from_params(*args, params, tmp_path / "cut", resume=True)
+    assert resumed["epochs"] == 2 and (tmp_path / "cut" / "specs.json").read_text() == specs_before
+    assert resumed["new_epochs"] == 1
     for key in ("train_loss", "train_auc", "val_loss", "val_auc", "val_accuracy"):
         assert resumed["final"][key] == pytest.approx(full["final"][key], abs=1e-6)
 
