@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +24,42 @@ DATA = Path(__file__).parent / "data"
 HZZ = DATA / "uproot-HZZ.root"
 ZMUMU = DATA / "uproot-Zmumu.root"
 RNTUPLE = DATA / "Run2012BC_DoubleMuParked_Muons_1000evts_rntuple_v1-0-0-0.root"
+
+
+# A test that hangs past its pytest-timeout limit by this much ends the run. pytest-timeout's
+# SIGALRM handler (and its "thread" method's timer) are Python code: a thread stuck in C with the
+# GIL held, such as a fork() waiting for a thread that waits for the GIL, never lets them run,
+# and CI would hang until its own limit. faulthandler's watchdog is a C thread that needs no
+# GIL: it prints every thread's stack to the terminal and exits with status 1.
+HANG_GRACE_S = 60
+_terminal_stderr: int | None = None
+
+
+def pytest_configure(config):
+    global _terminal_stderr
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        # Capturing is suspended while pytest configures: this is the terminal's stderr.
+        _terminal_stderr = os.dup(sys.stderr.fileno())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    marker = item.get_closest_marker("timeout")
+    given = item.config.getoption("timeout", None)
+    if marker is not None and marker.args:
+        limit = marker.args[0]
+    else:
+        limit = given if given is not None else item.config.getini("timeout")
+    armed = bool(limit) and float(limit) > 0 and _terminal_stderr is not None
+    if armed:
+        faulthandler.dump_traceback_later(
+            float(limit) + HANG_GRACE_S, exit=True, file=_terminal_stderr
+        )
+    try:
+        return (yield)
+    finally:
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def tree_digest(root: Path) -> dict[str, str]:
