@@ -226,6 +226,7 @@ def test_collection_layout_trains_and_exports(tth_data, tmp_path):
     model_file.write_text(COLLECTION_MODEL)
     params = {
         **PARAMS,
+        "epochs": 2,
         "layout": "collection",
         "selected_branches": ["HT", "MET_pt", "Jet_pt", "Jet_eta", "Jet_btagDeepB"],
     }
