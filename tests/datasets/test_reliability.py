@@ -46,8 +46,8 @@ def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once(resul
             chunk_size=60,
             batch_size=50,
             shuffle=True,
-            backoff=0.3,
-            retries=6,  # up to 19 s for xrootd to come back: a restart is slow on a loaded machine
+            backoff=0.1,
+            retries=8,  # up to 25 s for xrootd to come back: a restart is slow on a loaded machine
         )
         seen, timers = [], []
         for i, batch in enumerate(ds):
@@ -55,7 +55,7 @@ def test_server_restarts_mid_epoch_ten_times_and_the_epoch_is_exactly_once(resul
             if i % 4 == 2 and len(timers) < 10:
                 timers[-1:] and timers[-1].join()
                 server.stop()
-                timers.append(threading.Timer(0.3, server.start))
+                timers.append(threading.Timer(0.1, server.start))  # down for 0.1 s + its start
                 timers[-1].start()
         for timer in timers:
             timer.join()
