@@ -33,7 +33,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-EVENTS = 500  # per file; the demo makes 20000 (the examples run the same at any size)
+EVENTS = 2000  # per file; the demo makes 20000
 NOT_RUN = re.compile(r"<!-- not run by tests/test_readme.py: (.+?) -->")
 PORT_8000 = re.compile(r"(?<=:)8000\b|(?<=--port )8000\b")
 
