@@ -86,7 +86,7 @@ print(parent, os.waitstatus_to_exitcode(status), entries())
 """
 
 
-def test_fork_while_an_xrootd_reply_waits_for_the_gil_does_not_hang(xrootd_server):
+def test_fork_while_an_xrootd_reply_waits_for_the_gil_does_not_hang(xrootd_server, results):
     url = xrootd_server.url("uproot-HZZ.root")
     process = subprocess.Popen(
         [sys.executable, "-c", FORK_WHILE_A_CALLBACK_WAITS, url],
@@ -105,6 +105,12 @@ def test_fork_while_an_xrootd_reply_waits_for_the_gil_does_not_hang(xrootd_serve
     # entries read in the parent before the fork, the child's exit status (0: it read the
     # same entries through rootml), entries read in the parent after the fork
     assert out.split() == ["2421", "0", "2421"], err[-3000:]
+    results.update(
+        kind="fault",
+        what="fork() while an XRootD reply waits for the GIL (DataLoader workers starting)",
+        injected=1,
+        survived=1,
+    )
 
 
 def open_descriptors(pid: int, path: Path) -> int:
