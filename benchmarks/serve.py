@@ -306,21 +306,24 @@ class Server:
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
             )
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 180) -> None:
         import httpx
 
         # 20 ready answers in a row, each on a new connection: with worker processes, those
-        # still loading the models accept none, so a run of answers means all are up.
+        # still loading the models accept none, so a run of answers means all are up. The
+        # timeout is generous: worker processes each import onnxruntime, slow on a loaded machine.
         deadline, answers = time.monotonic() + timeout, 0
         while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(httpx.TransportError):
-                ok = httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200
+                ok = httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
                 answers = answers + 1 if ok else 0
                 if answers == 20:
                     return
             time.sleep(0.02 if answers else 0.1)
+        code = self.process.poll()
+        why = f"exited with {code}" if code is not None else f"not ready in {timeout:.0f} s"
         raise RuntimeError(
-            f"{self.command[:4]} did not become ready:\n{self.log.read_text()[-2000:]}"
+            f"{self.command[:4]} did not become ready ({why}):\n{self.log.read_text()[-2000:]}"
         )
 
     def cpu_seconds(self) -> dict[str, float]:

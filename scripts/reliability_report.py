@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = [
     "tests/datasets/test_reliability.py",
+    "tests/datasets/test_xrootd.py",
     "tests/datasets/test_errors.py",
     "tests/serve/test_schemathesis.py",
     "tests/serve/test_fuzz.py",

@@ -40,9 +40,21 @@ def seen(ds, **loader):
 ALL = sorted((f, e) for f in range(3) for e in range(2421))
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("world_size", [1, 2])
-@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
+# Every pair of (workers, world size, shuffle) values, not the whole product: a sharding bug
+# shows with two of them (the cases differ in how units split over ranks x workers).
+@pytest.mark.parametrize(
+    "num_workers, world_size, shuffle",
+    [
+        (0, 1, False),
+        (0, 2, True),
+        (1, 1, True),
+        (1, 2, False),
+        (2, 1, False),
+        (2, 2, True),
+        (3, 1, True),
+        (3, 2, False),
+    ],
+)
 def test_every_entry_exactly_once(num_workers, world_size, shuffle):
     pairs = []
     for rank in range(world_size):

@@ -79,7 +79,13 @@ def test_shellcheck_finds_nothing():
 def test_slurm_script_starts_one_agent_per_node_meeting_on_the_first(tmp_path):
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    stub(bin_, "scontrol", '[ "$1 $2" = "show hostnames" ] && printf "gpu17\\ngpu18\\n"\n')
+    # One host a line, the second written after a pause, as a long list can be: a reader that
+    # stops after the first line (head -n 1) then SIGPIPEs it, which pipefail makes fatal.
+    stub(
+        bin_,
+        "scontrol",
+        '[ "$1 $2" = "show hostnames" ] && echo gpu17 && sleep 0.2 && echo gpu18\n',
+    )
     # srun runs its command once per task; one run stands for them (same arguments on each).
     stub(bin_, "srun", 'while [[ "$1" == -* ]]; do shift; done\nexec "$@"\n')
     recorder(bin_, "torchrun")

@@ -105,6 +105,9 @@ def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
     )
 
 
+READY_WITHIN = 120  # seconds a test server may take to answer /v2/health/ready
+
+
 class Server:
     """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
@@ -129,18 +132,20 @@ class Server:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
+        # Generous: starting imports onnxruntime and loads the models, seconds on a loaded
+        # machine; a server that exits or never gets ready fails with the end of its log.
+        began = time.monotonic()
+        while time.monotonic() < began + READY_WITHIN and self.process.poll() is None:
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        code = self.process.poll()
         self.stop()
-        raise RuntimeError(f"rootml serve did not become ready:\n{log.read_text()[-3000:]}")
+        why = f"exited with {code}" if code is not None else f"not ready in {READY_WITHIN} s"
+        raise RuntimeError(f"rootml serve did not become ready ({why}):\n{log.read_text()[-3000:]}")
 
     def alive(self) -> bool:
         return (

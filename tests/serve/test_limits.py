@@ -249,6 +249,7 @@ def test_a_large_body_being_decoded_does_not_hold_up_other_requests(server):
         )
 
     thread = threading.Thread(target=big)
+    start = time.perf_counter()
     thread.start()
     worst, checks = 0.0, 0
     with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -258,9 +259,12 @@ def test_a_large_body_being_decoded_does_not_hold_up_other_requests(server):
             worst, checks = max(worst, time.perf_counter() - began), checks + 1
             time.sleep(0.02)
     thread.join()
+    took = time.perf_counter() - start
     assert answer["response"].status_code == 400
     assert "BYTES" in answer["response"].json()["error"]
-    assert checks >= 5 and worst < 1.0, (checks, worst)
+    # A check waiting for the decode would take most of the big request's time; compared with
+    # that time, not with a fixed bound, so a loaded (slower) machine changes nothing.
+    assert checks >= 5 and worst < took / 3, (checks, worst, took)
 
 
 def test_unexpected_errors_and_wrong_methods_answer_in_the_protocol_form(repo, monkeypatch):

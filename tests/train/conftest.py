@@ -1,4 +1,5 @@
-"""Small generated ttH-like signal and background files, shared by the training tests."""
+"""Small generated ttH-like signal and background files, and `rootml train` runs of them made
+once per session, shared by the training tests that only read a run."""
 
 from __future__ import annotations
 
@@ -20,3 +21,24 @@ def tth_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tth")
     module.make_data(folder, events=3000, seed=5)
     return folder
+
+
+@pytest.fixture(scope="session")
+def single_run(tth_data, tmp_path_factory):
+    """`rootml train`, one process, off a terminal, params test_run.SHARED; (run folder,
+    stderr). Read by the artefact, plot and DDP tests: none of them changes it."""
+    from tests.train.test_run import SHARED, run_cli
+
+    run = tmp_path_factory.mktemp("single") / "run"
+    return run, run_cli(tth_data, run, params=SHARED)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tth_data, tmp_path_factory):
+    """The same under torchrun, two processes (gloo); its run folder. Read by the DDP test and
+    compared with Ray Train's run of the same params."""
+    from tests.train.test_run import SHARED, run_cli
+
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    run_cli(tth_data, run, torchrun=True, params=SHARED)
+    return run

@@ -16,11 +16,9 @@ from rootml.errors import ConfigError
 from rootml.train.ray_train import train_with_ray
 from tests.train import _audited
 from tests.train.test_multinode import assert_only_rank_0_writes
-from tests.train.test_run import EXPECTED_TRAIN, PARAMS, run_cli, trained_entries, write_model
+from tests.train.test_run import EXPECTED_TRAIN, SHARED, history_of, trained_entries, write_model
 
 pytestmark = pytest.mark.slow
-
-PARAMS_RAY = {**PARAMS, "epochs": 2}
 REPO = Path(__file__).parents[2]
 
 
@@ -42,14 +40,14 @@ def cluster(tmp_path_factory):
     ray.shutdown()
 
 
-def test_ray_train_matches_torchrun_and_sees_every_entry_once(cluster, tth_data, tmp_path):
+def test_ray_train_matches_torchrun_and_sees_every_entry_once(cluster, tth_data, tmp_path, ddp_run):
     model = write_model(tmp_path)
     run = tmp_path / "ray"
     summary = train_with_ray(
         str(tth_data / "files.txt"),
         str(tth_data / "labels.txt"),
         model,
-        PARAMS_RAY,
+        SHARED,
         run,
         num_workers=2,
         storage_path=str(tmp_path / "ray_results"),
@@ -67,9 +65,10 @@ def test_ray_train_matches_torchrun_and_sees_every_entry_once(cluster, tth_data,
     lines = [line for log in cluster.glob("*.log") for line in log.read_text().splitlines()[1:]]
     assert {line.rsplit("\t", 1)[1] for line in lines} >= {"0", "1"}
 
-    # torchrun, same world size and seed: the same shards per rank, the same gradient averages.
-    torchrun = run_cli(tth_data, tmp_path / "torchrun", torchrun=True, params=PARAMS_RAY)
-    history = json.loads((run / "history.json").read_text())
+    # torchrun, same params, world size and seed: the same shards per rank, the same gradient
+    # averages.
+    torchrun = history_of(ddp_run)
+    history = history_of(run)
     assert len(history) == len(torchrun) == 2
     for ours, theirs in zip(history, torchrun):
         for key, value in theirs.items():

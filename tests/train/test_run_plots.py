@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,28 +19,16 @@ from rootml.train.metrics import BINS
 from rootml.transforms import Specs
 
 from ._outside import outside_features
-from .test_run import BRANCHES, PARAMS, TRAIN_PER_FILE, write_model
+from .test_run import BRANCHES, TRAIN_PER_FILE
 
 EVENTS = 3000  # per file (conftest)
 FILES = ("signal.root", "background.root")  # labels 1, 0 (labels.txt)
 
 
 @pytest.fixture(scope="module")
-def run(tth_data, tmp_path_factory):
-    """A 2-epoch CLI run off a terminal; returns (run folder, stderr)."""
-    folder = tmp_path_factory.mktemp("plots")
-    params = folder / "params.json"
-    params.write_text(json.dumps({**PARAMS, "epochs": 2, "debug_entries": False}))
-    args = ["--files", tth_data / "files.txt", "--labels", tth_data / "labels.txt"]
-    args += ["--model", write_model(folder), "--params", params, "--out", folder / "run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("ROOTML_PROGRESS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "rootml", "train", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "run", result.stderr
+def run(single_run):
+    """The session's 2-epoch CLI run off a terminal (conftest); (run folder, stderr)."""
+    return single_run
 
 
 def scores(run, tth_data, entries):

@@ -15,22 +15,25 @@ from typing import Any, TypeVar
 
 import uproot
 
+from rootml.datasets._xrootd import make_fork_safe, release_handle
 from rootml.errors import FileAccessError, SchemaError, closest, where
 
 log = logging.getLogger(__name__)
 
 # The XRootD client reads these once, when it is first loaded (at the first root:// open, never
 # at import). Its defaults let a read from a dead server hang for minutes; rootml bounds them
-# and retries on its own (see `with_retries`). XRD_RUNFORKHANDLER keeps the client usable in
-# DataLoader workers forked after a parent read. A value the user set wins.
+# and retries on its own (see `with_retries`). A value the user set wins. Forks are handled in
+# _xrootd (XRD_RUNFORKHANDLER is left to the user). XRD_STREAMERRORWINDOW=0: otherwise, for that
+# many seconds after a failed connection, the client answers every request to the server with the
+# cached "[FATAL] Connection error" without trying it, and rootml's retries (0.5 s apart) would
+# never reach a server that is back.
 _XRD_DEFAULTS = {
     "XRD_CONNECTIONWINDOW": "5",
     "XRD_CONNECTIONRETRY": "1",
     "XRD_REQUESTTIMEOUT": "20",
     "XRD_STREAMTIMEOUT": "20",
     "XRD_TIMEOUTRESOLUTION": "1",
-    "XRD_STREAMERRORWINDOW": "1",
-    "XRD_RUNFORKHANDLER": "1",
+    "XRD_STREAMERRORWINDOW": "0",
 }
 
 _REMOTE_SCHEMES = ("root://", "http://", "https://", "s3://", "gs://", "simplecache::")
@@ -130,6 +133,8 @@ def open_once(url: str) -> Any:
         raise FileAccessError("file not found", url=url)
     if is_remote(url):
         xrootd_defaults()
+        if url.startswith("root://"):
+            make_fork_safe()  # after the defaults: it loads the XRootD client
     try:
         # No array cache: every unit is read once, and uproot's default (100 MB per open file)
         # would make memory grow with the number of files open in a worker.
@@ -144,6 +149,14 @@ def open_once(url: str) -> Any:
             forget_connections(url)
             raise OSError(f"{type(err).__name__}: {err}") from err
         raise FileAccessError(f"not a readable ROOT file: {err}", url=url) from err
+
+
+def close_file(file: Any) -> None:
+    """Close a file from `open_once`/`open_file`, and for root:// the handle fsspec-xrootd would
+    otherwise keep open after it."""
+    source = file.file.source
+    file.close()
+    release_handle(source)
 
 
 def forget_connections(url: str) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rootml.datasets._files import find_tree, match_names, open_file
+from rootml.datasets._files import close_file, find_tree, match_names, open_file
 from rootml.datasets._schema import BranchInfo, describe, is_rntuple
 from rootml.errors import SchemaError, closest, where
 
@@ -42,7 +42,7 @@ def read_metadata(
                 url, name, int(obj.num_entries), describe(obj), _boundaries(obj), _keys(obj)
             )
         finally:
-            file.close()
+            close_file(file)
 
     with ThreadPoolExecutor(min(8, len(urls))) as pool:
         metas = list(pool.map(one, urls))

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from rootml._runtime import usable_cores
-from rootml.datasets._files import find_tree, forget_connections, open_once, with_retries
+from rootml.datasets._files import (
+    close_file,
+    find_tree,
+    forget_connections,
+    open_once,
+    with_retries,
+)
 from rootml.datasets._plan import Unit
 from rootml.datasets._schema import is_rntuple
 from rootml.errors import FileAccessError, RootmlError, SchemaError
@@ -172,12 +178,17 @@ class UnitReader:
         return {n: columns[n] for n in [*self.names, *([_CUT] if self.cut else [])]}
 
     def _forget(self, index: int) -> None:
+        # After a failed read: the connection may be dead, so its XRootD handle is left to
+        # forget_connections rather than closed here (which would wait on a dead server).
         if index in self._open:
-            self._close(self._open.pop(index)[0])
+            self._close(self._open.pop(index)[0], release=False)
 
     @staticmethod
-    def _close(file: Any) -> None:
+    def _close(file: Any, release: bool = True) -> None:
         try:
-            file.close()
+            if release:
+                close_file(file)
+            else:
+                file.close()
         except Exception as err:  # a dead connection may fail to close; nothing is lost
             log.debug("closing failed: %s", err)

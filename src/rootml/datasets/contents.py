@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rootml.datasets._files import list_trees, open_file
+from rootml.datasets._files import close_file, list_trees, open_file
 from rootml.datasets._schema import describe, is_rntuple
 
 
@@ -40,7 +40,7 @@ def inspect_file(url: str) -> dict[str, Any]:
             )
         return report
     finally:
-        file.close()
+        close_file(file)
 
 
 _SIZES = ("compressed_bytes", "uncompressed_bytes")
