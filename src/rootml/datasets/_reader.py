@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -66,6 +67,7 @@ class UnitReader:
         self.threads = read_threads() if threads is None else max(int(threads), 1)
         self._pool: ThreadPoolExecutor | None = None
         self._sizes: dict[int, dict[str, int]] = {}  # file index -> branch -> compressed bytes
+        self._pages = _Pages()
 
     def read(self, unit: Unit) -> tuple[dict[str, Any], np.ndarray]:
         context = {"url": self.urls[unit.file], "tree": self.tree, "entries": unit[1:]}
@@ -133,7 +135,10 @@ class UnitReader:
         # Threads split the branches, not the baskets: uproot's decompression executor makes a
         # future per basket and hands every array back through queues, which cost ~15% more CPU
         # than the same reads split by branch, each read as uproot reads alone.
-        groups = self._split(tree, unit.file, expressions)
+        sizes = self._sizes.get(unit.file)
+        if sizes is None:
+            sizes = self._sizes[unit.file] = {n: int(b.compressed_bytes) for n, b in tree.items()}
+        groups = self._split(expressions, sizes)
         calls = [
             functools.partial(
                 tree.arrays, group, aliases=(aliases or None) if i == 0 else None, how=dict, **span
@@ -145,20 +150,18 @@ class UnitReader:
             columns.update(part)
         return {name: columns[name] for name in expressions}
 
-    def _split(self, tree: Any, index: int, expressions: list[str]) -> list[list[str]]:
-        """`expressions` in at most `threads` groups of about equal compressed bytes. Aliases,
-        the cut and names that are no branch stay in the first group, which gets the aliases."""
+    def _split(self, expressions: list[str], sizes: Mapping[str, int]) -> list[list[str]]:
+        """`expressions` in at most `threads` groups of about equal `sizes` (compressed bytes).
+        Aliases, the cut and names without a size stay in the first group, the one that gets the
+        aliases (and raises uproot's error for a name the file lacks)."""
         if self.threads == 1:
             return [expressions]
-        sizes = self._sizes.get(index)
-        if sizes is None:
-            sizes = self._sizes[index] = {
-                name: int(branch.compressed_bytes) for name, branch in tree.items()
-            }
         first = [e for e in expressions if e in self.aliases or e == _CUT or e not in sizes]
         groups: list[list[str]] = [first, *([] for _ in range(self.threads - 1))]
         load = [sum(sizes.get(e, 0) for e in first), *(0 for _ in range(self.threads - 1))]
-        for name in sorted(set(expressions) - set(first), key=lambda e: -sizes[e]):
+        for name in sorted(
+            dict.fromkeys(e for e in expressions if e not in first), key=lambda e: -sizes[e]
+        ):
             lightest = load.index(min(load))
             groups[lightest].append(name)
             load[lightest] += sizes[name]
@@ -193,9 +196,14 @@ class UnitReader:
         missing = sorted(set(wanted) - fields - set(self.aliases))
         if missing:
             raise SchemaError(f"no field {missing}", **context)
-        names = list(dict.fromkeys(wanted))
-        arrays = self._map([functools.partial(_field_array, ntuple, n, span) for n in names])
-        columns = dict(zip(names, arrays))
+        # ntuple.arrays of a group of fields, as for TTree branches: a read per field costs twice
+        # the CPU of reading them together. Fields weigh alike (no per-field sizes here).
+        groups = self._split(list(dict.fromkeys(wanted)), dict.fromkeys(fields, 1))
+        columns: dict[str, Any] = {}
+        read = functools.partial(ntuple.arrays, how=dict, array_cache=self._pages, **span)
+        for part in self._map([functools.partial(read, group) for group in groups]):
+            columns.update(part)
+        self._pages.next_read()
         namespace = {**language.functions, **columns}
         expressions = {**self.aliases, **({_CUT: self.cut} if self.cut is not None else {})}
         for name, expression in expressions.items():
@@ -221,5 +229,52 @@ class UnitReader:
             log.debug("closing failed: %s", err)
 
 
-def _field_array(ntuple: Any, name: str, span: dict) -> Any:
-    return ntuple[name].array(**span)
+class _Pages(MutableMapping):
+    """uproot's RNTuple array cache for one reader: the pages of about the last read.
+
+    uproot 5.7's RNTuple.arrays also reads and decompresses the cluster after `entry_stop` when
+    entry_stop is a cluster's first entry (its cluster search uses side="right"), which a
+    cluster-aligned unit always is: without a cache every cluster is decompressed twice. Kept,
+    the extra cluster is the next unit's first one when units are read in order (0 workers, no
+    shuffling); the bound keeps memory at the pages of one read (two units' clusters)."""
+
+    def __init__(self) -> None:
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._bytes, self._this_read, self._limit = 0, 0, None
+        self._lock = threading.Lock()  # the reader's threads share it
+
+    def next_read(self) -> None:
+        """A read is over: keep what the largest read stored (its clusters and the next)."""
+        with self._lock:
+            self._limit = max(self._limit or 0, self._this_read)
+            self._this_read = 0
+            self._evict()
+
+    def __getitem__(self, key: Any) -> Any:
+        with self._lock:
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        size = int(getattr(value, "nbytes", 0))
+        with self._lock:
+            if key in self._data:
+                self._bytes -= int(getattr(self._data.pop(key), "nbytes", 0))
+            self._data[key] = value
+            self._bytes += size
+            self._this_read += size
+            self._evict()
+
+    def __delitem__(self, key: Any) -> None:
+        with self._lock:
+            self._bytes -= int(getattr(self._data.pop(key), "nbytes", 0))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _evict(self) -> None:
+        while self._limit is not None and self._bytes > self._limit and len(self._data) > 1:
+            self._bytes -= int(getattr(self._data.popitem(last=False)[1], "nbytes", 0))
