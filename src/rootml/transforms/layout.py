@@ -95,9 +95,6 @@ class FlatLayout:
         """Free the arrays kept for reuse (the end of an iteration)."""
         self._arrays.clear()
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": Recycled()}  # arrays stay in their process
-
     def __repr__(self) -> str:
         return f"FlatLayout({len(self.feature_names)} features, pad_value={self.pad_value})"
 
@@ -133,6 +130,9 @@ class Recycled:
     def clear(self) -> None:
         with self._lock:
             self._arrays.clear()
+
+    def __reduce__(self) -> tuple:
+        return (Recycled, (self.keep,))  # the arrays stay in their process
 
 
 def _jagged_runs(
