@@ -142,21 +142,23 @@ def loader_baseline(folder: Path) -> str:
     if before is None or after is None:
         return "_Needs benchmarks/results/loader-baseline.json and loader.json._"
     lines = [
-        f"Baseline: commit {before['machine'].get('commit')} ({before['machine']['date']}); "
-        f"now: commit {after['machine'].get('commit')} ({after['machine']['date']}). "
-        "Ratios are to the reference of the same run.",
+        f"Baseline: rootml of commit {before['machine'].get('commit')} "
+        f"({before['machine']['date']}); now: commit {after['machine'].get('commit')} "
+        f"({after['machine']['date']}). Ratios are to the case's reference in the same run.",
         "",
-        "| case | before events/s | x ref | now events/s | x ref | before RSS MB | now RSS MB |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| case | before CPU s / 1M | x ref | now CPU s / 1M | x ref | before events/s | x ref "
+        "| now events/s | x ref | before RSS MB | now RSS MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, case in after["cases"].items():
         old = before["cases"].get(name)
         if old is None or "events_per_s" not in case or "events_per_s" not in old:
             continue
         lines.append(
-            f"| {_LABELS.get(name, name)} | {_rate(old)} | {old.get('ratio_to_reference', 0):.2f} "
-            f"| {_rate(case)} | {case.get('ratio_to_reference', 0):.2f} | {_rss(old)} "
-            f"| {_rss(case)} |"
+            f"| {_LABELS.get(name, name)} | {_cpu(old)} | {_num(old.get('cpu_ratio'), '.2f')} "
+            f"| {_cpu(case)} | {_num(case.get('cpu_ratio'), '.2f')} | {_rate(old)} "
+            f"| {_num(old.get('ratio_to_reference'), '.2f')} | {_rate(case)} "
+            f"| {_num(case.get('ratio_to_reference'), '.2f')} | {_rss(old)} | {_rss(case)} |"
         )
     return "\n".join(lines)
 

@@ -9,6 +9,9 @@ import awkward as ak
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+# Largest per-count lookup table (rows 0..max_len items); longer pads compute masks per entry.
+_TABLE_BYTES = 1 << 20
+
 
 def jagged_offsets(array: ak.Array | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets (n + 1,) int64 starting at 0, content (offsets[-1],)) of a one-level jagged array
@@ -62,9 +65,7 @@ class PadIndex:
         self.offsets, self.max_len = offsets, int(max_len)
         self.kept = np.minimum(np.diff(offsets), self.max_len)
         self.cut = int(offsets[-1] - self.kept.sum())
-        # Row k of the table is the mask of an entry with k items: one row lookup per entry.
-        self._table = np.arange(self.max_len) < np.arange(self.max_len + 1)[:, None]
-        self.mask = self._rows(self._table)
+        self.mask = np.arange(self.max_len) < self.kept[:, None]
         self._full = bool(len(self.kept)) and int(self.kept.min()) == self.max_len
         self._cache: dict[tuple, np.ndarray] = {}
 
@@ -81,7 +82,7 @@ class PadIndex:
     def mask_rows(self, copies: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """(stop - start, copies * max_len) bool: the mask of entries start .. stop, repeated for
         `copies` fields side by side."""
-        return self._rows(self._tables(bool, copies, None), start, stop)
+        return self._rows(np.dtype(bool), copies, None, start, stop)
 
     def padded(
         self,
@@ -126,8 +127,6 @@ class PadIndex:
         firsts = np.arange(0, fields * stride, stride)
         unsigned = np.dtype(f"u{dtype.itemsize}")
         pad_bits = np.array(pad_value, dtype=dtype).view(unsigned)[()]
-        real = self._tables(unsigned, fields, None)
-        padding = self._tables(unsigned, fields, pad_bits) if pad_bits else None
 
         def rows(start: int, stop: int) -> np.ndarray:
             out = windows[self.offsets[start:stop, None] + firsts]
@@ -135,30 +134,37 @@ class PadIndex:
             if self._full:
                 return out  # no entry has fewer than max_len items: nothing to pad
             bits = out.view(unsigned)
-            np.bitwise_and(bits, self._rows(real, start, stop), out=bits)
-            if padding is not None:
-                np.bitwise_or(bits, self._rows(padding, start, stop), out=bits)
+            np.bitwise_and(bits, self._rows(unsigned, fields, None, start, stop), out=bits)
+            if pad_bits:
+                np.bitwise_or(bits, self._rows(unsigned, fields, pad_bits, start, stop), out=bits)
             return out
 
         return rows
 
-    def _tables(self, dtype: Any, fields: int, pad: Any) -> np.ndarray:
-        """(max_len + 1, fields * max_len) of `dtype`, row k for an entry of k items: bool: True
-        at real items; unsigned ints with pad None: all bits set at real items, none at padding;
-        else `pad` at padding and none at real items."""
-        key = (np.dtype(dtype), fields, pad)
+    def _rows(
+        self, dtype: np.dtype, fields: int, pad: Any, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
+        """(stop - start, fields * max_len) of `dtype` for entries start .. stop: bool: True at
+        real items; unsigned ints with pad None: all bits set at real items, none at padding;
+        else `pad` at padding and none at real items. Looked up per entry's number of kept items
+        in a (max_len + 1)-row table where that table is small."""
+        kept = self.kept[start:stop]
+        if (self.max_len + 1) * fields * self.max_len * dtype.itemsize > _TABLE_BYTES:
+            return self._values(np.arange(self.max_len) < kept[:, None], dtype, fields, pad)
+        key = (dtype, fields, pad)
         table = self._cache.get(key)
         if table is None:
-            real = np.tile(self._table, (1, fields))
-            if key[0] != np.bool_:
-                top = np.iinfo(key[0]).max
-                real = np.where(real, top, 0) if pad is None else np.where(real, 0, pad)
-            table = self._cache[key] = real.astype(key[0])
-        return table
+            table = np.arange(self.max_len) < np.arange(self.max_len + 1)[:, None]
+            table = self._cache[key] = self._values(table, dtype, fields, pad)
+        return np.take(table, kept, axis=0)
 
-    def _rows(self, table: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """table[kept[start:stop]]: the row of `table` for each entry's number of kept items."""
-        return np.take(table, self.kept[start:stop], axis=0)
+    @staticmethod
+    def _values(real: np.ndarray, dtype: np.dtype, fields: int, pad: Any) -> np.ndarray:
+        real = np.tile(real, (1, fields))
+        if dtype == np.bool_:
+            return real
+        top = np.iinfo(dtype).max
+        return (np.where(real, top, 0) if pad is None else np.where(real, 0, pad)).astype(dtype)
 
 
 def pad_jagged(
