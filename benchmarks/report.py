@@ -32,9 +32,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 _LABELS = {
-    "reference": "`uproot.iterate` (reference)",
-    "reference-again": "`uproot.iterate` (reference, again at the end)",
-    "naive": "`uproot.iterate` + `ak.pad_none`/`fill_none`/`to_numpy` per branch",
+    "reference": "uproot `iterate` (reference)",
+    "reference-again": "uproot `iterate` (reference, again at the end)",
+    "reference-threads": "uproot `iterate`, 2-thread decompression executor",
+    "naive": "uproot `iterate` + `ak.pad_none`/`fill_none`/`to_numpy` per branch",
     "loader-0": "rootml `DataLoader`, 0 workers",
     "loader-1": "rootml `DataLoader`, 1 worker",
     "loader-2": "rootml `DataLoader`, 2 workers",
@@ -42,7 +43,13 @@ _LABELS = {
     "weaver-0": "weaver-core `SimpleIterDataset`, 0 workers",
     "weaver-1": "weaver-core `SimpleIterDataset`, 1 worker",
     "weaver-2": "weaver-core `SimpleIterDataset`, 2 workers",
-    "xrootd-reference": "`uproot.iterate`, `root://127.0.0.1`",
+    "flat-reference": "uproot `iterate`, 23 flat branches (reference of the next)",
+    "flat-loader-0": "rootml `DataLoader`, 0 workers, 23 flat branches",
+    "rntuple-reference": "uproot `iterate`, RNTuple (reference of the next)",
+    "rntuple-loader-0": "rootml `DataLoader`, 0 workers, RNTuple",
+    "rdl-flat": "ROOT `RDataLoader`, 23 flat branches",
+    "rdl-jagged": "ROOT `RDataLoader`, all 40, jagged padded (`max_vec_sizes`)",
+    "xrootd-reference": "uproot `iterate`, `root://127.0.0.1`",
     "xrootd-loader-0": "rootml, 0 workers, `root://127.0.0.1`",
     "xrootd-loader-1": "rootml, 1 worker, `root://127.0.0.1`",
     "xrootd-loader-2": "rootml, 2 workers, `root://127.0.0.1`",
@@ -60,7 +67,7 @@ def _rate(case: dict) -> str:
 
 
 def _cpu(case: dict) -> str:
-    return f"{case['cpu_seconds']:.1f}" if "cpu_seconds" in case else "—"
+    return f"{case['cpu_per_m']:.2f}" if "cpu_per_m" in case else "—"
 
 
 def _rss(case: dict) -> str:
@@ -79,11 +86,13 @@ def _machine(results: dict) -> str:
         [
             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['platform']}",
             f"- Versions: {versions}; rootml commit {m.get('commit')}",
-            f"- Run: {m['date']}, mode {results['mode']}, best of {settings.get('repeat', 1)} "
-            "runs per throughput case (every run in the JSON; naive, weaver and RSS cases run "
-            "once); load: the 1-minute load average before the case (the previous case counts)",
+            f"- Run: {m['date']}, mode {results['mode']}, {settings.get('repeat', 1)} rounds of "
+            "the throughput cases, each case once per round in turn, best run kept (highest "
+            "events/s, lowest CPU per event; every run in the JSON; naive, weaver, ROOT and RSS "
+            "cases run once); load: the 1-minute load average before the case",
             f"- Data: {data['entries']:,} events, zlib TTree, {data['file_bytes'] / 1e6:.0f} MB "
-            f"file; {data['branches']} branches read ({data['jagged']} jagged), "
+            f"file (and the same events as an RNTuple for its cases); "
+            f"{data['branches']} branches read ({data['jagged']} jagged), "
             f"{data['compressed_bytes'] / 1e6:.0f} MB compressed / "
             f"{data['uncompressed_bytes'] / 1e6:.0f} MB uncompressed",
             f"- Batches: {settings['batch_size']} rows, chunks of {settings['chunk_size']:,}, "
@@ -99,24 +108,23 @@ def loader_results(folder: Path) -> str:
     lines = [
         _machine(results),
         "",
-        "| case | events | events/s | MB/s | x reference | CPU s | peak RSS MB (main / worker) "
-        "| load |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| case | events | events/s | x ref | CPU s / 1M events | x ref | first batch s "
+        "| peak RSS MB (main / worker) | load |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, case in results["cases"].items():
         label = _LABELS.get(name, name)
         if "error" in case:
-            lines.append(f"| {label} | error: {case['error']} | | | | | | |")
+            lines.append(f"| {label} | error: {case['error']} | | | | | | | |")
             continue
-        ratio = case.get("ratio_to_reference")
+        ratio = _num(case.get("ratio_to_reference"), ".2f")
         local = case.get("ratio_to_local")
-        ratio_text = "" if ratio is None else f"{ratio:.2f}"
         if local is not None:
-            ratio_text += f" ({local:.2f} x local)"
+            ratio += f" ({local:.2f} x local)"
         lines.append(
-            f"| {label} | {case['events']:,} | {_rate(case)} | {case['mb_per_s']:.1f} "
-            f"| {ratio_text} | {_cpu(case)} | {_rss(case)} "
-            f"| {case.get('load_before', 0):.2f} |"
+            f"| {label} | {case['events']:,} | {_rate(case)} | {ratio} | {_cpu(case)} "
+            f"| {_num(case.get('cpu_ratio'), '.2f')} | {_num(case.get('first_batch_s'), '.2f')} "
+            f"| {_rss(case)} | {case.get('load_before', 0):.2f} |"
         )
     if results.get("targets"):
         lines += ["", "| target | value | needed | met |", "|---|--:|--:|---|"]
@@ -134,21 +142,23 @@ def loader_baseline(folder: Path) -> str:
     if before is None or after is None:
         return "_Needs benchmarks/results/loader-baseline.json and loader.json._"
     lines = [
-        f"Baseline: commit {before['machine'].get('commit')} ({before['machine']['date']}); "
-        f"now: commit {after['machine'].get('commit')} ({after['machine']['date']}). "
-        "Ratios are to the reference of the same run.",
+        f"Baseline: rootml of commit {before['machine'].get('commit')} "
+        f"({before['machine']['date']}); now: commit {after['machine'].get('commit')} "
+        f"({after['machine']['date']}). Ratios are to the case's reference in the same run.",
         "",
-        "| case | before events/s | x ref | now events/s | x ref | before RSS MB | now RSS MB |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| case | before CPU s / 1M | x ref | now CPU s / 1M | x ref | before events/s | x ref "
+        "| now events/s | x ref | before RSS MB | now RSS MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, case in after["cases"].items():
         old = before["cases"].get(name)
         if old is None or "events_per_s" not in case or "events_per_s" not in old:
             continue
         lines.append(
-            f"| {_LABELS.get(name, name)} | {_rate(old)} | {old.get('ratio_to_reference', 0):.2f} "
-            f"| {_rate(case)} | {case.get('ratio_to_reference', 0):.2f} | {_rss(old)} "
-            f"| {_rss(case)} |"
+            f"| {_LABELS.get(name, name)} | {_cpu(old)} | {_num(old.get('cpu_ratio'), '.2f')} "
+            f"| {_cpu(case)} | {_num(case.get('cpu_ratio'), '.2f')} | {_rate(old)} "
+            f"| {_num(old.get('ratio_to_reference'), '.2f')} | {_rate(case)} "
+            f"| {_num(case.get('ratio_to_reference'), '.2f')} | {_rss(old)} | {_rss(case)} |"
         )
     return "\n".join(lines)
 

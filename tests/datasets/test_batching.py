@@ -47,9 +47,19 @@ def test_batches_equal_the_reference(shuffle):
         batcher = Batcher(batch_size, buffer, np.random.default_rng(seed) if shuffle else None)
         got = []
         for block in blocks:
-            # a second column checks that rows stay whole
-            for batch in batcher.add({"entry": block, "twice": np.stack([2 * block] * 3, 1)}):
+            # more columns check that rows stay whole (rows of any width and dtype, even none)
+            columns = {
+                "entry": block,
+                "twice": np.stack([2 * block] * 3, 1),
+                "odd": np.stack([block % 2 == 1] * 5, 1),
+                "half": (block / 2).astype(np.float32)[:, None, None],
+                "none": np.zeros((len(block), 0), dtype=np.float32),
+            }
+            for batch in batcher.add(columns):
                 assert np.array_equal(batch["twice"], np.stack([2 * batch["entry"]] * 3, 1))
+                assert np.array_equal(batch["odd"], np.stack([batch["entry"] % 2 == 1] * 5, 1))
+                assert np.array_equal(batch["half"][:, 0, 0], batch["entry"] / 2)
+                assert batch["none"].shape == (len(batch["entry"]), 0)
                 got.append(batch["entry"].copy())
         got += [b["entry"].copy() for b in batcher.finish(drop_last)]
         want = _reference(blocks, batch_size, buffer, seed, drop_last)

@@ -57,10 +57,17 @@ def test_worker_payload_goes_through_the_ring_or_one_buffer(monkeypatch):
         assert [transport._rebuild_from_ring.__name__.encode() in m for m in messages] == [
             True
         ] * transport._SLOTS + [False, False]
-        for i, message in enumerate(messages):
-            back = pickle.loads(message)
+        backs = [pickle.loads(message) for message in messages]
+        for i, back in enumerate(backs):
             assert all(torch.equal(back[k], v) for k, v in _batch(i).items())
-        assert (ring.raw[: transport._SLOTS] == 0).all() and ring.raw[transport._SLOTS] == 1
+        # The received tensors are views of their slots: a slot is free once they are gone.
+        assert (ring.raw[: transport._SLOTS] == 1).all() and ring.raw[transport._SLOTS] == 1
+        kept = backs[3]["features"][1:]
+        del back, backs
+        assert (ring.raw[: transport._SLOTS] == 0).sum() == transport._SLOTS - 1
+        assert ring.raw[3] == 1 and torch.equal(kept, _batch(3)["features"][1:])
+        del kept
+        assert (ring.raw[: transport._SLOTS] == 0).all()
         # mapped by the receiver: later messages carry the ring's key, no descriptor
         assert ring.handle()[2] is None
     monkeypatch.setattr(transport, "_RING", False)

@@ -9,6 +9,7 @@ import uproot
 
 from rootml import DataValueError, RootIterableDataset, SpecsMismatch, fit_specs
 from rootml.transforms import CollectionLayout, FlatLayout, NonFinite, Normalize, Specs
+from rootml.transforms.layout import make_columns
 from tests.conftest import HZZ
 from tests.transforms.test_sort import columns, padded, read_all
 
@@ -173,3 +174,16 @@ def test_nonfinite_in_collection_masks_the_item() -> None:
     assert out["stats"]["nonfinite"] == {"J_a": 1, "J_b": 1}
     with pytest.raises(ValueError, match="nan_policy"):
         NonFinite(layout, "drop")
+
+
+def test_nonfinite_not_fooled_by_finite_values_whose_sum_overflows() -> None:
+    """The quick check sums a block; finite values near float32's largest overflow that sum,
+    and are still counted as finite (counted against numpy's isfinite)."""
+    big = np.float32(3e38)
+    chunk = {"x": np.array([big, big, big, -1.0], dtype=np.float32), "y": np.ones(4)}
+    layout = FlatLayout(make_columns([("x", "flat", 1), ("y", "flat", 1)]))
+    for values, want in ((chunk["x"], {}), (np.array([big, big, np.nan, 1.0]), {"x": 1})):
+        block = NonFinite(layout, "keep")(layout({**chunk, "x": values.astype(np.float32)}))
+        assert block["stats"]["nonfinite"] == want
+        assert int((~np.isfinite(values)).sum()) == sum(want.values())
+        np.testing.assert_array_equal(block["features"][:, 0], values.astype(np.float32))

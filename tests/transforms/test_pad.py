@@ -22,11 +22,11 @@ def _random_jagged(rng: np.random.Generator, n: int, mean: float, dtype=np.float
     return ak.unflatten(rng.normal(size=int(counts.sum())).astype(dtype), counts)
 
 
-@pytest.mark.parametrize("max_len", [0, 1, 3, 12])
+@pytest.mark.parametrize("max_len", [0, 1, 3, 12, 600])  # 600: masks per entry, no table
 @pytest.mark.parametrize("pad_value", [0.0, -999.0, np.nan])
 def test_pad_jagged_equals_awkward(max_len: int, pad_value: float) -> None:
     rng = np.random.default_rng(max_len)
-    array = _random_jagged(rng, 500, 4.0)
+    array = _random_jagged(rng, 500, 4.0 if max_len < 600 else 500.0)
     values, mask, cut = pad_jagged(array, max_len, pad_value)
     want_values, want_mask = _expected(array, max_len, pad_value)
     np.testing.assert_array_equal(mask, want_mask)
@@ -114,3 +114,41 @@ def test_flat_layout_empty_chunk() -> None:
     layout = FlatLayout(make_columns([("HT", "flat", 1), ("Jet_pt", "jagged", 2)]))
     out = layout(chunk)
     assert out["features"].shape == (0, 3) and out["mask"].shape == (0, 3)
+
+
+def test_flat_layout_reuses_only_arrays_no_one_holds() -> None:
+    """Output arrays are made from earlier ones only when nothing refers to those any more: a
+    block (or a view of it, or a torch tensor made from one) kept by the caller is never
+    overwritten by later chunks."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    n = 40_000  # large enough to be kept for reuse
+    layout = FlatLayout(make_columns([("HT", "flat", 1), ("Jet_pt", "jagged", 60)]))
+
+    def chunk() -> dict:
+        return {"HT": rng.normal(size=n), "Jet_pt": _random_jagged(rng, n, 30.0)}
+
+    first_chunk = chunk()
+    first = layout(first_chunk)
+    view = torch.from_numpy(first["features"][10:20])
+    copies = {k: first[k].copy() for k in ("features", "mask")}
+    base = first["features"]
+    del first
+    second_chunk = chunk()
+    second = layout(second_chunk)
+    assert second["features"] is not base  # the first is still referred to (by `view`)
+    earlier = {id(base), id(second["features"])}  # alive: the layout keeps them for reuse
+    np.testing.assert_array_equal(view.numpy(), copies["features"][10:20])
+    np.testing.assert_array_equal(base, copies["features"])
+    del view, base, second
+    third = layout(chunk())  # nothing holds the earlier arrays now: one is reused ...
+    again = layout(second_chunk)  # ... and values are those of its own chunk
+    want_values, want_mask = _expected(second_chunk["Jet_pt"], 60, 0.0)
+    np.testing.assert_array_equal(again["features"][:, 1:], want_values)
+    np.testing.assert_array_equal(again["mask"][:, 1:], want_mask)
+    np.testing.assert_array_equal(again["features"][:, 0], second_chunk["HT"].astype(np.float32))
+    assert again["mask"][:, 0].all() and third["features"] is not again["features"]
+    assert {id(third["features"]), id(again["features"])} <= earlier
+    layout.release()
+    assert layout(chunk())["features"] is not again["features"]

@@ -353,6 +353,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
                     pool.submit(reader.close)  # after the reads still queued in its thread
                 except RuntimeError:  # the interpreter is exiting: no new futures
                     reader.close()
+                release = getattr(self.layout, "release", None)
+                if release is not None:  # arrays kept for reuse between chunks
+                    release()
 
     def _result(self, unit: Unit, future: Any) -> dict[str, np.ndarray] | None:
         try:

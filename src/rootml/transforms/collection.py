@@ -103,17 +103,17 @@ class CollectionLayout:
         offsets, _ = jagged_offsets(chunk[names[0]])
         n = len(offsets) - 1
         index = PadIndex(offsets, length)
-        values = np.full((n, len(names), length), self.pad_value, dtype=np.float32)
-        # (n, C, N) seen as (n, C * N): branch c fills columns c * N .. (c + 1) * N.
-        flat = values.reshape(n, len(names) * length)
-        for c, name in enumerate(names):
+        contents = []
+        for name in names:
             branch_offsets, content = jagged_offsets(chunk[name])
             if not index.matches(branch_offsets, length):
                 raise ValueError(
                     f"branches {names[0]!r} and {name!r} of one collection have different "
                     "numbers of items per entry; pass collections= to group them otherwise"
                 )
-            index.scatter(content, flat, c * length)
+            contents.append(content)
+        # (n, C * N), branch c in columns c * N .. (c + 1) * N: the (n, C, N) array.
+        values = index.padded(contents, self.pad_value).reshape(n, len(names), length)
         return values, index.mask, index.cut
 
     def __repr__(self) -> str:

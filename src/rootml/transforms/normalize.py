@@ -107,6 +107,11 @@ class NonFinite:
         found: dict[str, int] = {}
         for key, mask_key, branches in self._parts:
             values, mask = block[key], block[mask_key]
+            # A sum is NaN or infinite when any value is (and, rarely, when finite values
+            # overflow it): one pass without a temporary array, exact check only then.
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(np.add.reduce(values, axis=None)):
+                    continue
             bad = ~np.isfinite(values)
             if not bad.any():
                 continue
