@@ -111,6 +111,52 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
+# File name endings of the formats read besides ROOT; anything else is opened as ROOT.
+FORMATS = {
+    ".parquet": "parquet", ".parq": "parquet", ".pq": "parquet",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".he5": "hdf5",
+}  # fmt: skip
+
+
+def file_format(url: str) -> str:
+    """"root", "parquet" or "hdf5", by the file name's ending (of the last URL of a chain such
+    as "simplecache::root://...", without a "?query")."""
+    path = url.rsplit("::", 1)[-1].split("?", 1)[0].lower()
+    return FORMATS.get(os.path.splitext(path)[1], "root")
+
+
+def open_tree(url: str, tree: str | None) -> tuple[Any, str | None, Any]:
+    """(handle to close, tree name, tree) of the TTree, RNTuple, Parquet file or HDF5 group
+    `tree` of `url` (None: the only one). A TTree is uproot's; the others are ColumnTables
+    (rootml.datasets._columns). Transport failures raise OSError (for the caller to retry);
+    a missing or unreadable file FileAccessError; a missing tree SchemaError."""
+    fmt = file_format(url)
+    if fmt != "root":
+        if not is_remote(url) and not os.path.exists(url):
+            raise FileAccessError("file not found", url=url)
+        if fmt == "parquet":
+            from rootml.datasets._parquet import ParquetTable as Table
+        else:
+            from rootml.datasets._hdf5 import HDF5Table as Table
+        table = Table(url, tree)
+        return table, table.name, table
+    file = open_once(url)
+    try:
+        name, obj = find_tree(file, tree, url)
+    except BaseException:
+        file.close()
+        raise
+    if is_rntuple(obj):
+        from rootml.datasets._rntuple import RNTupleTable
+
+        obj = RNTupleTable(obj, name, url)
+    return file, name, obj
+
+
+def is_rntuple(tree: Any) -> bool:
+    return "RNTuple" in type(tree).__name__
+
+
 def open_file(url: str, retries: int = 3, backoff: float = 0.5) -> Any:
     """Open a ROOT file through uproot (fsspec for remote URLs), with bounded retries."""
     return with_retries(lambda: open_once(url), retries, backoff, url=url)

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rootml.datasets._files import find_tree, match_names, open_file
-from rootml.datasets._schema import BranchInfo, describe, is_rntuple
+from rootml.datasets._columns import ColumnTable
+from rootml.datasets._files import match_names, open_tree, with_retries
+from rootml.datasets._schema import BranchInfo, describe
 from rootml.errors import SchemaError, closest, where
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,11 @@ def read_metadata(
     open is inherited by forked DataLoader workers."""
 
     def one(url: str) -> FileMeta:
-        file = open_file(url, retries, backoff)
+        file, name, obj = with_retries(lambda: open_tree(url, tree), retries, backoff, url=url)
         try:
-            name, obj = find_tree(file, tree, url)
+            if isinstance(obj, ColumnTable):
+                branches, keys = obj.describe(), obj.keys()
+                return FileMeta(url, name, obj.num_entries, branches, obj.boundaries(), keys)
             return FileMeta(
                 url, name, int(obj.num_entries), describe(obj), _boundaries(obj), _keys(obj)
             )
@@ -46,16 +49,14 @@ def read_metadata(
 
     with ThreadPoolExecutor(min(8, len(urls))) as pool:
         metas = list(pool.map(one, urls))
-    names = {m.tree for m in metas}
+    names = {m.tree for m in metas if m.tree is not None}  # a Parquet file has no tree name
     if len(names) > 1:
         raise SchemaError(f"files hold differently named trees {sorted(names)}; pass tree=NAME")
     return metas
 
 
 def _keys(obj) -> dict[str, str]:
-    """Every name the tree answers to (for expressions) -> the top-level branch holding it."""
-    if is_rntuple(obj):
-        return {name: name for name in obj.keys(recursive=False)}
+    """Every name a TTree answers to (for expressions) -> the top-level branch holding it."""
     keys = {}
     for top in obj.branches:
         keys[top.name] = top.name
@@ -67,8 +68,6 @@ def _keys(obj) -> dict[str, str]:
 
 
 def _boundaries(obj) -> tuple[int, ...]:
-    if is_rntuple(obj):
-        return tuple(int(c.num_first_entry) for c in obj.cluster_summaries)
     try:
         return tuple(int(x) for x in obj.common_entry_offsets())
     except Exception as err:  # branches with no baskets at all: plain chunking is as good

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from rootml.datasets._files import find_tree, forget_connections, open_once, with_retries
+from rootml.datasets._columns import ColumnTable
+from rootml.datasets._files import forget_connections, open_tree, with_retries
 from rootml.datasets._plan import Unit
-from rootml.datasets._schema import is_rntuple
 from rootml.errors import FileAccessError, RootmlError, SchemaError
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class UnitReader:
             self._open.move_to_end(index)
             return self._open[index][1]
         url = self.urls[index]
-        file = open_once(url)  # inside read()'s retries
-        _, tree = find_tree(file, self.tree, url)
+        file, _, tree = open_tree(url, self.tree)  # inside read()'s retries
         self._open[index] = (file, tree)
         while len(self._open) > self.max_open:
             self._close(self._open.popitem(last=False)[1][0])
@@ -119,8 +118,8 @@ class UnitReader:
     def _read_columns(self, unit: Unit) -> dict[str, Any]:
         tree = self.tree_of(unit.file)
         span = {"entry_start": unit.start, "entry_stop": unit.stop}
-        if is_rntuple(tree):
-            return self._read_rntuple(tree, span, self.urls[unit.file])
+        if isinstance(tree, ColumnTable):  # RNTuple, Parquet, HDF5
+            return tree.read(self.names, self.aliases, self.cut, _CUT, unit.start, unit.stop)
         aliases = dict(self.aliases)
         expressions = list(self.names)
         if self.cut is not None:
@@ -137,38 +136,6 @@ class UnitReader:
             decompression_executor=self._executor,
             **span,
         )
-
-    def _read_rntuple(self, ntuple: Any, span: dict, url: str) -> dict[str, Any]:
-        # uproot's RNTuple reader has no expressions yet: read the fields, then evaluate aliases
-        # and the cut with uproot's own expression language (same names, same functions).
-        import uproot
-
-        language = uproot.language.python.PythonLanguage()
-        fields = set(ntuple.keys(recursive=False))
-        wanted = [n for n in self.names if n not in self.aliases]
-        for expression in [*self.aliases.values(), *([self.cut] if self.cut else [])]:
-            wanted += language.free_symbols(expression, list(fields), self.aliases, url, self.tree)
-        context = {
-            "url": url,
-            "tree": self.tree,
-            "entries": (span["entry_start"], span["entry_stop"]),
-        }
-        missing = sorted(set(wanted) - fields - set(self.aliases))
-        if missing:
-            raise SchemaError(f"no field {missing}", **context)
-        columns = {n: ntuple[n].array(**span) for n in dict.fromkeys(wanted)}
-        namespace = {**language.functions, **columns}
-        expressions = {**self.aliases, **({_CUT: self.cut} if self.cut is not None else {})}
-        for name, expression in expressions.items():
-            try:
-                namespace[name] = columns[name] = eval(expression, {"__builtins__": {}}, namespace)
-            except Exception as err:  # the expression, not the data: on_error="skip" keeps it
-                what = "cut" if name == _CUT else f"alias {name!r}"
-                raise SchemaError(
-                    f"{what} {expression!r} cannot be computed: {type(err).__name__}: {err}",
-                    **context,
-                ) from err
-        return {n: columns[n] for n in [*self.names, *([_CUT] if self.cut else [])]}
 
     def _forget(self, index: int) -> None:
         if index in self._open:

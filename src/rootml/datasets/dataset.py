@@ -171,7 +171,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self.transform = transform
 
         metas = read_metadata(self.files, tree, self.retries, self.backoff)
-        self.tree = metas[0].tree
+        self.tree = next((m.tree for m in metas if m.tree is not None), None)
         self._report = SharedReport(self._report_keys(metas))
         if branches is None and specs is not None:
             branches = list(specs.branches)  # the Specs' features, not every branch of the file
