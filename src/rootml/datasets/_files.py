@@ -47,8 +47,8 @@ def resolve_files(
 ) -> tuple[list[str], list[Any] | None]:
     """Expand `files` into a list of URLs, and labels when `files` is a dict path -> label.
 
-    `files` may be one path or URL, a glob, a `.txt` list (one per line, `#` comments), a list of
-    any of these, or a dict path -> label. With `redirector="root://site"`, paths without a scheme
+    `files` may be one path or URL, a glob, a folder (its ROOT, Parquet and HDF5 files), a `.txt`
+    list (one per line, `#` comments), a list of any of these, or a dict path -> label. With `redirector="root://site"`, paths without a scheme
     that do not exist locally become `root://site//path` (grid paths such as /store/...).
     Raises FileAccessError when a glob or a list file matches nothing.
     """
@@ -77,6 +77,8 @@ def _expand(item: str, redirector: str | None) -> list[str]:
         if not urls:
             raise FileAccessError(f"the file list {item} names no files")
         return urls
+    if os.path.isdir(item):
+        return _folder(item)
     if glob.has_magic(item):
         matches = sorted(glob.glob(item))
         if not matches:
@@ -85,6 +87,22 @@ def _expand(item: str, redirector: str | None) -> list[str]:
     if redirector and not os.path.exists(item):
         return [redirector.rstrip("/") + "//" + item.lstrip("/")]
     return [item]
+
+
+def _folder(folder: str) -> list[str]:
+    """The files of a known format (ROOT, Parquet, HDF5) under `folder`, sorted, subfolders
+    included (a Parquet dataset's partitions); hidden and "_"-prefixed files (Spark's _SUCCESS,
+    _metadata) are not data."""
+    found = sorted(
+        os.path.join(top, name)
+        for top, _, names in os.walk(folder)
+        for name in names
+        if not name.startswith((".", "_"))
+        and os.path.splitext(name)[1].lower() in (".root", *FORMATS)
+    )
+    if not found:
+        raise FileAccessError(f"the folder {folder} holds no ROOT, Parquet or HDF5 file")
+    return found
 
 
 def with_retries(
@@ -119,7 +137,7 @@ FORMATS = {
 
 
 def file_format(url: str) -> str:
-    """"root", "parquet" or "hdf5", by the file name's ending (of the last URL of a chain such
+    """ "root", "parquet" or "hdf5", by the file name's ending (of the last URL of a chain such
     as "simplecache::root://...", without a "?query")."""
     path = url.rsplit("::", 1)[-1].split("?", 1)[0].lower()
     return FORMATS.get(os.path.splitext(path)[1], "root")
