@@ -39,7 +39,8 @@ _REMOTE_OPTIONS = {"timeout": 30}
 
 
 def is_remote(url: str) -> bool:
-    return url.startswith(_REMOTE_SCHEMES)
+    """A URL read through fsspec: a remote scheme, or a chain such as "filecache::root://..."."""
+    return url.startswith(_REMOTE_SCHEMES) or "::" in url
 
 
 def resolve_files(
@@ -143,22 +144,25 @@ def file_format(url: str) -> str:
     return FORMATS.get(os.path.splitext(path)[1], "root")
 
 
-def open_tree(url: str, tree: str | None) -> tuple[Any, str | None, Any]:
+def open_tree(url: str, tree: str | None, copy: str | None = None) -> tuple[Any, str | None, Any]:
     """(handle to close, tree name, tree) of the TTree, RNTuple, Parquet file or HDF5 group
-    `tree` of `url` (None: the only one). A TTree is uproot's; the others are ColumnTables
-    (rootml.datasets._columns). Transport failures raise OSError (for the caller to retry);
-    a missing or unreadable file FileAccessError; a missing tree SchemaError."""
+    `tree` of `url` (None: the only one), read from `copy` (a local copy of it) when given. A
+    TTree is uproot's; the others are ColumnTables (rootml.datasets._columns). Transport
+    failures raise OSError (for the caller to retry); a missing or unreadable file
+    FileAccessError; a missing tree SchemaError."""
+    path = copy or url
     fmt = file_format(url)
     if fmt != "root":
-        if not is_remote(url) and not os.path.exists(url):
+        if not is_remote(path) and not os.path.exists(path):
             raise FileAccessError("file not found", url=url)
         if fmt == "parquet":
             from rootml.datasets._parquet import ParquetTable as Table
         else:
             from rootml.datasets._hdf5 import HDF5Table as Table
-        table = Table(url, tree)
+        table = Table(path, tree)
+        table.url = url  # errors name the URL, not the copy
         return table, table.name, table
-    file = open_once(url)
+    file = open_once(path)
     try:
         name, obj = find_tree(file, tree, url)
     except BaseException:

@@ -8,6 +8,7 @@ histograms add up) in file order, so the result does not depend on thread timing
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,6 +50,8 @@ def fit_specs(
     redirector: str | None = None,
     retries: int = 3,
     backoff: float = 0.5,
+    cache: str | os.PathLike | None = None,
+    cache_size: int | str | None = None,
 ) -> Specs:
     """Fit a Specs: per-branch count, mean, std, min, max, NaN/inf count and multiplicity
     histograms, the pad lengths from `max_len`, and the fingerprint of the inputs.
@@ -60,11 +63,13 @@ def fit_specs(
     the cut): random work units of the plan, seeded by `seed`, the last one shortened; None reads
     every entry. max_len: as RootIterableDataset, applied to the fitted multiplicities
     (quantiles use the definition of BranchSpec.multiplicity_quantile). workers: files read at
-    once. Raises what RootIterableDataset raises (FileAccessError, SchemaError).
+    once. cache, cache_size: local copies of remote files, as RootIterableDataset. Raises what
+    RootIterableDataset raises (FileAccessError, SchemaError).
     """
     options = dict(
         tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, entries=entries,
         preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
+        cache=cache, cache_size=cache_size,
     )  # fmt: skip
     return _fit(files, options, nevts, max_len, chunk_size, seed, workers)[0]
 
@@ -90,6 +95,8 @@ def fit_histograms(
     redirector: str | None = None,
     retries: int = 3,
     backoff: float = 0.5,
+    cache: str | os.PathLike | None = None,
+    cache_size: int | str | None = None,
 ) -> tuple[Specs, Histograms]:
     """fit_specs plus histograms of every branch per class, filled in the same pass.
 
@@ -101,6 +108,7 @@ def fit_histograms(
     options = dict(
         tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, labels=labels,
         preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
+        cache=cache, cache_size=cache_size,
     )  # fmt: skip
     hist = (class_names, args.positive_int("bins", bins), ranges)
     return _fit(files, options, nevts, max_len, chunk_size, seed, workers, hist)
@@ -185,7 +193,7 @@ def _sample(units: Sequence[Unit], nevts: int, seed: int) -> list[Unit]:
 def _reader(ds: RootIterableDataset) -> UnitReader:
     return UnitReader(
         ds.files, ds.tree, list(ds.branch_info), ds.aliases, ds.cut, ds.retries, ds.backoff,
-        max_open=1,
+        max_open=1, cache=ds.cache,
     )  # fmt: skip
 
 

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from rootml.datasets._cache import FileCache
 from rootml.datasets._columns import ColumnTable
-from rootml.datasets._files import match_names, open_tree, with_retries
+from rootml.datasets._files import is_remote, match_names, open_tree, with_retries
 from rootml.datasets._schema import BranchInfo, describe
 from rootml.errors import SchemaError, closest, where
 
@@ -30,13 +31,21 @@ class FileMeta:
 
 
 def read_metadata(
-    urls: Sequence[str], tree: str | None, retries: int = 3, backoff: float = 0.5
+    urls: Sequence[str],
+    tree: str | None,
+    retries: int = 3,
+    backoff: float = 0.5,
+    cache: FileCache | None = None,
 ) -> list[FileMeta]:
     """Metadata of every file, read in parallel threads; files are closed afterwards, so nothing
-    open is inherited by forked DataLoader workers."""
+    open is inherited by forked DataLoader workers. With a `cache`, remote files are read from
+    their checked local copies where there are some."""
 
     def one(url: str) -> FileMeta:
-        file, name, obj = with_retries(lambda: open_tree(url, tree), retries, backoff, url=url)
+        copy = cache.check(url) if cache is not None and is_remote(url) else None
+        file, name, obj = with_retries(
+            lambda: open_tree(url, tree, copy), retries, backoff, url=url
+        )
         try:
             if isinstance(obj, ColumnTable):
                 branches, keys = obj.describe(), obj.keys()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from rootml.datasets._columns import ColumnTable
-from rootml.datasets._files import forget_connections, open_tree, with_retries
+from rootml.datasets._files import forget_connections, is_remote, open_tree, with_retries
 from rootml.datasets._plan import Unit
 from rootml.errors import FileAccessError, RootmlError, SchemaError
 
@@ -55,6 +55,7 @@ class UnitReader:
         backoff: float = 0.5,
         max_open: int = 4,
         threads: int | None = None,
+        cache: Any = None,
     ):
         self.urls, self.tree, self.names = list(urls), tree, list(dict.fromkeys(names))
         self.aliases, self.cut = dict(aliases or {}), cut
@@ -62,6 +63,7 @@ class UnitReader:
         self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self.threads = read_threads() if threads is None else max(int(threads), 1)
         self._executor: Any = None
+        self.cache = cache  # rootml.datasets._cache.FileCache: local copies of remote files
 
     def read(self, unit: Unit) -> tuple[dict[str, Any], np.ndarray]:
         context = {"url": self.urls[unit.file], "tree": self.tree, "entries": unit[1:]}
@@ -102,7 +104,8 @@ class UnitReader:
             self._open.move_to_end(index)
             return self._open[index][1]
         url = self.urls[index]
-        file, _, tree = open_tree(url, self.tree)  # inside read()'s retries
+        copy = self.cache.local(url) if self.cache is not None and is_remote(url) else None
+        file, _, tree = open_tree(url, self.tree, copy)  # inside read()'s retries
         self._open[index] = (file, tree)
         while len(self._open) > self.max_open:
             self._close(self._open.popitem(last=False)[1][0])

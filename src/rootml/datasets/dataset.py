@@ -15,6 +15,7 @@ import torch
 
 from rootml.datasets import _arguments as args
 from rootml.datasets._batching import Batcher
+from rootml.datasets._cache import make_cache
 from rootml.datasets._expressions import expression_branches, sort_key_branches
 from rootml.datasets._files import resolve_files
 from rootml.datasets._metadata import FileMeta, check_same, read_metadata, select_branches
@@ -49,7 +50,8 @@ PerFile = Sequence[Any] | Mapping[str, Any] | None
 
 
 class RootIterableDataset(torch.utils.data.IterableDataset):
-    """Stream ROOT files as whole batches of padded tensors; use with DataLoader(ds, batch_size=None).
+    """Stream ROOT (Parquet, HDF5) files as whole batches of padded tensors; use with
+    DataLoader(ds, batch_size=None).
 
     Each batch is a dict: "features" float32 (B, F) in `feature_names` order, "mask" bool (B, F),
     "label" int64 (B,), "weight" float32 (B,), "file" int64 (B,) (index into `files`), "entry"
@@ -91,6 +93,12 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         hold statistics (rootml.fit_specs); padding stays `pad_value`.
     layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet") K
         float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
+    cache / cache_size: a folder for local copies of remote files (root://, https://), at most
+        `cache_size` bytes (int or "200GB"; default half the free space): each file is copied
+        whole at its first read and read from the copy in every later epoch and process
+        (rootml.datasets._cache). Without it, remote files are read over the network each epoch.
+    Files: ROOT (TTree, RNTuple), Parquet (.parquet: a row group is a cluster) and HDF5 (.h5:
+        a group of datasets is a tree; rootml.datasets._hdf5), locally or remote.
     Raises ConfigError for an argument that cannot work (naming it and its value), and
     FileAccessError / SchemaError / SpecsMismatch / DataValueError with the file URL, tree,
     branch and entry range as attributes (err.url, err.tree, err.branch, err.entries).
@@ -136,6 +144,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         nan_policy: str = "keep",
         normalize: str | None = None,
         layout: str = "flat",
+        cache: str | os.PathLike | None = None,
+        cache_size: int | str | None = None,
     ):
         super().__init__()
         self.on_error = args.one_of("on_error", on_error, ("raise", "skip"))
@@ -170,7 +180,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self.preprocess = preprocess  # a "module.py:function" string is loaded in each worker
         self.transform = transform
 
-        metas = read_metadata(self.files, tree, self.retries, self.backoff)
+        self.cache = make_cache(cache, cache_size)
+        metas = read_metadata(self.files, tree, self.retries, self.backoff, self.cache)
         self.tree = next((m.tree for m in metas if m.tree is not None), None)
         self._report = SharedReport(self._report_keys(metas))
         if branches is None and specs is not None:
@@ -363,8 +374,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             *self._sort.keys,
         ]
         return UnitReader(
-            self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
-        )
+            self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff,
+            cache=self.cache,
+        )  # fmt: skip
 
     def _read_block(self, read: Future, unit: Unit) -> dict[str, np.ndarray]:
         columns, entries = read.result()

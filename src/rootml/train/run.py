@@ -183,6 +183,8 @@ def _datasets(urls: list[str], labels: Any, params: dict[str, Any], resumed: Pat
             chunk_size=params["chunk_size"],
             seed=params["seed"],
             redirector=params["redirector"],
+            cache=params["cache"],
+            cache_size=params["cache_size"],
         )
     )
     train = RootIterableDataset(urls, labels=labels, entries=train_ranges, specs=specs, **common)
@@ -273,6 +275,8 @@ def _histograms(urls, labels, params, reserved, specs, folder: Path) -> None:
         chunk_size=params["chunk_size"],
         seed=params["seed"],
         redirector=params["redirector"],
+        cache=params["cache"],
+        cache_size=params["cache_size"],
     )
     histograms.plot(folder)
 
