@@ -423,6 +423,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="scores.root (one input), scores.parquet, and/or a folder (<input stem>_scores.root each)",
     )
     p.add_argument("--out-tree", help="name of the friend tree (default: the input's tree name)")
+    p.add_argument(
+        "--rntuple",
+        action="store_true",
+        help="write the friends as RNTuples instead of TTrees (entry-aligned the same way)",
+    )
     p.add_argument("--batch-size", type=int, default=1024, help="entries per model run")
     p.add_argument(
         "--branch-name", help="score branch name (default: score; with several outputs, a prefix)"
@@ -447,6 +452,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         threads=args.threads,
         token=_read_token(args.token_file),
+        rntuple=args.rntuple,
     )
     print(
         f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr
