@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=loader.ROOT / "bench-data")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cache.json")
     args = parser.parse_args(argv)
     path = loader.ensure_data(

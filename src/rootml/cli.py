@@ -77,7 +77,9 @@ def _command(
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = _command(sub, "inspect", "list trees/ntuples, entries and branches of ROOT files")
+    p = _command(
+        sub, "inspect", "list trees/ntuples, entries and branches of ROOT, Parquet and HDF5 files"
+    )
     p.add_argument("files", nargs="+", help="paths or URLs (root://, https://)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g = p.add_argument_group("which tree and branches (listed, and histogrammed with --hist)")
@@ -414,7 +416,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", required=True, help="models/NAME (run here) or http://host:port/NAME (served)"
     )
-    p.add_argument("--files", nargs="+", required=True, help="ROOT files, globs, URLs, .txt lists")
+    p.add_argument(
+        "--files",
+        nargs="+",
+        required=True,
+        help="ROOT (Parquet, HDF5) files, folders, globs, URLs, .txt lists",
+    )
     p.add_argument("--tree", help="input TTree/RNTuple (default: the only one in the file)")
     p.add_argument(
         "--out",
