@@ -120,3 +120,21 @@ def test_cache_arguments_are_checked(tmp_path):
             parse_size(bad)
     with pytest.raises(ConfigError, match="cache_size needs cache=FOLDER"):
         RootIterableDataset(HZZ, cache_size="1GB")
+
+
+def test_parquet_and_hdf5_over_root_equal_local_reads(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    a = uproot.open(HZZ)["events"].arrays(["MET_px", "Jet_Px"])
+    ak.to_parquet(a, tmp_path / "hzz.parquet", row_group_size=1000)
+    with h5py.File(tmp_path / "hzz.h5", "w") as out:
+        out.create_dataset("MET_px", data=ak.to_numpy(a.MET_px), chunks=(500,))
+    with running_xrootd([tmp_path / "hzz.parquet", tmp_path / "hzz.h5"]) as server:
+        for name in ("hzz.parquet", "hzz.h5"):
+            remote = RootIterableDataset(
+                server.url(name), max_len=3, batch_size=5000, chunk_size=1000
+            )
+            local = RootIterableDataset(
+                tmp_path / name, max_len=3, batch_size=5000, chunk_size=1000
+            )
+            assert np.array_equal(epoch(remote, num_workers=0)[0], epoch(local, num_workers=0)[0])
+    assert np.array_equal(epoch(local, num_workers=0)[0][:, 0], ak.to_numpy(a.MET_px))
