@@ -10,7 +10,7 @@ import pytest
 import uproot
 
 from rootml.cli import main
-from rootml.serve.predict import predict
+from rootml.predict.run import predict
 from tests.serve._physics_model import (
     HZZ,
     HZZ_BRANCHES,
