@@ -14,13 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import uproot
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from rootml import RootIterableDataset
 from rootml.datasets.inspect import inspect_file
 from rootml.errors import ConfigError, FileAccessError, SchemaError
 from tests.conftest import HZZ
-from tests.datasets.test_sharding import seen
+from tests.datasets.test_sharding import resumed_pairs, seen
 
 h5py = pytest.importorskip("h5py")
 PARTS = (slice(0, 1300), slice(1300, None))
@@ -170,17 +169,8 @@ def test_resume_mid_epoch_is_exactly_once(fmt, parquet_files, hdf5_files):
             files, branches=["MET_px"], batch_size=100, chunk_size=250, shuffle=True, seed=2
         )
 
-    loader = StatefulDataLoader(make(), batch_size=None, num_workers=2)
-    first = []
-    for i, batch in enumerate(loader):
-        first += list(zip(batch["file"].tolist(), batch["entry"].tolist()))
-        if i == 9:
-            state = loader.state_dict()
-            break
-    resumed = StatefulDataLoader(make(), batch_size=None, num_workers=2)
-    resumed.load_state_dict(state)
-    rest = [p for b in resumed for p in zip(b["file"].tolist(), b["entry"].tolist())]
-    assert sorted(first + rest) == [(f, e) for f, n in enumerate(SIZES) for e in range(n)]
+    pairs = resumed_pairs(make, num_workers=2, stop_after=9)
+    assert sorted(pairs) == [(f, e) for f, n in enumerate(SIZES) for e in range(n)]
 
 
 def test_parquet_cut_aliases_folders_and_mixing_with_root(parquet_files, tmp_path):
