@@ -186,6 +186,16 @@ def test_parquet_cut_aliases_folders_and_mixing_with_root(parquet_files, tmp_pat
         ak.fill_none(ak.pad_none(np.hypot(a.Jet_Px, a.Jet_Py)[keep], 2, clip=True), 0.0)
     )
     assert np.array_equal(features[:, 1:], pt.astype(np.float32))
+    # an alias defined through another alias
+    twice = RootIterableDataset(
+        parquet_files,
+        branches=["M3"],
+        aliases={"M2": "MET_px * 2", "M3": "M2 + 1"},
+        batch_size=5000,
+    )
+    assert np.array_equal(
+        torch.cat([b["features"] for b in twice])[:, 0].numpy(), ak.to_numpy(a.MET_px * 2 + 1)
+    )
     # Parquet next to ROOT in one dataset: the same values from either
     mixed = RootIterableDataset(
         {str(HZZ): 1, str(parquet_files[0]): 0}, branches=["MET_px"], batch_size=5000

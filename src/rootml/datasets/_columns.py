@@ -13,7 +13,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rootml.datasets._schema import BranchInfo
-from rootml.errors import SchemaError
+from rootml.errors import ConfigError, SchemaError
+
+
+def require(module: str, extra: str, url: str) -> Any:
+    """Import an optional dependency, or raise ConfigError naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"reading this file needs {module}: pip install 'rootml[{extra}]'", url=url
+        ) from None
 
 
 class ColumnTable:
@@ -70,7 +82,8 @@ class ColumnTable:
         if missing:
             # Never left out silently (uproot's RNTuple reader drops unknown names).
             raise SchemaError(f"no branch {missing}", **context)
-        columns = self.read_fields(list(dict.fromkeys(wanted)), start, stop)
+        fields = [n for n in dict.fromkeys(wanted) if n not in aliases]  # aliases of aliases too
+        columns = self.read_fields(fields, start, stop)
         expressions = {**aliases, **({cut_key: cut} if cut is not None else {})}
         computed = evaluate(columns, expressions, keys, self.url, self.name, context, cut_key)
         columns.update(computed)

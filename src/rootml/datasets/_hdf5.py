@@ -26,9 +26,8 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from rootml.datasets._columns import ColumnTable
+from rootml.datasets._columns import ColumnTable, require
 from rootml.datasets._files import is_remote
-from rootml.datasets._parquet import require
 from rootml.datasets._schema import BranchInfo
 from rootml.errors import FileAccessError, SchemaError
 

@@ -18,21 +18,9 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from rootml.datasets._columns import ColumnTable
+from rootml.datasets._columns import ColumnTable, require
 from rootml.datasets._schema import BranchInfo, describe_form
-from rootml.errors import ConfigError, FileAccessError
-
-
-def require(module: str, extra: str, url: str) -> Any:
-    """Import an optional dependency, or raise ConfigError naming the extra that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"reading this file needs {module}: pip install 'rootml[{extra}]'", url=url
-        ) from None
+from rootml.errors import FileAccessError
 
 
 class ParquetTable(ColumnTable):
