@@ -212,7 +212,8 @@ def test_parquet_nulls_are_nan_or_empty_lists_and_counted(tmp_path):
     path = tmp_path / "nulls.parquet"
     table = pa.table({"x": pa.array([1.5, None, 3.0], pa.float32()),
                       "v": pa.array([[1, 2], None, [3]], pa.list_(pa.int32())),
-                      "i": pa.array([4, 5, 6], pa.int16())})  # fmt: skip
+                      "i": pa.array([4, 5, 6], pa.int16()),
+                      "__index_level_0__": pa.array([7, 3, 9])})  # pandas' index: not a feature  # fmt: skip
     pq.write_table(table, path, row_group_size=2)
     ds = RootIterableDataset(path, max_len=2, batch_size=10)
     batch = next(iter(ds))

@@ -12,6 +12,7 @@ handled by `nan_policy`). Local paths and fsspec URLs (root://, https://) alike.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ import numpy as np
 from rootml.datasets._columns import ColumnTable, require
 from rootml.datasets._schema import BranchInfo, describe_form
 from rootml.errors import FileAccessError
+
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 class ParquetTable(ColumnTable):
@@ -47,7 +50,15 @@ class ParquetTable(ColumnTable):
 
     def describe(self) -> dict[str, BranchInfo]:
         if self._described is None:
-            self._described = describe_form(self.form, {})
+            # pandas keeps a DataFrame's unnamed index as "__index_level_0__": row numbers of
+            # the DataFrame, not physics; never a feature.
+            kept = [
+                (f, c)
+                for f, c in zip(self.form.fields, self.form.contents)
+                if not _PANDAS_INDEX.fullmatch(f)
+            ]
+            form = ak.forms.RecordForm([c for _, c in kept], [f for f, _ in kept])
+            self._described = describe_form(form, {})
         return self._described
 
     def boundaries(self) -> tuple[int, ...]:
