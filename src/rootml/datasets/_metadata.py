@@ -23,7 +23,7 @@ class FileMeta:
     to the top-level branch holding it."""
 
     url: str
-    tree: str
+    tree: str | None  # None: a Parquet file (no tree name)
     entries: int
     branches: dict[str, BranchInfo]
     boundaries: tuple[int, ...]
