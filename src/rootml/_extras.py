@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from rootml.errors import RootmlError
+from rootml.errors import ConfigError
 
 # extra -> the top-level modules rootml imports from its packages (pyproject.toml: the same
 # extras; tests/test_extras.py checks both against each other).
@@ -18,6 +18,7 @@ MODULES = {
     "serve": ("onnx", "onnxruntime", "fastapi", "uvicorn", "orjson", "prometheus_client"),
     "client": ("httpx", "orjson"),
     "parquet": ("pyarrow",),
+    "hdf5": ("h5py",),
     "ray": ("ray",),
 }
 
@@ -27,12 +28,14 @@ def missing(extra: str) -> list[str]:
     return [name for name in MODULES[extra] if importlib.util.find_spec(name) is None]
 
 
-def require(extra: str, what: str) -> None:
-    """Raise RootmlError, one line naming the extra to install, when `what` (a job, "rootml
-    serve", or a feature, "plots") cannot run here because modules of `extra` are missing."""
+def require(extra: str, what: str, **context: object) -> None:
+    """Raise ConfigError, one line naming the extra to install, when `what` (a job, "rootml
+    serve", or a feature, "plots", "reading Parquet files") cannot run here because modules of
+    `extra` are missing. context: url=..., as RootmlError takes it."""
     absent = missing(extra)
     if absent:
-        raise RootmlError(
+        raise ConfigError(
             f"{what} needs the {extra} extra: pip install 'rootml[{extra}]' "
-            f"(missing: {', '.join(absent)})"
+            f"(missing: {', '.join(absent)})",
+            **context,
         )

@@ -79,7 +79,9 @@ def _command(
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = _command(sub, "inspect", "list trees/ntuples, entries and branches of ROOT files")
+    p = _command(
+        sub, "inspect", "list trees/ntuples, entries and branches of ROOT, Parquet and HDF5 files"
+    )
     p.add_argument("files", nargs="+", help="paths or URLs (root://, https://)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g = p.add_argument_group("which tree and branches (listed, and histogrammed with --hist)")
@@ -418,7 +420,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", required=True, help="models/NAME (run here) or http://host:port/NAME (served)"
     )
-    p.add_argument("--files", nargs="+", required=True, help="ROOT files, globs, URLs, .txt lists")
+    p.add_argument(
+        "--files",
+        nargs="+",
+        required=True,
+        help="ROOT (Parquet, HDF5) files, folders, globs, URLs, .txt lists",
+    )
     p.add_argument("--tree", help="input TTree/RNTuple (default: the only one in the file)")
     p.add_argument(
         "--out",
@@ -427,6 +434,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="scores.root (one input), scores.parquet, and/or a folder (<input stem>_scores.root each)",
     )
     p.add_argument("--out-tree", help="name of the friend tree (default: the input's tree name)")
+    p.add_argument(
+        "--rntuple",
+        action="store_true",
+        help="write the friends as RNTuples instead of TTrees (entry-aligned the same way)",
+    )
     p.add_argument(
         "--batch-size", type=int, default=defaults.BATCH_SIZE, help="entries per model run"
     )
@@ -456,6 +468,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         threads=args.threads,
         token=read_token_file(args.token_file),
+        rntuple=args.rntuple,
     )
     print(
         f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr

@@ -119,19 +119,28 @@ def test_balance_class_weights_make_classes_weigh_the_same():
     assert weight[0] == pytest.approx(weight[1])
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_mid_epoch_is_exactly_once(num_workers):
-    loader = StatefulDataLoader(make(True), batch_size=None, num_workers=num_workers)
+def resumed_pairs(make_dataset, num_workers, stop_after):
+    """(file, entry) pairs of an epoch read up to batch `stop_after`, saved with
+    StatefulDataLoader.state_dict, then finished by a new loader of a new dataset from that
+    state."""
+    loader = StatefulDataLoader(make_dataset(), batch_size=None, num_workers=num_workers)
     first = []
     for i, batch in enumerate(loader):
         first += list(zip(batch["file"].tolist(), batch["entry"].tolist()))
-        if i == 20:
+        if i == stop_after:
             state = loader.state_dict()
             break
-    resumed = StatefulDataLoader(make(True), batch_size=None, num_workers=num_workers)
+    resumed = StatefulDataLoader(make_dataset(), batch_size=None, num_workers=num_workers)
     resumed.load_state_dict(state)
-    rest = [(f, e) for b in resumed for f, e in zip(b["file"].tolist(), b["entry"].tolist())]
-    assert collections.Counter(first + rest) == collections.Counter(ALL)
+    return first + [
+        (f, e) for b in resumed for f, e in zip(b["file"].tolist(), b["entry"].tolist())
+    ]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_is_exactly_once(num_workers):
+    pairs = resumed_pairs(lambda: make(True), num_workers, stop_after=20)
+    assert collections.Counter(pairs) == collections.Counter(ALL)
 
 
 def test_plan_is_pure_and_aligned():

@@ -42,7 +42,8 @@ _REMOTE_OPTIONS = {"timeout": 30}
 
 
 def is_remote(url: str) -> bool:
-    return url.startswith(_REMOTE_SCHEMES)
+    """A URL read through fsspec: a remote scheme, or a chain such as "filecache::root://..."."""
+    return url.startswith(_REMOTE_SCHEMES) or "::" in url
 
 
 def resolve_files(
@@ -50,8 +51,8 @@ def resolve_files(
 ) -> tuple[list[str], list[Any] | None]:
     """Expand `files` into a list of URLs, and labels when `files` is a dict path -> label.
 
-    `files` may be one path or URL, a glob, a `.txt` list (one per line, `#` comments), a list of
-    any of these, or a dict path -> label. With `redirector="root://site"`, paths without a scheme
+    `files` may be one path or URL, a glob, a folder (its ROOT, Parquet and HDF5 files), a `.txt`
+    list (one per line, `#` comments), a list of any of these, or a dict path -> label. With `redirector="root://site"`, paths without a scheme
     that do not exist locally become `root://site//path` (grid paths such as /store/...).
     Raises FileAccessError when a glob or a list file matches nothing.
     """
@@ -80,6 +81,8 @@ def _expand(item: str, redirector: str | None) -> list[str]:
         if not urls:
             raise FileAccessError(f"the file list {item} names no files")
         return urls
+    if os.path.isdir(item):
+        return _folder(item)
     if glob.has_magic(item):
         matches = sorted(glob.glob(item))
         if not matches:
@@ -88,6 +91,22 @@ def _expand(item: str, redirector: str | None) -> list[str]:
     if redirector and not os.path.exists(item):
         return [redirector.rstrip("/") + "//" + item.lstrip("/")]
     return [item]
+
+
+def _folder(folder: str) -> list[str]:
+    """The files of a known format (ROOT, Parquet, HDF5) under `folder`, sorted, subfolders
+    included (a Parquet dataset's partitions); hidden and "_"-prefixed files (Spark's _SUCCESS,
+    _metadata) are not data."""
+    found = sorted(
+        os.path.join(top, name)
+        for top, _, names in os.walk(folder)
+        for name in names
+        if not name.startswith((".", "_"))
+        and os.path.splitext(name)[1].lower() in (".root", *FORMATS)
+    )
+    if not found:
+        raise FileAccessError(f"the folder {folder} holds no ROOT, Parquet or HDF5 file")
+    return found
 
 
 def with_retries(
@@ -112,6 +131,55 @@ def with_retries(
             log.warning("read failed %s (%s); retrying in %.1f s", where(**context), err, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+# File name endings of the formats read besides ROOT; anything else is opened as ROOT.
+FORMATS = {
+    ".parquet": "parquet", ".parq": "parquet", ".pq": "parquet",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".he5": "hdf5",
+}  # fmt: skip
+
+
+def file_format(url: str) -> str:
+    """ "root", "parquet" or "hdf5", by the file name's ending (of the last URL of a chain such
+    as "simplecache::root://...", without a "?query")."""
+    path = url.rsplit("::", 1)[-1].split("?", 1)[0].lower()
+    return FORMATS.get(os.path.splitext(path)[1], "root")
+
+
+def open_tree(url: str, tree: str | None, copy: str | None = None) -> tuple[Any, str | None, Any]:
+    """(handle to close, tree name, tree) of the TTree, RNTuple, Parquet file or HDF5 group
+    `tree` of `url` (None: the only one), read from `copy` (a local copy of it) when given. A
+    TTree is uproot's; the others are ColumnTables (rootml.datasets._columns). Transport
+    failures raise OSError (for the caller to retry); a missing or unreadable file
+    FileAccessError; a missing tree SchemaError."""
+    path = copy or url
+    fmt = file_format(url)
+    if fmt != "root":
+        if not is_remote(path) and not os.path.exists(path):
+            raise FileAccessError("file not found", url=url)
+        if fmt == "parquet":
+            from rootml.datasets._parquet import ParquetTable as Table
+        else:
+            from rootml.datasets._hdf5 import HDF5Table as Table
+        table = Table(path, tree)
+        table.url = url  # errors name the URL, not the copy
+        return table, table.name, table
+    file = open_once(path)
+    try:
+        name, obj = find_tree(file, tree, url)
+    except BaseException:
+        close_file(file)
+        raise
+    if is_rntuple(obj):
+        from rootml.datasets._rntuple import RNTupleTable
+
+        obj = RNTupleTable(obj, name, url)
+    return file, name, obj
+
+
+def is_rntuple(tree: Any) -> bool:
+    return "RNTuple" in type(tree).__name__
 
 
 def open_file(url: str, retries: int = 3, backoff: float = 0.5) -> Any:
@@ -152,11 +220,12 @@ def open_once(url: str) -> Any:
 
 
 def close_file(file: Any) -> None:
-    """Close a file from `open_once`/`open_file`, and for root:// the handle fsspec-xrootd would
-    otherwise keep open after it."""
-    source = file.file.source
+    """Close a file from `open_once`/`open_file`/`open_tree` (a table too), and for root:// the
+    handle fsspec-xrootd would otherwise keep open after it."""
+    source = getattr(getattr(file, "file", None), "source", None)
     file.close()
-    release_handle(source)
+    if source is not None:
+        release_handle(source)
 
 
 def forget_connections(url: str) -> None:

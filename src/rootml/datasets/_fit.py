@@ -172,7 +172,7 @@ def _sample(units: Sequence[Unit], nevts: int, seed: int) -> list[Unit]:
 def _reader(ds: RootIterableDataset) -> UnitReader:
     return UnitReader(
         ds.files, ds.tree, list(ds.branch_info), ds.aliases, ds.cut, ds.retries, ds.backoff,
-        max_open=1,
+        max_open=1, cache=ds.cache,
     )  # fmt: skip
 
 

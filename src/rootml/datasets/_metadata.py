@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rootml.datasets._files import close_file, find_tree, match_names, open_file
-from rootml.datasets._schema import BranchInfo, describe, is_rntuple
+from rootml.datasets._cache import FileCache
+from rootml.datasets._columns import ColumnTable
+from rootml.datasets._files import close_file, is_remote, match_names, open_tree, with_retries
+from rootml.datasets._schema import BranchInfo, describe
 from rootml.errors import SchemaError, closest, where
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ class FileMeta:
     to the top-level branch holding it."""
 
     url: str
-    tree: str
+    tree: str | None  # None: a Parquet file (no tree name)
     entries: int
     branches: dict[str, BranchInfo]
     boundaries: tuple[int, ...]
@@ -29,15 +31,25 @@ class FileMeta:
 
 
 def read_metadata(
-    urls: Sequence[str], tree: str | None, retries: int = 3, backoff: float = 0.5
+    urls: Sequence[str],
+    tree: str | None,
+    retries: int = 3,
+    backoff: float = 0.5,
+    cache: FileCache | None = None,
 ) -> list[FileMeta]:
     """Metadata of every file, read in parallel threads; files are closed afterwards, so nothing
-    open is inherited by forked DataLoader workers."""
+    open is inherited by forked DataLoader workers. With a `cache`, remote files are read from
+    their checked local copies where there are some."""
 
     def one(url: str) -> FileMeta:
-        file = open_file(url, retries, backoff)
+        copy = cache.check(url) if cache is not None and is_remote(url) else None
+        file, name, obj = with_retries(
+            lambda: open_tree(url, tree, copy), retries, backoff, url=url
+        )
         try:
-            name, obj = find_tree(file, tree, url)
+            if isinstance(obj, ColumnTable):
+                branches, keys = obj.describe(), obj.keys()
+                return FileMeta(url, name, obj.num_entries, branches, obj.boundaries(), keys)
             return FileMeta(
                 url, name, int(obj.num_entries), describe(obj), _boundaries(obj), _keys(obj)
             )
@@ -46,16 +58,14 @@ def read_metadata(
 
     with ThreadPoolExecutor(min(8, len(urls))) as pool:
         metas = list(pool.map(one, urls))
-    names = {m.tree for m in metas}
+    names = {m.tree for m in metas if m.tree is not None}  # a Parquet file has no tree name
     if len(names) > 1:
         raise SchemaError(f"files hold differently named trees {sorted(names)}; pass tree=NAME")
     return metas
 
 
 def _keys(obj) -> dict[str, str]:
-    """Every name the tree answers to (for expressions) -> the top-level branch holding it."""
-    if is_rntuple(obj):
-        return {name: name for name in obj.keys(recursive=False)}
+    """Every name a TTree answers to (for expressions) -> the top-level branch holding it."""
     keys = {}
     for top in obj.branches:
         keys[top.name] = top.name
@@ -67,8 +77,6 @@ def _keys(obj) -> dict[str, str]:
 
 
 def _boundaries(obj) -> tuple[int, ...]:
-    if is_rntuple(obj):
-        return tuple(int(c.num_first_entry) for c in obj.cluster_summaries)
     try:
         return tuple(int(x) for x in obj.common_entry_offsets())
     except Exception as err:  # branches with no baskets at all: plain chunking is as good

@@ -70,8 +70,9 @@ def _pass(ds: Any, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[st
 
     def one_file(units: list) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
         reader = UnitReader(
-            ds.files, ds.tree, names, ds.aliases, ds.cut, ds.retries, ds.backoff, max_open=1
-        )
+            ds.files, ds.tree, names, ds.aliases, ds.cut, ds.retries, ds.backoff, max_open=1,
+            cache=ds.cache,
+        )  # fmt: skip
         histograms: dict[str, np.ndarray] = {}
         kinds: dict[str, tuple] = {}
         try:

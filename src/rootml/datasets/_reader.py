@@ -6,24 +6,23 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 
 from rootml._runtime import usable_cores
+from rootml.datasets._columns import ColumnTable
 from rootml.datasets._files import (
     close_file,
-    find_tree,
     forget_connections,
-    open_once,
+    is_remote,
+    open_tree,
     with_retries,
 )
 from rootml.datasets._plan import Unit
-from rootml.datasets._schema import is_rntuple
 from rootml.errors import FileAccessError, RootmlError, SchemaError
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,7 @@ class UnitReader:
         backoff: float = 0.5,
         max_open: int = 4,
         threads: int | None = None,
+        cache: Any = None,
     ):
         self.urls, self.tree, self.names = list(urls), tree, list(dict.fromkeys(names))
         self.aliases, self.cut = dict(aliases or {}), cut
@@ -74,7 +74,7 @@ class UnitReader:
         self.threads = read_threads() if threads is None else max(int(threads), 1)
         self._pool: ThreadPoolExecutor | None = None
         self._sizes: dict[int, dict[str, int]] = {}  # file index -> branch -> compressed bytes
-        self._pages = _Pages()
+        self.cache = cache  # rootml.datasets._cache.FileCache: local copies of remote files
 
     def read(self, unit: Unit) -> tuple[dict[str, Any], np.ndarray]:
         context = {"url": self.urls[unit.file], "tree": self.tree, "entries": unit[1:]}
@@ -115,8 +115,8 @@ class UnitReader:
             self._open.move_to_end(index)
             return self._open[index][1]
         url = self.urls[index]
-        file = open_once(url)  # inside read()'s retries
-        _, tree = find_tree(file, self.tree, url)
+        copy = self.cache.local(url) if self.cache is not None and is_remote(url) else None
+        file, _, tree = open_tree(url, self.tree, copy)  # inside read()'s retries
         self._open[index] = (file, tree)
         while len(self._open) > self.max_open:
             self._close(self._open.popitem(last=False)[1][0])
@@ -131,9 +131,9 @@ class UnitReader:
 
     def _read_columns(self, unit: Unit) -> dict[str, Any]:
         tree = self.tree_of(unit.file)
-        span = {"entry_start": unit.start, "entry_stop": unit.stop}
-        if is_rntuple(tree):
-            return self._read_rntuple(tree, span, self.urls[unit.file])
+        if isinstance(tree, ColumnTable):  # RNTuple, Parquet, HDF5
+            run = self._in_threads if tree.threaded else None
+            return tree.read(self.names, self.aliases, self.cut, _CUT, unit.start, unit.stop, run)
         aliases = dict(self.aliases)
         expressions = list(self.names)
         if self.cut is not None:
@@ -145,17 +145,29 @@ class UnitReader:
         sizes = self._sizes.get(unit.file)
         if sizes is None:
             sizes = self._sizes[unit.file] = {n: int(b.compressed_bytes) for n, b in tree.items()}
-        groups = self._split(expressions, sizes)
-        calls = [
-            functools.partial(
-                tree.arrays, group, aliases=(aliases or None) if i == 0 else None, how=dict, **span
+
+        def read(group: list[str]) -> dict[str, Any]:
+            uses = aliases if any(e in aliases for e in group) else None
+            return tree.arrays(
+                group, aliases=uses, how=dict, entry_start=unit.start, entry_stop=unit.stop
             )
-            for i, group in enumerate(groups)
-        ]
-        columns: dict[str, Any] = {}
-        for part in self._map(calls):
-            columns.update(part)
+
+        columns = self._in_threads(read, expressions, sizes)
         return {name: columns[name] for name in expressions}
+
+    def _in_threads(
+        self,
+        read: Callable[[list[str]], dict[str, Any]],
+        names: list[str],
+        sizes: Mapping[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """read(group) of `names` split into this reader's threads by `sizes` (compressed bytes;
+        None: alike), merged."""
+        groups = self._split(names, dict.fromkeys(names, 1) if sizes is None else sizes)
+        columns: dict[str, Any] = {}
+        for part in self._map([functools.partial(read, group) for group in groups]):
+            columns.update(part)
+        return columns
 
     def _split(self, expressions: list[str], sizes: Mapping[str, int]) -> list[list[str]]:
         """`expressions` in at most `threads` groups of about equal `sizes` (compressed bytes).
@@ -185,45 +197,6 @@ class UnitReader:
         wait(futures)
         return [future.result() for future in futures]
 
-    def _read_rntuple(self, ntuple: Any, span: dict, url: str) -> dict[str, Any]:
-        # uproot's RNTuple reader has no expressions yet: read the fields, then evaluate aliases
-        # and the cut with uproot's own expression language (same names, same functions).
-        import uproot
-
-        language = uproot.language.python.PythonLanguage()
-        fields = set(ntuple.keys(recursive=False))
-        wanted = [n for n in self.names if n not in self.aliases]
-        for expression in [*self.aliases.values(), *([self.cut] if self.cut else [])]:
-            wanted += language.free_symbols(expression, list(fields), self.aliases, url, self.tree)
-        context = {
-            "url": url,
-            "tree": self.tree,
-            "entries": (span["entry_start"], span["entry_stop"]),
-        }
-        missing = sorted(set(wanted) - fields - set(self.aliases))
-        if missing:
-            raise SchemaError(f"no field {missing}", **context)
-        # ntuple.arrays of a group of fields, as for TTree branches: a read per field costs twice
-        # the CPU of reading them together. Fields weigh alike (no per-field sizes here).
-        groups = self._split(list(dict.fromkeys(wanted)), dict.fromkeys(fields, 1))
-        columns: dict[str, Any] = {}
-        read = functools.partial(ntuple.arrays, how=dict, array_cache=self._pages, **span)
-        for part in self._map([functools.partial(read, group) for group in groups]):
-            columns.update(part)
-        self._pages.next_read()
-        namespace = {**language.functions, **columns}
-        expressions = {**self.aliases, **({_CUT: self.cut} if self.cut is not None else {})}
-        for name, expression in expressions.items():
-            try:
-                namespace[name] = columns[name] = eval(expression, {"__builtins__": {}}, namespace)
-            except Exception as err:  # the expression, not the data: on_error="skip" keeps it
-                what = "cut" if name == _CUT else f"alias {name!r}"
-                raise SchemaError(
-                    f"{what} {expression!r} cannot be computed: {type(err).__name__}: {err}",
-                    **context,
-                ) from err
-        return {n: columns[n] for n in [*self.names, *([_CUT] if self.cut else [])]}
-
     def _forget(self, index: int) -> None:
         # After a failed read: the connection may be dead, so its XRootD handle is left to
         # forget_connections rather than closed here (which would wait on a dead server).
@@ -239,54 +212,3 @@ class UnitReader:
                 file.close()
         except Exception as err:  # a dead connection may fail to close; nothing is lost
             log.debug("closing failed: %s", err)
-
-
-class _Pages(MutableMapping):
-    """uproot's RNTuple array cache for one reader: the pages of about the last read.
-
-    uproot 5.7's RNTuple.arrays also reads and decompresses the cluster after `entry_stop` when
-    entry_stop is a cluster's first entry (its cluster search uses side="right"), which a
-    cluster-aligned unit always is: without a cache every cluster is decompressed twice. Kept,
-    the extra cluster is the next unit's first one when units are read in order (0 workers, no
-    shuffling); the bound keeps memory at the pages of one read (two units' clusters)."""
-
-    def __init__(self) -> None:
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._bytes, self._this_read, self._limit = 0, 0, None
-        self._lock = threading.Lock()  # the reader's threads share it
-
-    def next_read(self) -> None:
-        """A read is over: keep what the largest read stored (its clusters and the next)."""
-        with self._lock:
-            self._limit = max(self._limit or 0, self._this_read)
-            self._this_read = 0
-            self._evict()
-
-    def __getitem__(self, key: Any) -> Any:
-        with self._lock:
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        size = int(getattr(value, "nbytes", 0))
-        with self._lock:
-            if key in self._data:
-                self._bytes -= int(getattr(self._data.pop(key), "nbytes", 0))
-            self._data[key] = value
-            self._bytes += size
-            self._this_read += size
-            self._evict()
-
-    def __delitem__(self, key: Any) -> None:
-        with self._lock:
-            self._bytes -= int(getattr(self._data.pop(key), "nbytes", 0))
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(list(self._data))
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def _evict(self) -> None:
-        while self._limit is not None and self._bytes > self._limit and len(self._data) > 1:
-            self._bytes -= int(getattr(self._data.popitem(last=False)[1], "nbytes", 0))

@@ -18,6 +18,7 @@ from rootml._runtime import rank_world
 from rootml._userfiles import import_function, read_list_file
 from rootml.datasets import _arguments as args
 from rootml.datasets._batching import Batcher
+from rootml.datasets._cache import make_cache
 from rootml.datasets._expressions import expression_branches, sort_key_branches
 from rootml.datasets._files import resolve_files
 from rootml.datasets._metadata import FileMeta, check_same, read_metadata, select_branches
@@ -47,7 +48,8 @@ PerFile = Sequence[Any] | Mapping[str, Any] | None
 
 
 class RootIterableDataset(torch.utils.data.IterableDataset):
-    """Stream ROOT files as whole batches of padded tensors; use with DataLoader(ds, batch_size=None).
+    """Stream ROOT (Parquet, HDF5) files as whole batches of padded tensors; use with
+    DataLoader(ds, batch_size=None).
 
     Each batch is a dict: "features" float32 (B, F) in `feature_names` order, "mask" bool (B, F),
     "label" int64 (B,), "weight" float32 (B,), "file" int64 (B,) (index into `files`), "entry"
@@ -55,7 +57,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
 
     What is read: `selection=` (a rootml.datasets.Selection), or its fields as arguments: files,
     tree, branches, exclude, chunk_size (also positional), cut, aliases, entries, nevts,
-    preprocess, redirector, retries, backoff (see Selection); arguments given besides
+    preprocess, redirector, retries, backoff, cache, cache_size (see Selection); arguments given besides
     `selection=` replace its fields. cut and aliases are checked against the branches at
     construction (SchemaError naming the expression).
     labels / weights: per file (list in file order, or dict url -> value); `label_branch` and
@@ -86,6 +88,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         must hold statistics (rootml.fit_specs); padding stays `pad_value`.
         layout: "flat" or "collection": then the batch also holds per collection K (e.g. "Jet")
         K float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
+    Files: ROOT (TTree, RNTuple), Parquet (.parquet: a row group is a cluster) and HDF5 (.h5: a
+        group of datasets is a tree; rootml.datasets._hdf5), local or remote.
     Raises ConfigError for an argument that cannot work (naming it and its value), and
     FileAccessError / SchemaError / SpecsMismatch / DataValueError with the file URL, tree,
     branch and entry range as attributes (err.url, err.tree, err.branch, err.entries).
@@ -151,8 +155,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             weight_branch,
         )
         self.transform = transform
-        metas = read_metadata(self.files, sel.tree, self.retries, self.backoff)
-        self.tree = metas[0].tree
+        self.cache = make_cache(sel.cache, sel.cache_size)
+        metas = read_metadata(self.files, sel.tree, self.retries, self.backoff, self.cache)
+        self.tree = next((m.tree for m in metas if m.tree is not None), None)
         self._report = SharedReport(self._report_keys(metas))
         self._select(metas, sel.branches, specs, sort_by)
         self._file_labels = self._per_file(
@@ -381,8 +386,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             *self._pipeline.sort.keys,
         ]
         return UnitReader(
-            self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff
-        )
+            self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff,
+            cache=self.cache,
+        )  # fmt: skip
 
     def _read_block(self, read: Future, unit: Unit) -> dict[str, np.ndarray]:
         columns, entries = read.result()

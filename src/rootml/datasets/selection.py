@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from rootml import defaults
 from rootml.datasets import _arguments as args
+from rootml.datasets._cache import parse_size
 from rootml.errors import ConfigError
 
 
@@ -36,6 +38,10 @@ class Selection:
         awkward arrays) before padding.
     retries / backoff: attempts after a transport failure, and the first wait between them in
         seconds (doubling each time).
+    cache / cache_size: a folder for local copies of remote files (root://, https://), at most
+        `cache_size` bytes (int or "200GB"; default half the free space): each file is copied
+        whole at its first read and read from the copy in every later epoch and process
+        (rootml.datasets._cache). Without it, remote files are read over the network each epoch.
 
     Selection(files, cut="nJet >= 4").replace(entries=(0, 1000)) gives a copy with other fields.
     """
@@ -55,6 +61,8 @@ class Selection:
     redirector: str | None = None
     retries: int = defaults.RETRIES
     backoff: float = defaults.BACKOFF_S
+    cache: str | os.PathLike | None = None
+    cache_size: int | str | None = None
 
     def __post_init__(self) -> None:
         checked = {
@@ -62,7 +70,12 @@ class Selection:
             "retries": args.non_negative_int("retries", self.retries),
             "backoff": args.real("backoff", self.backoff, minimum=0.0),
             "nevts": args.nevts(self.nevts),
+            "cache_size": None if self.cache_size is None else parse_size(self.cache_size),
         }
+        if self.cache_size is not None and self.cache is None:
+            raise ConfigError("cache_size needs cache=FOLDER")
+        if self.cache is not None and not isinstance(self.cache, (str, os.PathLike)):
+            raise ConfigError(f"cache must be a folder path, not {self.cache!r}")
         for name, value in checked.items():
             object.__setattr__(self, name, value)  # frozen: the checked value in its type
 

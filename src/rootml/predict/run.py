@@ -9,9 +9,11 @@ Files are read through the streaming layer (RootIterableDataset with the model's
 normalisation as rootml.json says, no shuffling, no cut: every entry), the model runs on whole
 batches, and the scores come out in (file, entry) order, written in chunks so memory stays bounded:
 
-- a friend tree per input file: a TTree named as the input's tree (or `out_tree`), one branch per
-  model output, entry i scoring entry i of the input; open it next to the input with uproot
-  (``uproot.open(out)[tree]``) or ROOT (``tree->AddFriend``);
+- a friend tree per input file: a TTree named as the input's tree (or `out_tree`; "Events" for a
+  Parquet input, the group's name for HDF5), one branch per model output, entry i scoring entry
+  i of the input; open it next to the input with uproot (``uproot.open(out)[tree]``) or ROOT
+  (``tree->AddFriend``); with `rntuple=True` an RNTuple instead (uproot's writer, one field per
+  output, one cluster per flush), for RNTuple inputs or readers that want one;
 - a parquet file (awkward's writer) with columns "file" (the input's path/URL), "entry" and the
   scores, one row group per chunk, sorted by (file, entry).
 
@@ -176,6 +178,7 @@ def predict(
     threads: int = 0,
     token: str | None = None,
     progress: bool | str | None = None,
+    rntuple: bool = False,
 ) -> dict[str, Any]:
     """Score every entry of `files` with `model` and write friend trees and/or parquet.
 
@@ -185,7 +188,7 @@ def predict(
     per model run (at most the model's max_batch_size). flush_entries: entries written at once.
     Outputs appear complete or not at all (written as "<name>.part", renamed at the end).
     progress: a bar on a terminal, log lines with entries/s and ETA elsewhere (None/True), or
-    "bar", "log", False (rootml.progress).
+    "bar", "log", False (rootml.progress). rntuple: the ROOT outputs hold an RNTuple, not a TTree.
 
     Returns {"entries", "files", "outputs", "branches"}. Raises ModelError (no Specs, layout and
     model disagree), FileAccessError/SchemaError (inputs), ProtocolError (server), RootmlError.
@@ -212,7 +215,8 @@ def predict(
         for unit in ds.units(0):
             entries[unit.file] += unit.stop - unit.start
         scored = _scored(ds, runner, names, entries, flush_entries, progress)
-        written = _write(scored, ds, roots, parquet, out_tree or ds.tree, names, runner.outputs)
+        tree_name = out_tree or _tree_name(ds.tree)
+        written = _write(scored, ds, roots, parquet, tree_name, names, runner.outputs, rntuple)
     finally:
         runner.close()
     return {
@@ -221,6 +225,12 @@ def predict(
         "outputs": [str(p) for p in written],
         "branches": list(names.values()),
     }
+
+
+def _tree_name(tree: str | None) -> str:
+    """The friend tree's name from the input's: a Parquet file has none ("Events"), an HDF5
+    group a path ("/jets/table" -> "jets_table")."""
+    return (tree or "").strip("/").replace("/", "_") or "Events"
 
 
 def _need_pyarrow() -> None:
@@ -326,6 +336,7 @@ def _write(
     tree: str,
     names: Mapping[str, str],
     outputs: Sequence[Any],
+    rntuple: bool = False,
 ) -> list[Path]:
     """Write the chunks to ROOT friends and/or parquet as "<name>.part", then rename them all."""
     from rootml.predict.writers import FriendTrees, write_parquet
@@ -334,7 +345,7 @@ def _write(
     parts = [p.with_name(p.name + _PARTIAL) for p in targets]
     for path in parts:
         path.parent.mkdir(parents=True, exist_ok=True)
-    friends = FriendTrees(parts[: len(roots)], tree, names, outputs) if roots else None
+    friends = FriendTrees(parts[: len(roots)], tree, names, outputs, rntuple) if roots else None
     try:
 
         def written() -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:

@@ -1,4 +1,5 @@
-"""Writers of `rootml predict`: entry-aligned friend trees (uproot) and parquet (awkward).
+"""Writers of `rootml predict`: entry-aligned friend trees or RNTuples (uproot) and parquet
+(awkward).
 
 Both take chunks (file index, first entry, branch -> scores) arriving in (file, entry) order.
 """
@@ -35,14 +36,20 @@ def _types_of(scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 class FriendTrees:
-    """One ROOT file per input (`paths[i]` for input i) holding TTree `tree`, one branch per
-    score. Files are written one at a time, in input order; each `write` appends one basket per
-    branch. Inputs without entries get an empty tree at `close`."""
+    """One ROOT file per input (`paths[i]` for input i) holding TTree `tree` (an RNTuple with
+    `rntuple=True`), one branch (field) per score. Files are written one at a time, in input
+    order; each `write` appends one basket per branch (one cluster of the RNTuple). Inputs
+    without entries get an empty tree at `close`."""
 
     def __init__(
-        self, paths: Sequence[Path], tree: str, names: Mapping[str, str], outputs: Sequence[Any]
+        self,
+        paths: Sequence[Path],
+        tree: str,
+        names: Mapping[str, str],
+        outputs: Sequence[Any],
+        rntuple: bool = False,
     ):
-        self.paths, self.tree = list(paths), tree
+        self.paths, self.tree, self.rntuple = list(paths), tree, rntuple
         self.types = _branch_types(names, outputs)
         self._file: Any = None
         self._current: int | None = None
@@ -55,7 +62,7 @@ class FriendTrees:
             self._close_current()
             self._file = uproot.recreate(self.paths[file])
             self.types = _types_of(scores)
-            self._tree = self._file.mktree(self.tree, self.types)
+            self._tree = self._make(self._file)
             self._current = file
             self._done.add(file)
         self._tree.extend(scores)
@@ -67,7 +74,13 @@ class FriendTrees:
         for index, path in enumerate(self.paths):
             if index not in self._done:
                 with uproot.recreate(path) as out:
-                    out.mktree(self.tree, self.types)
+                    self._make(out)
+
+    def _make(self, file: Any) -> Any:
+        if not self.rntuple:
+            return file.mktree(self.tree, self.types)
+        # uproot's RNTuple writer takes a fixed-size array as a dtype with a shape
+        return file.mkrntuple(self.tree, {k: np.dtype(t) for k, t in self.types.items()})
 
     def abort(self) -> None:
         self._close_current()

@@ -64,6 +64,10 @@ PARAMS: tuple[Param, ...] = (
           _DATA),
     Param("redirector", None, (str,), "prefix of grid paths not found locally, e.g. "
           "\"root://eospublic.cern.ch/\"", _DATA),
+    Param("cache", None, (str,), "folder for local copies of remote files: epoch 2+ reads "
+          "local disk", _DATA),
+    Param("cache_size", None, (int, str), "bound of the cache folder in bytes or e.g. "
+          "\"200GB\"; null: half its free space", _DATA),
     Param("chunk_size", 100_000, (int,), "entries read at once per file", _DATA, minimum=1),
     Param("shuffle", True, (bool,), "shuffle work units and rows every epoch", _DATA),
     Param("max_len", None, (int, float, dict), "pad length of jagged branches: N, a quantile "
@@ -121,6 +125,8 @@ DATASET_KEYS = (
     "cut",
     "aliases",
     "redirector",
+    "cache",
+    "cache_size",
     "sort_by",
     "nan_policy",
     "weights",

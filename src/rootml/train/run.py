@@ -128,7 +128,8 @@ def _selection(files: Any, labels: Any, params: dict[str, Any]) -> tuple[Selecti
     """What the run reads (its files resolved once, so every rank and dataset agrees) and the
     labels (per file; from `files` when it is a dict path -> label and `labels` is None)."""
     urls, dict_labels = resolve_files(files, params["redirector"])
-    keys = ("tree", "branches", "exclude", "cut", "aliases", "chunk_size", "redirector")
+    keys = ("tree", "branches", "exclude", "cut", "aliases", "chunk_size", "redirector", "cache")
+    keys += ("cache_size",)
     selection = Selection(urls, **{key: params[key] for key in keys})
     return selection, dict_labels if labels is None else labels
 
@@ -286,7 +287,7 @@ def _histograms(urls, labels, params, reserved, specs, folder: Path) -> None:
     entry (an inspection of the inputs, binned over the training Specs' ranges)."""
     from rootml.datasets import fit_histograms
 
-    keys = ("tree", "branches", "cut", "aliases", "chunk_size", "redirector")
+    keys = ("tree", "branches", "cut", "aliases", "chunk_size", "redirector", "cache", "cache_size")
     selection = Selection(
         urls, exclude=[*(params["exclude"] or []), *reserved], nevts=params["specs_nevts"],
         **{key: params[key] for key in keys},
