@@ -17,11 +17,13 @@ import numpy as np
 from rootml.datasets import _arguments as args
 from rootml.datasets._plan import Unit
 from rootml.datasets._reader import UnitReader
+from rootml.datasets._reserved import check_variables
 from rootml.datasets.dataset import RootIterableDataset, _load_hook
 from rootml.errors import ConfigError
 from rootml.progress import Progress
 from rootml.transforms import Specs
 from rootml.transforms.hist import Histograms
+from rootml.transforms.reweight import Reweighting
 from rootml.transforms.specs import regularize_max_len
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,12 @@ def fit_specs(
     redirector: str | None = None,
     retries: int = 3,
     backoff: float = 0.5,
+    reweight: Reweighting | None = None,
+    labels: Any = None,
+    label_branch: str | None = None,
+    weights: Any = None,
+    weight_branch: str | None = None,
+    nan_policy: str = "keep",
 ) -> Specs:
     """Fit a Specs: per-branch count, mean, std, min, max, NaN/inf count and multiplicity
     histograms, the pad lengths from `max_len`, and the fingerprint of the inputs.
@@ -60,13 +68,18 @@ def fit_specs(
     the cut): random work units of the plan, seeded by `seed`, the last one shortened; None reads
     every entry. max_len: as RootIterableDataset, applied to the fitted multiplicities
     (quantiles use the definition of BranchSpec.multiplicity_quantile). workers: files read at
-    once. Raises what RootIterableDataset raises (FileAccessError, SchemaError).
+    once. reweight: an unfitted rootml.transforms.reweight.Reweighting whose per-class
+    histograms are filled in the same pass (Specs.reweight), with each entry's class and weight
+    from labels / label_branch / weights / weight_branch / nan_policy as RootIterableDataset
+    takes them. Raises what RootIterableDataset raises (FileAccessError, SchemaError).
     """
     options = dict(
         tree=tree, branches=branches, exclude=exclude, cut=cut, aliases=aliases, entries=entries,
         preprocess=preprocess, redirector=redirector, retries=retries, backoff=backoff,
+        labels=labels, label_branch=label_branch, weights=weights, weight_branch=weight_branch,
+        nan_policy=nan_policy,
     )  # fmt: skip
-    return _fit(files, options, nevts, max_len, chunk_size, seed, workers)[0]
+    return _fit(files, options, nevts, max_len, chunk_size, seed, workers, reweight=reweight)[0]
 
 
 def fit_histograms(
@@ -115,6 +128,7 @@ def _fit(
     seed: int,
     workers: int,
     hist: tuple | None = None,
+    reweight: Reweighting | None = None,
 ) -> tuple[Specs, Histograms | None]:
     unit_size = args.positive_int("chunk_size", chunk_size)
     nevts = args.nevts(nevts)
@@ -130,6 +144,8 @@ def _fit(
     # skips its multiplicity pass (still made when there are aliases, to learn their kinds).
     ds = RootIterableDataset(files, chunk_size=unit_size, max_len=1, **options)
     kinds = {n: (s.kind, s.width, s.collection) for n, s in ds.specs.branches.items()}
+    if reweight is not None:
+        check_variables(reweight.variables, ds.first_meta, ds.aliases)
     fingerprint = ds.fingerprint()
     units = ds.units(0)
     if nevts is not None:
@@ -144,12 +160,15 @@ def _fit(
 
     def one_file(file_units: list[Unit]) -> tuple[Specs, Histograms | None]:
         part = Specs.empty(kinds, fingerprint)
+        part.reweight = reweight.empty_copy() if reweight is not None else None
         part_hist = histograms.empty_copy() if histograms is not None else None
-        reader = _reader(ds)
+        reader = _reader(ds, reweight)
         try:
             for unit in file_units:
                 columns, entries = _read(ds, reader, unit)
                 part.update(columns)
+                if reweight is not None:
+                    _fill_reweight(ds, part.reweight, columns, unit, entries)
                 if part_hist is not None:
                     label = part_hist.classes.index(ds._file_labels[unit.file])
                     part_hist.update(columns, np.full(len(entries), label))
@@ -159,6 +178,7 @@ def _fit(
         return part, part_hist
 
     specs = Specs.empty(kinds, fingerprint)
+    specs.reweight = reweight.empty_copy() if reweight is not None else None
     with bar, ThreadPoolExecutor(max(1, min(int(workers), len(by_file)))) as pool:
         for part, part_hist in pool.map(one_file, by_file.values()):
             specs.merge(part)
@@ -182,11 +202,19 @@ def _sample(units: Sequence[Unit], nevts: int, seed: int) -> list[Unit]:
     return sorted(chosen)
 
 
-def _reader(ds: RootIterableDataset) -> UnitReader:
+def _reader(ds: RootIterableDataset, reweight: Reweighting | None = None) -> UnitReader:
+    names = list(ds.branch_info)
+    if reweight is not None:  # the variables, and what gives each entry's class and weight
+        names += [*reweight.variables, *filter(None, [ds.label_branch, ds.weight_branch])]
     return UnitReader(
-        ds.files, ds.tree, list(ds.branch_info), ds.aliases, ds.cut, ds.retries, ds.backoff,
-        max_open=1,
+        ds.files, ds.tree, names, ds.aliases, ds.cut, ds.retries, ds.backoff, max_open=1,
     )  # fmt: skip
+
+
+def _fill_reweight(ds, reweight: Reweighting, columns: dict, unit: Unit, entries) -> None:
+    context = {"url": ds.files[unit.file], "tree": ds.tree, "entries": unit[1:]}
+    label, weight = ds.labels_weights(columns, unit, entries, context)
+    reweight.update(ds.reweight_columns(columns, entries, context, reweight), label, weight)
 
 
 def _read(ds: RootIterableDataset, reader: UnitReader, unit: Unit) -> tuple[dict, np.ndarray]:

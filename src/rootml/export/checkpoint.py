@@ -4,7 +4,9 @@ The run folder follows the contract between train/ and export/::
 
     RUN/model.py          defines model(**model_args): model(idim) for the flat layout,
                           model(inputs) for the collection layout
-    RUN/checkpoint.pt     the latest checkpoint; RUN/checkpoints/epoch_NNN.pt the earlier ones
+    RUN/checkpoint.pt     the latest checkpoint; RUN/checkpoints/epoch_NNN.pt the earlier ones;
+                          RUN/checkpoints/best.pt the best epoch (early stopping): exported
+                          instead of checkpoint.pt when it exists
     RUN/specs.json        the Specs (also inside the checkpoint)
     RUN/summary.json      the training summary (optional)
 
@@ -34,6 +36,7 @@ from rootml.transforms.collection import layout_parts
 from rootml.transforms.normalize import make_layout
 
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "checkpoints/best.pt"  # rootml.train.checkpoint.BEST: the best epoch (early stopping)
 LAYOUTS = ("flat", "collection")
 
 
@@ -79,6 +82,8 @@ def locate(source: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(source)
     if path.is_dir():
         checkpoint = path / CHECKPOINT_FILE
+        if (path / BEST_FILE).is_file():  # a run stopped early: its best epoch
+            checkpoint = path / BEST_FILE
         if not checkpoint.is_file():
             raise ModelError(f"{path} is not a training run: it has no {CHECKPOINT_FILE}")
         return path, checkpoint
@@ -208,18 +213,12 @@ def _build(factory: Any, checkpoint: Mapping[str, Any], checkpoint_path: Path) -
         raise ModelError(
             f"the run's model(**{args}) returned {type(module).__name__}, not a Module"
         )
+    from rootml.train.checkpoint import unwrapped_state
+
     try:
-        module.load_state_dict(_unwrapped(checkpoint["model_state"]))
+        module.load_state_dict(unwrapped_state(checkpoint["model_state"]))
     except (RuntimeError, TypeError, KeyError) as err:
         raise ModelError(f"{checkpoint_path}: model_state does not fit the model: {err}") from err
     return module.eval()
 
 
-def _unwrapped(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The state without the key prefix of a DDP ("module.") or torch.compile ("_orig_mod.")
-    wrapper, when every key has it."""
-    state = dict(state)
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state

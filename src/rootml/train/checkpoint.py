@@ -3,10 +3,13 @@
 RUN/checkpoint.pt is the latest state, RUN/checkpoints/epoch_NNN.pt the state after epoch NNN.
 A checkpoint is one dict saved with torch.save: "format" 1, "epoch" (completed epochs),
 "model_state", "optimizer_state", "scaler_state" (AMP), "history" (one row per completed epoch),
-"metrics" (the last row), "dataset_state", "rng_state", and, for a checkpoint taken inside an
-epoch, "partial" (step, DataLoader state, metric sums so far, seconds so far). The caller adds
-what describes the model (model_file, model_args, layout, feature_names, labels, normalize,
-pad_value, specs, params).
+"metrics" (the last row), "dataset_state", "rng_state", "schedule" and "monitor" (the
+learning-rate schedule's and early stopping's state), "stopped" (early stopping ended the run),
+and, for a checkpoint taken inside an epoch, "partial" (step, DataLoader state or in-memory
+step, metric sums so far, seconds so far). The caller adds what describes the model
+(model_file, model_args, layout, feature_names, labels, normalize, pad_value, specs, params,
+and for regression "regression": targets, loss and the output scale/offset).
+RUN/checkpoints/best.pt (BEST) is the best epoch's checkpoint of a run with early stopping.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from rootml.errors import ModelError
 
 FORMAT = 1
+BEST = Path("checkpoints") / "best.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -78,3 +82,24 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
     lines += [",".join(str(row.get(key, "")) for key in keys) for row in history]
     (out / "history.csv").write_text("\n".join(lines) + "\n")
     (out / "history.json").write_text(json.dumps(history, indent=1))
+
+
+def run_checkpoint(source: str | os.PathLike) -> Path:
+    """The checkpoint a run folder stands for (its BEST when it has one, else checkpoint.pt),
+    or `source` itself when it is a file. Raises ModelError when there is none."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / BEST if (path / BEST).is_file() else path / "checkpoint.pt"
+    if not path.is_file():
+        raise ModelError(f"no training run or checkpoint at {source}")
+    return path
+
+
+def unwrapped_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The state without the key prefix of a DDP ("module.") or torch.compile ("_orig_mod.")
+    wrapper, when every key has it."""
+    state = dict(state)
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state

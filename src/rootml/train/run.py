@@ -8,36 +8,34 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rootml.datasets import RootIterableDataset, fit_specs
 from rootml.datasets._files import resolve_files
 from rootml.errors import ConfigError
+from rootml.train.checkpoint import BEST, load_checkpoint
 from rootml.train.distributed import init_distributed, resolve_device
-from rootml.train.fit import fit
+from rootml.train.distributed import world as world_size
+from rootml.train.fit import evaluate, fit
 from rootml.train.folder import check_run_folder, clear_run_folder, finished_summary
-from rootml.train.model import build_model, model_arguments
+from rootml.train.model import build_model, freeze, init_from, model_arguments
+from rootml.train.objectives import Classification, Regression
 from rootml.train.params import dataset_arguments, load_params
+from rootml.train.schedule import EarlyStopping, LRSchedule
+from rootml.train.splits import fold_expression, fold_parts, n_folds_of, split_entries
+from rootml.train.splits import split_ranges as split_ranges
+from rootml.train.tracking import Tracking
 from rootml.transforms import Specs
+from rootml.transforms.reweight import Reweighting
 
 log = logging.getLogger(__name__)
 
-
-def split_ranges(ranges: list[tuple[int, int]], val_fraction: float) -> tuple[list, list]:
-    """Train / validation entry ranges: the last `val_fraction` of each file's selected entries
-    (ranges: [start, stop) per file) is held out, by entry number, so no validation entry is ever
-    trained on and the split does not depend on shuffling, workers or ranks."""
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"val_fraction must be in [0, 1), not {val_fraction}")
-    train, val = [], []
-    for start, stop in ranges:
-        cut = stop - int(round((stop - start) * val_fraction))
-        train.append((start, cut))
-        val.append((cut, stop))
-    return train, val
+FOLDS_FILE = "folds.json"  # in a k-fold run's folder: expression, number of folds, fold folders
 
 
 def run_from_params(
@@ -53,24 +51,36 @@ def run_from_params(
     """Train the model of `model_file` on `files` (list, glob, files.txt) with `labels` (list or
     labels.txt, one per file) as MLaaS4HEP does, writing everything into `out_dir`:
     params.json, model.py, specs.json, checkpoint.pt, checkpoints/, history.csv/json, plots/,
-    summary.json (and debug/ with params "debug_entries").
+    summary.json (and debug/ with params "debug_entries", tensorboard/ or mlflow.json with
+    params "log").
 
     params: params.json or a dict (rootml.train.params: MLaaS4HEP keys and rootml's own);
-    overrides (e.g. device="cpu", epochs=3) win over it. The last `val_fraction` of each file's
-    selected entries is the validation set (split_ranges); the Specs (pad lengths and the
-    statistics of `normalize`) are fitted on the training entries only, and on resume read back
-    from out_dir/specs.json. Under torchrun every rank calls this; rank 0 writes.
+    overrides (e.g. device="cpu", epochs=3) win over it. Entries are split by
+    rootml.train.splits: the last `val_fraction` of each file's selected entries validates, the
+    `test_fraction` before it is the test set, scored once after training (with the best epoch
+    when early stopping kept one) into summary.json "test" and plots/test/. The Specs (pad
+    lengths, the statistics of `normalize`, the reweighting histograms of reweight_vars) are
+    fitted on the training entries only, and on resume read back from out_dir/specs.json.
+    Under torchrun every rank calls this; rank 0 writes.
+
+    k-fold cross validation (params "folds", e.g. "event % 5"): fold k is a whole run in
+    out_dir/fold_k, trained and validated on the entries of the other folds, tested on its own;
+    params "fold" trains one fold, else every fold in turn. The Specs are fitted once on the
+    training entries of all folds (no labels enter the features' statistics), so every fold
+    model takes the same inputs. out_dir/folds.json names the expression and the folds,
+    out_dir/summary.json holds each fold's summary and the mean and spread of their test
+    metrics. `rootml export out_dir` makes the fold models one ensemble (rootml.export.folds).
 
     A run folder that already holds a run is refused unless `resume` (continue it up to
     `epochs`; "auto": only if it holds one, else start it) or `overwrite` (its checkpoints,
     history, plots and Specs are deleted first). When a resumed run already has `epochs`
-    epochs, nothing is trained and its summary is returned with "new_epochs" 0; fewer `epochs`
-    than it has is a ConfigError.
+    epochs (or stopped early), nothing is trained and its summary is returned with
+    "new_epochs" 0; fewer `epochs` than it has is a ConfigError.
 
     Before training, the model is built and run on a zero batch of the dataset's shape on the
     CPU, so a model that does not fit the inputs is refused at once (ModelError naming the model
     file, its arguments and torch's message). Files that all have one label (no labels.txt and
-    no label_branch) are refused: the model would learn one class.
+    no label_branch) are refused for classification: the model would learn one class.
 
     Returns the summary (also in summary.json): "new_epochs" trained by this call, and per
     epoch "epoch_seconds" and "epoch_events" (training + validation entries). Raises what
@@ -86,77 +96,138 @@ def run_from_params(
     device = resolve_device(params["device"])
     started = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     rank, world = init_distributed(device)
+    try:
+        if params["folds"]:
+            return _run_folds(files, labels, model_file, params, out, resume, overwrite, rank)
+        return _run(files, labels, model_file, params, out, resume, overwrite, begin)
+    finally:
+        if started and world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _run_folds(files, labels, model_file, params, out: Path, resume, overwrite, rank) -> dict:
+    """Every fold of params "folds" (or the one of "fold") as a run in out/fold_k."""
+    n = n_folds_of(params["folds"], params["n_folds"])
+    if params["test_fraction"]:
+        raise ConfigError("k-fold runs test each fold on its own entries: give test_fraction 0")
+    if params["fold"] is not None and params["fold"] >= n:
+        raise ConfigError(f"fold must be in 0..{n - 1} for {n} folds, not {params['fold']}")
+    record = {"folds": params["folds"], "n_folds": n, "expression": fold_expression(params["folds"], n),
+              "runs": [f"fold_{k}" for k in range(n)]}  # fmt: skip
+    if (out / FOLDS_FILE).is_file() and not overwrite:
+        held = json.loads((out / FOLDS_FILE).read_text())
+        if (held["folds"], held["n_folds"]) != (record["folds"], n):
+            raise ConfigError(
+                f"{out} holds the folds {held['folds']!r} ({held['n_folds']}), not "
+                f"{params['folds']!r} ({n}): give --overwrite or another --out"
+            )
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FOLDS_FILE).write_text(json.dumps(record, indent=1))
+    chosen = [params["fold"]] if params["fold"] is not None else range(n)
+    summaries = {}
+    for k in chosen:
+        begin = time.perf_counter()
+        folder = out / f"fold_{k}"
+        summaries[k] = _run(files, labels, model_file, params, folder, resume, overwrite, begin, k)
+    summary = folds_summary(out, n)
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_safe))
+    return summaries[chosen[-1]] if params["fold"] is not None else summary
+
+
+def folds_summary(out: Path, n: int) -> dict[str, Any]:
+    """The folds' summaries (those trained so far) and, per test metric, the mean over folds and
+    the standard deviation of the fold values."""
+    folds = {}
+    for k in range(n):
+        path = out / f"fold_{k}" / "summary.json"
+        if path.is_file():
+            folds[k] = json.loads(path.read_text())
+    tests = [s["test"] for s in folds.values() if s.get("test")]
+    keys = [k for k in (tests[0] if tests else {}) if all(k in t for t in tests)]
+    combined = {
+        key: {"mean": float(np.mean(values)), "std": float(np.std(values)), "folds": values}
+        for key in keys
+        if (values := [t[key] for t in tests]) and all(isinstance(v, (int, float)) for v in values)
+    }
+    return {"n_folds": n, "folds_done": sorted(folds), "test": combined,
+            "folds": {str(k): s for k, s in folds.items()}}  # fmt: skip
+
+
+def _run(files, labels, model_file, params, out: Path, resume, overwrite, begin, fold=None):
+    """One run (one fold of a k-fold run when `fold` is given) into `out`; its summary."""
+    rank, world = world_size()
     done = check_run_folder(out, resume, overwrite, params["epochs"])
     if world > 1:  # every rank reads the folder before rank 0 changes it
         torch.distributed.barrier()
     if done == params["epochs"]:
-        if started and world > 1:
-            torch.distributed.destroy_process_group()
         return finished_summary(out, done)
     if overwrite and rank == 0:
         clear_run_folder(out)
     urls, dict_labels = resolve_files(files, params["redirector"])
     labels = dict_labels if labels is None else labels
     torch.manual_seed(params["seed"])
-    specs, train, val = _datasets(urls, labels, params, out if done is not None else None)
-    model_args = model_arguments(train)
-    classes = None if params["label_branch"] else max(train._file_labels) + 1
-    model = build_model(model_file, model_args, train, classes)
-    record = {**params, "files": urls, "labels": train._file_labels}
+    data = _datasets(urls, labels, params, out if done is not None else None, fold)
+    model_args = model_arguments(data.train)
+    classes = None if params["label_branch"] or data.regression else max(data.train._file_labels) + 1  # fmt: skip
+    objective = _objective(params, data)
+    outputs = getattr(objective, "outputs", None)
+    model = build_model(model_file, model_args, data.train, classes, outputs)
+    if done is None and params["init_from"]:
+        init_from(model, params["init_from"])
+    freeze(model, params["freeze"])
+    record = {**params, "files": urls, "labels": data.train._file_labels, "fold": fold}
     if rank == 0 and done is None:
-        _write_inputs(out, model_file, specs, record)
-    extra = {
-        "model_file": "model.py",
-        "model_args": model_args,
-        "layout": params["layout"],
-        "feature_names": train.feature_names,
-        "labels": _label_names(train._file_labels),
-        "normalize": params["normalize"],
-        "pad_value": params["pad_value"],
-        "specs": specs.to_dict(),
-        "params": record,
-        "tree": train.tree,
-        "branches": list(train.branch_info),
-    }
+        _write_inputs(out, model_file, data.specs, record)
+    extra = _checkpoint_extra(params, data, model_args, record, objective)
+    tracking = None
+    if rank == 0 and params["log"]:
+        steps = sum(row.get("steps", 0) for row in (_history(out) if done else []))
+        tracking = Tracking(params["log"], out, record, steps, out.name if fold is not None else None)  # fmt: skip
     history = fit(
-        model,
-        train,
-        val,
-        out_dir=out,
-        epochs=params["epochs"],
-        lr=params["lr"],
-        device=params["device"],
-        num_workers=params["num_workers"],
-        amp=params["amp"],
-        class_weights=params["class_weights"],
-        resume=done is not None,
-        checkpoint_every=params["checkpoint_every"],
-        record_entries=params["debug_entries"],
-        checkpoint_extra=extra,
-    )
-    summary = {
-        **_timings(history, done or 0, time.perf_counter() - begin),
-        "train_entries": train.num_entries,
-        "val_entries": val.num_entries if val else 0,
-        "features": len(train.feature_names),
-        "final": history[-1] if history else {},
-        "report": dict(train.report),
-        "device": _device_name(device),
-        "world_size": world,
-        "num_workers": params["num_workers"],
-        "amp": bool(params["amp"]),
-        "versions": _versions(),
-    }
+        model, data.train, data.val, out_dir=out, epochs=params["epochs"], lr=params["lr"],
+        device=params["device"], num_workers=params["num_workers"], amp=params["amp"],
+        resume=done is not None, checkpoint_every=params["checkpoint_every"],
+        record_entries=params["debug_entries"], checkpoint_extra=extra, objective=objective,
+        schedule=_schedule(params, data.val is not None),
+        early_stopping=EarlyStopping.from_params(params["early_stopping"], data.val is not None),
+        in_memory=int(params["in_memory"]),
+        on_epoch=tracking.on_epoch if tracking else None,
+        on_step=tracking.on_step if tracking else None,
+    )  # fmt: skip
+    test = None
+    if data.test is not None:
+        test = _test(model, out, data, params, objective, history)
+    summary = _summary(history, done, begin, data, params, world, test, fold)
+    if params["early_stopping"]:
+        state = load_checkpoint(out / "checkpoint.pt")
+        summary["early_stopping"] = {**(state.get("monitor") or {}), "stopped": bool(state.get("stopped"))}  # fmt: skip
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_safe))
-    if started and world > 1:
-        torch.distributed.destroy_process_group()
+    if tracking is not None:
+        tracking.finish()
     return summary
 
 
-def _datasets(urls: list[str], labels: Any, params: dict[str, Any], resumed: Path | None):
-    """(specs, training dataset, validation dataset or None) of a run: the Specs fitted on the
-    training entries, or read from the `resumed` run folder."""
+@dataclass
+class _Data:
+    """The fitted Specs, the datasets of a run, and the regression targets' statistics."""
+
+    specs: Specs
+    train: Any
+    val: Any
+    test: Any
+    targets: dict[str, list[float]] | None = None
+
+    @property
+    def regression(self) -> bool:
+        return self.targets is not None
+
+
+def _datasets(urls, labels, params, resumed: Path | None, fold: int | None) -> _Data:
+    """The Specs fitted on the training entries (or read from the `resumed` run folder), and the
+    training, validation and test datasets (None for an empty part)."""
     common = dataset_arguments(params)
     probe = RootIterableDataset(
         urls,
@@ -165,39 +236,169 @@ def _datasets(urls: list[str], labels: Any, params: dict[str, Any], resumed: Pat
         max_len=1,
         **{k: v for k, v in common.items() if k not in ("normalize",)},
     )
-    _check_classes(probe._file_labels, labels, params["label_branch"])
-    train_ranges, val_ranges = split_ranges(probe.ranges, params["val_fraction"])
-    specs = (
-        Specs.load(resumed / "specs.json")
-        if resumed is not None
-        else fit_specs(
-            urls,
-            params["tree"],
-            params["branches"],
-            [*(params["exclude"] or []), *_reserved(params)],
-            params["cut"],
-            params["aliases"],
-            params["specs_nevts"],
-            params["max_len"],
-            entries=train_ranges,
-            chunk_size=params["chunk_size"],
-            seed=params["seed"],
-            redirector=params["redirector"],
-        )
+    if not params["target_branch"]:
+        _check_classes(probe._file_labels, labels, params["label_branch"])
+    if fold is None:
+        parts = split_entries(probe.ranges, params["val_fraction"], params["test_fraction"])
+    else:
+        n = n_folds_of(params["folds"], params["n_folds"])
+        parts = fold_parts(probe.ranges, params["val_fraction"], params["folds"], n, fold, params["cut"])  # fmt: skip
+    specs = Specs.load(resumed / "specs.json") if resumed is not None else _fit_specs(urls, labels, params, parts.train)  # fmt: skip
+    targets = _targets(urls, params, parts.train, resumed) if params["target_branch"] else None
+    common.update(targets=params["target_branch"], reweight=bool(params["reweight_vars"]),
+                  specs=specs, reuse_specs=fold is not None)  # fmt: skip
+    evaluation = dict(common, shuffle=False, balance=None)
+
+    def dataset(entries, options, cut):
+        if not sum(stop - start for start, stop in entries):
+            return None
+        return RootIterableDataset(urls, labels=labels, entries=entries, **{**options, "cut": cut})
+
+    train = dataset(parts.train, common, parts.train_cut or params["cut"])
+    if train is None:
+        raise ConfigError("no training entries: lower val_fraction / test_fraction, or give more entries")  # fmt: skip
+    val = dataset(parts.val, evaluation, parts.train_cut or params["cut"]) if params["val_fraction"] > 0 else None  # fmt: skip
+    test = dataset(parts.test, evaluation, parts.test_cut or params["cut"])
+    return _Data(specs, train, val, test, targets)
+
+
+def _fit_specs(urls, labels, params, entries) -> Specs:
+    reweight = None
+    if params["reweight_vars"]:
+        reweight = Reweighting.from_params(params["reweight_vars"], params["reweight_method"],
+                                           params["reweight_reference"], params["reweight_max"])  # fmt: skip
+    return fit_specs(
+        urls,
+        params["tree"],
+        params["branches"],
+        [*(params["exclude"] or []), *_reserved(params)],
+        params["cut"],
+        params["aliases"],
+        params["specs_nevts"],
+        params["max_len"],
+        entries=entries,
+        chunk_size=params["chunk_size"],
+        seed=params["seed"],
+        redirector=params["redirector"],
+        reweight=reweight,
+        labels=labels,
+        label_branch=params["label_branch"],
+        weights=params["weights"],
+        weight_branch=params["weight_branch"],
+        nan_policy=params["nan_policy"],
     )
-    train = RootIterableDataset(urls, labels=labels, entries=train_ranges, specs=specs, **common)
-    val = None
-    if params["val_fraction"] > 0:
-        options = dict(common, shuffle=False, balance=None)
-        val = RootIterableDataset(urls, labels=labels, entries=val_ranges, specs=specs, **options)
-    return specs, train, val
+
+
+def _targets(urls, params, entries, resumed: Path | None) -> dict[str, list[float]]:
+    """mean, std, low, high of each regression target over the training entries (a pass over
+    the target branches alone), or those of the `resumed` run's checkpoint."""
+    if resumed is not None:
+        stats = load_checkpoint(resumed / "checkpoint.pt").get("regression", {}).get("stats")
+        if stats:
+            return stats
+    fitted = fit_specs(urls, params["tree"], params["target_branch"], None, params["cut"],
+                       params["aliases"], params["specs_nevts"], entries=entries,
+                       chunk_size=params["chunk_size"], seed=params["seed"],
+                       redirector=params["redirector"])  # fmt: skip
+    names = params["target_branch"]
+    specs = [fitted.branches[name] for name in names]
+    for name, spec in zip(names, specs):
+        if spec.kind != "flat" or not spec.count:
+            raise ConfigError(f"target_branch {name!r} must hold one finite number per entry ({spec.kind}, {spec.count} finite values)")  # fmt: skip
+    return {"mean": [s.mean for s in specs], "std": [s.std for s in specs],
+            "low": [s.min for s in specs], "high": [s.max for s in specs]}  # fmt: skip
+
+
+def _objective(params: dict[str, Any], data: _Data) -> Any:
+    if not data.regression:
+        if params["loss"] is not None:
+            raise ConfigError(f"loss {params['loss']!r} is a regression loss: give target_branch")
+        return Classification(params["class_weights"], _label_names(data.train._file_labels))
+    if params["class_weights"] or params["balance"]:
+        raise ConfigError("class_weights and balance are for classification, not target_branch")
+    t = data.targets
+    return Regression(params["target_branch"], t["mean"], t["std"], t["low"], t["high"],
+                      params["loss"] or "mse", params["huber_delta"],
+                      params["target_normalize"] == "standard")  # fmt: skip
+
+
+def _schedule(params: dict[str, Any], has_val: bool) -> LRSchedule:
+    stopping = params["early_stopping"] or {}
+    metric = stopping.get("metric") or ("val_loss" if has_val else "train_loss")
+    return LRSchedule(params["lr"], params["epochs"], params["lr_schedule"], params["warmup_epochs"],
+                      params["lr_min"], params["lr_step"], params["lr_gamma"], params["lr_patience"],
+                      metric, stopping.get("mode"))  # fmt: skip
+
+
+def _checkpoint_extra(params, data: _Data, model_args, record, objective) -> dict[str, Any]:
+    extra = {
+        "model_file": "model.py",
+        "model_args": model_args,
+        "layout": params["layout"],
+        "feature_names": data.train.feature_names,
+        "labels": _label_names(data.train._file_labels),
+        "normalize": params["normalize"],
+        "pad_value": params["pad_value"],
+        "specs": data.specs.to_dict(),
+        "params": record,
+        "tree": data.train.tree,
+        "branches": list(data.train.branch_info),
+    }
+    if data.regression:
+        extra["regression"] = {**objective.checkpoint_record(), "stats": data.targets}
+        extra["labels"] = None
+    return extra
+
+
+def _test(model, out: Path, data: _Data, params, objective, history) -> dict[str, Any]:
+    """The test set scored once, by the best epoch's model when early stopping kept one."""
+    epoch = history[-1]["epoch"] if history else 0
+    best = out / BEST
+    if best.is_file():
+        state = load_checkpoint(best)
+        model.load_state_dict(state["model_state"])
+        epoch = state["epoch"]
+    metrics = evaluate(model, data.test, out_dir=out, objective=objective, device=params["device"],
+                       num_workers=params["num_workers"], epoch=epoch)  # fmt: skip
+    return {**metrics.result("test"), "epoch": epoch}
+
+
+def _summary(history, done, begin, data: _Data, params, world, test, fold) -> dict[str, Any]:
+    summary = {
+        **_timings(history, done or 0, time.perf_counter() - begin),
+        "train_entries": data.train.num_entries,
+        "val_entries": data.val.num_entries if data.val else 0,
+        "test_entries": data.test.num_entries if data.test else 0,
+        "features": len(data.train.feature_names),
+        "final": history[-1] if history else {},
+        "report": dict(data.train.report),
+        "device": _device_name(resolve_device(params["device"])),
+        "world_size": world,
+        "num_workers": params["num_workers"],
+        "amp": bool(params["amp"]),
+        "versions": _versions(),
+    }
+    if test is not None:
+        summary["test"] = test
+    if fold is not None:
+        summary["fold"] = fold
+    return summary
+
+
+def _history(out: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads((out / "history.json").read_text())
+    except (OSError, ValueError):
+        return []
 
 
 def _reserved(params: dict[str, Any]) -> list[str]:
-    """Identifier, label and weight branches: never features, so the Specs leave them out."""
+    """Identifier, label, weight and target branches: never features, so the Specs leave them
+    out."""
     return [
         *(params["identifiers"] or []),
         *filter(None, [params["label_branch"], params["weight_branch"]]),
+        *(params["target_branch"] or []),
     ]
 
 

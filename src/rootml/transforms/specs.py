@@ -20,6 +20,7 @@ from rootml.errors import ConfigError, SchemaError, SpecsMismatch, closest
 from rootml.transforms.collection import collection_name
 from rootml.transforms.layout import Column, make_columns
 from rootml.transforms.pad import jagged_parts
+from rootml.transforms.reweight import Reweighting
 
 FORMAT = 1
 
@@ -104,12 +105,15 @@ class Specs:
     branches: branch -> BranchSpec, in feature order.
     pad: jagged branch -> pad length (number of feature columns).
     fingerprint: files, tree, branches, cut and aliases the statistics come from.
+    reweight: the kinematic reweighting histograms per class (rootml.transforms.reweight), when
+    fitted; updated by the fitting pass with labels and weights, not by `update`.
     """
 
     branches: dict[str, BranchSpec] = field(default_factory=dict)
     pad: dict[str, int] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     entries: int = 0
+    reweight: Reweighting | None = None
 
     @classmethod
     def empty(cls, kinds: Mapping[str, tuple[str, int, str | None]], fingerprint: dict) -> Specs:
@@ -137,6 +141,9 @@ class Specs:
         for name, spec in self.branches.items():
             spec.merge(other.branches[name])
         self.entries += other.entries
+        if other.reweight is not None:
+            mine = self.reweight if self.reweight is not None else other.reweight.empty_copy()
+            self.reweight = mine.merge(other.reweight)
         return self
 
     def resolve_pad(
@@ -215,6 +222,7 @@ class Specs:
             if all(s.kind != "jagged" or n in self.pad for n, s in self.branches.items())
             else None,
             "branches": {name: _finite_json(asdict(spec)) for name, spec in self.branches.items()},
+            **({"reweight": self.reweight.to_dict()} if self.reweight is not None else {}),
         }
 
     @classmethod
@@ -227,6 +235,7 @@ class Specs:
             dict(data.get("pad", {})),
             dict(data.get("fingerprint", {})),
             int(data.get("entries", 0)),
+            Reweighting.from_dict(data["reweight"]) if data.get("reweight") else None,
         )
 
     def save(self, path: str | os.PathLike) -> None:
