@@ -20,3 +20,11 @@ def tth_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tth")
     module.make_data(folder, events=3000, seed=5)
     return folder
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """Two generated files with known answers (tests/train/_generated.py), 2000 entries each."""
+    from ._generated import make_files
+
+    return make_files(tmp_path_factory.mktemp("generated"), entries=2000)

@@ -12,7 +12,8 @@ The run folder follows the contract between train/ and export/::
 
 Checkpoint keys read: model_state, model_file, model_args, layout ("flat" or "collection"),
 feature_names (checked against the Specs), labels, normalize, pad_value, specs (else
-RUN/specs.json), params, epoch, metrics, and for the collection layout optionally collections
+RUN/specs.json), params, epoch, metrics, regression (targets, loss, and the output scale and
+offset that give the targets' units), and for the collection layout optionally collections
 (name -> branches; default: jagged branches grouped by name prefix, as CollectionLayout does).
 
 How a model is called: rootml.transforms.feed.call_model, the rule training uses too.
@@ -62,6 +63,15 @@ class TrainedRun:
     labels: list[str] | None
     params: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
+    regression: dict[str, Any] | None = None
+
+    @property
+    def output_affine(self) -> tuple[list[float], list[float]] | None:
+        """(scale, offset) per output column that give a regression model's outputs in its
+        targets' units (checkpoint "regression"), or None (a classifier)."""
+        if not self.regression:
+            return None
+        return list(self.regression["scale"]), list(self.regression["offset"])
 
     @property
     def parts(self) -> list[tuple[str, str, list[str]]]:
@@ -179,6 +189,7 @@ def load_run(source: str | os.PathLike) -> TrainedRun:
         labels=None if labels is None else [str(label) for label in labels],
         params=dict(checkpoint.get("params") or {}),
         summary=summary,
+        regression=checkpoint.get("regression"),
     )
 
 

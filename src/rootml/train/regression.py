@@ -149,8 +149,9 @@ def plot_regression(
 ) -> list[Path]:
     """Per target: predicted_vs_true_<t>.png (2D histogram, last sample of `samples`, e.g.
     validation), residuals_<t>.png (residual distributions of every sample, unit area, with
-    bias and resolution), response_<t>.png (response per bin of the true value), and
-    regression.json with the numbers drawn."""
+    bias and resolution), response_<t>.png (response per bin of the true value; the bias per
+    bin instead for a target whose range reaches 0 or below, where a ratio means nothing),
+    resolution_<t>.png (resolution per bin), and regression.json with the numbers drawn."""
     folder.mkdir(parents=True, exist_ok=True)
     first = next(iter(samples.values()))
     canvas, written, numbers = Canvas(), [], {"epoch": epoch, "targets": {}}
@@ -165,8 +166,10 @@ def plot_regression(
                         f"Predicted vs true {name}, {shown}, epoch {epoch}", context),
             canvas.draw(folder / f"residuals_{stem}.png", _residual_drawer(samples, j, name),
                         f"Residuals of {name}, epoch {epoch}", context),
-            canvas.draw(folder / f"response_{stem}.png", _response_drawer(samples, j, name),
+            canvas.draw(folder / f"response_{stem}.png", _per_bin_drawer(samples, j, name, "response"),
                         f"Response per bin of true {name}, epoch {epoch}", context),
+            canvas.draw(folder / f"resolution_{stem}.png", _per_bin_drawer(samples, j, name, "resolution"),
+                        f"Resolution per bin of true {name}, epoch {epoch}", context),
         ]  # fmt: skip
     (folder / "regression.json").write_text(json.dumps(numbers, default=_nan_null))
     return written
@@ -217,16 +220,24 @@ def _residual_drawer(samples: dict[str, RegressionMetrics], j: int, name: str):
     return draw
 
 
-def _response_drawer(samples: dict[str, RegressionMetrics], j: int, name: str):
+def _per_bin_drawer(samples: dict[str, RegressionMetrics], j: int, name: str, what: str):
+    first = next(iter(samples.values()))
+    if what == "response" and float(first.low[j]) <= 0:
+        what = "bias"  # a ratio to values around 0 means nothing
+    labels = {"response": "response: sum(predicted) / sum(true)",
+              "bias": f"bias: mean(predicted - true {name})",
+              "resolution": f"resolution: std(predicted - true {name})"}  # fmt: skip
+
     def draw(axes):
         for split, metrics in samples.items():
             table = metrics.per_bin_table(j)
             edges = np.asarray(table["edges"])
             centres = (edges[:-1] + edges[1:]) / 2
-            axes.plot(centres, table["response"], marker="o", label=split)
-        axes.axhline(1.0, ls=":", color="grey", lw=0.8)
+            axes.plot(centres, table[what], marker="o", label=split)
+        if what != "resolution":
+            axes.axhline(1.0 if what == "response" else 0.0, ls=":", color="grey", lw=0.8)
         axes.set_xlabel(f"true {name}")
-        axes.set_ylabel("response: sum(predicted) / sum(true)")
+        axes.set_ylabel(labels[what])
         if axes.has_data():
             axes.legend()
 
