@@ -108,7 +108,7 @@ def fit(
 
     objective: rootml.train.objectives.Classification (the default, with class_weights and
     class_names) or Regression (float targets batch["target"]; metrics loss, bias, resolution
-    per target; regression plots). schedule: a rootml.train.schedule.LRSchedule (learning rate
+    per target; history plots every epoch, the regression plots after the last). schedule: a rootml.train.schedule.LRSchedule (learning rate
     per epoch; default constant `lr`). early_stopping: an EarlyStopping: stop after its patience
     epochs without improvement of its metric; the best epoch's checkpoint is also written as
     checkpoints/best.pt, and checkpoint.pt says "stopped" (a resumed run has nothing left).
@@ -180,7 +180,8 @@ def fit(
             note = "final model"
         if rank == 0:
             context = title if title is not None else _context(out, train)
-            objective.plot(out / "plots", history, metrics, val_metrics, context, note)
+            last = run.stopped or epoch == epochs - 1
+            objective.plot(out / "plots", history, metrics, val_metrics, context, note, last)
         if on_epoch is not None:
             on_epoch(row)
         if run.stopped:

@@ -60,7 +60,8 @@ class Classification:
         probs, labels = info
         metrics.update(weighted, probs, labels, weight)
 
-    def plot(self, folder: Path, history, train, val, context: str, note: str) -> None:
+    def plot(self, folder: Path, history, train, val, context: str, note: str, last=True) -> None:
+        """The history plots and the ROC and score plots of this epoch."""
         names = display_names(train.n_classes, self.names)
         plot_history(history, folder, context)
         plot_classifier(train, val, folder, history[-1]["epoch"], names, context, note)
@@ -153,12 +154,16 @@ class Regression:
         predicted, target = info
         metrics.update(weighted, predicted, target, weight)
 
-    def plot(self, folder: Path, history, train, val, context: str, note: str) -> None:
+    def plot(self, folder: Path, history, train, val, context: str, note: str, last=True) -> None:
+        """The history plots (loss, resolution, bias) every epoch; the regression plots of the
+        final model (`last`: they take a while, and show the model that is kept)."""
         _, resolution, bias = self.columns
         metrics = {"loss": ("Loss", "loss (weighted)"),
                    resolution: ("Resolution", f"resolution of {self.names[0]}"),
                    bias: ("Bias", f"bias of {self.names[0]}")}  # fmt: skip
         plot_history(history, folder, context, metrics)
+        if not last:
+            return
         samples = {f"train ({note})": train, **({"validation": val} if val is not None else {})}
         plot_regression(samples, folder, history[-1]["epoch"], context)
 
