@@ -312,7 +312,8 @@ def _epoch_line(
     ]
     rate = f"{row['events_per_s']:,.0f}" if row.get("events_per_s") else "-"
     return (
-        f"{row['epoch']:>3}/{epochs:<3} | " + " | ".join(parts)
+        f"{row['epoch']:>3}/{epochs:<3} | "
+        + " | ".join(parts)
         + f" | {duration(row['seconds']):>8} {rate:>9}"
     )
 

@@ -105,4 +105,3 @@ class MemoryCache:
         for start in range(skip * batch_size, n, batch_size):
             index = order[start : start + batch_size]
             yield {k: torch.from_numpy(v[index]) for k, v in arrays.items()}
-

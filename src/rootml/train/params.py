@@ -127,7 +127,7 @@ PARAMS: tuple[Param, ...] = (
     Param("amp", False, (bool,), "mixed precision (float16 on CUDA, bfloat16 on CPU)", _TRAIN),
     Param("checkpoint_every", None, (int,), "training steps between checkpoints inside an "
           "epoch (one process)", _TRAIN, minimum=1),
-    Param("in_memory", 0, (int,), "bytes of padded arrays kept from the first epoch, so later "
+    Param("in_memory", 0, _NUMBER, "bytes of padded arrays kept from the first epoch, so later "
           "epochs shuffle in memory instead of reading; 0, or more data than this: stream",
           _TRAIN, minimum=0, flag=True),
     Param("lr_schedule", None, (str,), "learning rate per epoch: cosine (to lr_min at the last "

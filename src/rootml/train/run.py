@@ -8,30 +8,33 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rootml.datasets import RootIterableDataset, fit_specs
 from rootml.datasets._files import resolve_files
 from rootml.errors import ConfigError
 from rootml.train.checkpoint import BEST, load_checkpoint
 from rootml.train.distributed import init_distributed, resolve_device
-from rootml.train.distributed import world as world_size
+from rootml.train.distributed import world as rank_world
 from rootml.train.fit import evaluate, fit
 from rootml.train.folder import check_run_folder, clear_run_folder, finished_summary
+from rootml.train.inputs import (
+    RunData,
+    label_names,
+    make_objective,
+    make_schedule,
+    reserved,
+    run_data,
+)
 from rootml.train.model import build_model, freeze, init_from, model_arguments
-from rootml.train.objectives import Classification, Regression
-from rootml.train.params import dataset_arguments, load_params
-from rootml.train.schedule import EarlyStopping, LRSchedule
-from rootml.train.splits import fold_expression, fold_parts, n_folds_of, split_entries
-from rootml.train.splits import split_ranges as split_ranges
+from rootml.train.params import load_params
+from rootml.train.schedule import EarlyStopping
+from rootml.train.splits import fold_expression, n_folds_of
 from rootml.train.tracking import Tracking
 from rootml.transforms import Specs
-from rootml.transforms.reweight import Reweighting
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +117,21 @@ def _run_folds(files, labels, model_file, params, out: Path, resume, overwrite, 
         raise ConfigError(f"fold must be in 0..{n - 1} for {n} folds, not {params['fold']}")
     record = {"folds": params["folds"], "n_folds": n, "expression": fold_expression(params["folds"], n),
               "runs": [f"fold_{k}" for k in range(n)]}  # fmt: skip
-    if (out / FOLDS_FILE).is_file() and not overwrite:
+    if (out / FOLDS_FILE).is_file():
         held = json.loads((out / FOLDS_FILE).read_text())
         if (held["folds"], held["n_folds"]) != (record["folds"], n):
-            raise ConfigError(
-                f"{out} holds the folds {held['folds']!r} ({held['n_folds']}), not "
-                f"{params['folds']!r} ({n}): give --overwrite or another --out"
-            )
+            if not overwrite:
+                raise ConfigError(
+                    f"{out} holds the folds {held['folds']!r} ({held['n_folds']}), not "
+                    f"{params['folds']!r} ({n}): give --overwrite or another --out"
+                )
+            for k in range(held["n_folds"]) if rank == 0 else ():  # other folds: all stale
+                clear_run_folder(out / f"fold_{k}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / FOLDS_FILE).write_text(json.dumps(record, indent=1))
+    if "mlflow" in (params["log"] or []) and not (params["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")):  # fmt: skip
+        params = {**params, "tracking_uri": (out / "mlruns").resolve().as_uri()}  # one store, a run per fold
     chosen = [params["fold"]] if params["fold"] is not None else range(n)
     summaries = {}
     for k in chosen:
@@ -157,7 +165,7 @@ def folds_summary(out: Path, n: int) -> dict[str, Any]:
 
 def _run(files, labels, model_file, params, out: Path, resume, overwrite, begin, fold=None):
     """One run (one fold of a k-fold run when `fold` is given) into `out`; its summary."""
-    rank, world = world_size()
+    rank, world = rank_world()
     done = check_run_folder(out, resume, overwrite, params["epochs"])
     if world > 1:  # every rank reads the folder before rank 0 changes it
         torch.distributed.barrier()
@@ -168,10 +176,10 @@ def _run(files, labels, model_file, params, out: Path, resume, overwrite, begin,
     urls, dict_labels = resolve_files(files, params["redirector"])
     labels = dict_labels if labels is None else labels
     torch.manual_seed(params["seed"])
-    data = _datasets(urls, labels, params, out if done is not None else None, fold)
+    data = run_data(urls, labels, params, out if done is not None else None, fold)
     model_args = model_arguments(data.train)
     classes = None if params["label_branch"] or data.regression else max(data.train._file_labels) + 1  # fmt: skip
-    objective = _objective(params, data)
+    objective = make_objective(params, data)
     outputs = getattr(objective, "outputs", None)
     model = build_model(model_file, model_args, data.train, classes, outputs)
     if done is None and params["init_from"]:
@@ -190,7 +198,7 @@ def _run(files, labels, model_file, params, out: Path, resume, overwrite, begin,
         device=params["device"], num_workers=params["num_workers"], amp=params["amp"],
         resume=done is not None, checkpoint_every=params["checkpoint_every"],
         record_entries=params["debug_entries"], checkpoint_extra=extra, objective=objective,
-        schedule=_schedule(params, data.val is not None),
+        schedule=make_schedule(params, data.val is not None),
         early_stopping=EarlyStopping.from_params(params["early_stopping"], data.val is not None),
         in_memory=int(params["in_memory"]),
         on_epoch=tracking.on_epoch if tracking else None,
@@ -210,133 +218,13 @@ def _run(files, labels, model_file, params, out: Path, resume, overwrite, begin,
     return summary
 
 
-@dataclass
-class _Data:
-    """The fitted Specs, the datasets of a run, and the regression targets' statistics."""
-
-    specs: Specs
-    train: Any
-    val: Any
-    test: Any
-    targets: dict[str, list[float]] | None = None
-
-    @property
-    def regression(self) -> bool:
-        return self.targets is not None
-
-
-def _datasets(urls, labels, params, resumed: Path | None, fold: int | None) -> _Data:
-    """The Specs fitted on the training entries (or read from the `resumed` run folder), and the
-    training, validation and test datasets (None for an empty part)."""
-    common = dataset_arguments(params)
-    probe = RootIterableDataset(
-        urls,
-        labels=labels,
-        nevts=params["nevts"],
-        max_len=1,
-        **{k: v for k, v in common.items() if k not in ("normalize",)},
-    )
-    if not params["target_branch"]:
-        _check_classes(probe._file_labels, labels, params["label_branch"])
-    if fold is None:
-        parts = split_entries(probe.ranges, params["val_fraction"], params["test_fraction"])
-    else:
-        n = n_folds_of(params["folds"], params["n_folds"])
-        parts = fold_parts(probe.ranges, params["val_fraction"], params["folds"], n, fold, params["cut"])  # fmt: skip
-    specs = Specs.load(resumed / "specs.json") if resumed is not None else _fit_specs(urls, labels, params, parts.train)  # fmt: skip
-    targets = _targets(urls, params, parts.train, resumed) if params["target_branch"] else None
-    common.update(targets=params["target_branch"], reweight=bool(params["reweight_vars"]),
-                  specs=specs, reuse_specs=fold is not None)  # fmt: skip
-    evaluation = dict(common, shuffle=False, balance=None)
-
-    def dataset(entries, options, cut):
-        if not sum(stop - start for start, stop in entries):
-            return None
-        return RootIterableDataset(urls, labels=labels, entries=entries, **{**options, "cut": cut})
-
-    train = dataset(parts.train, common, parts.train_cut or params["cut"])
-    if train is None:
-        raise ConfigError("no training entries: lower val_fraction / test_fraction, or give more entries")  # fmt: skip
-    val = dataset(parts.val, evaluation, parts.train_cut or params["cut"]) if params["val_fraction"] > 0 else None  # fmt: skip
-    test = dataset(parts.test, evaluation, parts.test_cut or params["cut"])
-    return _Data(specs, train, val, test, targets)
-
-
-def _fit_specs(urls, labels, params, entries) -> Specs:
-    reweight = None
-    if params["reweight_vars"]:
-        reweight = Reweighting.from_params(params["reweight_vars"], params["reweight_method"],
-                                           params["reweight_reference"], params["reweight_max"])  # fmt: skip
-    return fit_specs(
-        urls,
-        params["tree"],
-        params["branches"],
-        [*(params["exclude"] or []), *_reserved(params)],
-        params["cut"],
-        params["aliases"],
-        params["specs_nevts"],
-        params["max_len"],
-        entries=entries,
-        chunk_size=params["chunk_size"],
-        seed=params["seed"],
-        redirector=params["redirector"],
-        reweight=reweight,
-        labels=labels,
-        label_branch=params["label_branch"],
-        weights=params["weights"],
-        weight_branch=params["weight_branch"],
-        nan_policy=params["nan_policy"],
-    )
-
-
-def _targets(urls, params, entries, resumed: Path | None) -> dict[str, list[float]]:
-    """mean, std, low, high of each regression target over the training entries (a pass over
-    the target branches alone), or those of the `resumed` run's checkpoint."""
-    if resumed is not None:
-        stats = load_checkpoint(resumed / "checkpoint.pt").get("regression", {}).get("stats")
-        if stats:
-            return stats
-    fitted = fit_specs(urls, params["tree"], params["target_branch"], None, params["cut"],
-                       params["aliases"], params["specs_nevts"], entries=entries,
-                       chunk_size=params["chunk_size"], seed=params["seed"],
-                       redirector=params["redirector"])  # fmt: skip
-    names = params["target_branch"]
-    specs = [fitted.branches[name] for name in names]
-    for name, spec in zip(names, specs):
-        if spec.kind != "flat" or not spec.count:
-            raise ConfigError(f"target_branch {name!r} must hold one finite number per entry ({spec.kind}, {spec.count} finite values)")  # fmt: skip
-    return {"mean": [s.mean for s in specs], "std": [s.std for s in specs],
-            "low": [s.min for s in specs], "high": [s.max for s in specs]}  # fmt: skip
-
-
-def _objective(params: dict[str, Any], data: _Data) -> Any:
-    if not data.regression:
-        if params["loss"] is not None:
-            raise ConfigError(f"loss {params['loss']!r} is a regression loss: give target_branch")
-        return Classification(params["class_weights"], _label_names(data.train._file_labels))
-    if params["class_weights"] or params["balance"]:
-        raise ConfigError("class_weights and balance are for classification, not target_branch")
-    t = data.targets
-    return Regression(params["target_branch"], t["mean"], t["std"], t["low"], t["high"],
-                      params["loss"] or "mse", params["huber_delta"],
-                      params["target_normalize"] == "standard")  # fmt: skip
-
-
-def _schedule(params: dict[str, Any], has_val: bool) -> LRSchedule:
-    stopping = params["early_stopping"] or {}
-    metric = stopping.get("metric") or ("val_loss" if has_val else "train_loss")
-    return LRSchedule(params["lr"], params["epochs"], params["lr_schedule"], params["warmup_epochs"],
-                      params["lr_min"], params["lr_step"], params["lr_gamma"], params["lr_patience"],
-                      metric, stopping.get("mode"))  # fmt: skip
-
-
-def _checkpoint_extra(params, data: _Data, model_args, record, objective) -> dict[str, Any]:
+def _checkpoint_extra(params, data: RunData, model_args, record, objective) -> dict[str, Any]:
     extra = {
         "model_file": "model.py",
         "model_args": model_args,
         "layout": params["layout"],
         "feature_names": data.train.feature_names,
-        "labels": _label_names(data.train._file_labels),
+        "labels": label_names(data.train._file_labels),
         "normalize": params["normalize"],
         "pad_value": params["pad_value"],
         "specs": data.specs.to_dict(),
@@ -350,7 +238,7 @@ def _checkpoint_extra(params, data: _Data, model_args, record, objective) -> dic
     return extra
 
 
-def _test(model, out: Path, data: _Data, params, objective, history) -> dict[str, Any]:
+def _test(model, out: Path, data: RunData, params, objective, history) -> dict[str, Any]:
     """The test set scored once, by the best epoch's model when early stopping kept one."""
     epoch = history[-1]["epoch"] if history else 0
     best = out / BEST
@@ -363,7 +251,7 @@ def _test(model, out: Path, data: _Data, params, objective, history) -> dict[str
     return {**metrics.result("test"), "epoch": epoch}
 
 
-def _summary(history, done, begin, data: _Data, params, world, test, fold) -> dict[str, Any]:
+def _summary(history, done, begin, data: RunData, params, world, test, fold) -> dict[str, Any]:
     summary = {
         **_timings(history, done or 0, time.perf_counter() - begin),
         "train_entries": data.train.num_entries,
@@ -392,16 +280,6 @@ def _history(out: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _reserved(params: dict[str, Any]) -> list[str]:
-    """Identifier, label, weight and target branches: never features, so the Specs leave them
-    out."""
-    return [
-        *(params["identifiers"] or []),
-        *filter(None, [params["label_branch"], params["weight_branch"]]),
-        *(params["target_branch"] or []),
-    ]
-
-
 def _write_inputs(out: Path, model_file: str | os.PathLike, specs: Specs, record: dict) -> None:
     """What a new run folder keeps of its inputs: model.py, specs.json, params.json (`record`:
     the effective parameters, files and labels), and the histograms of params "hist"."""
@@ -412,7 +290,7 @@ def _write_inputs(out: Path, model_file: str | os.PathLike, specs: Specs, record
     (out / "params.json").write_text(json.dumps(record, indent=1, default=str))
     if record["hist"]:
         folder = out / str(record["hist"])
-        _histograms(record["files"], record["labels"], record, _reserved(record), specs, folder)
+        _histograms(record["files"], record["labels"], record, reserved(record), specs, folder)
 
 
 def _timings(history: list[dict[str, Any]], done: int, seconds: float) -> dict[str, Any]:
@@ -431,22 +309,6 @@ def _timings(history: list[dict[str, Any]], done: int, seconds: float) -> dict[s
         "epoch_events": epoch_events,
         "events_per_s": sum(epoch_events) / total if total > 0 else None,
     }
-
-
-def _check_classes(file_labels: list[int], labels: Any, label_branch: str | None) -> None:
-    """Refuse a run whose entries would all be one class (AUC undefined, nothing learnt)."""
-    if label_branch or len(set(file_labels)) > 1:
-        return
-    if labels is None:
-        raise ConfigError(
-            "no labels: every file would be class 0 and the model would learn one class; give "
-            "--labels (labels.txt, one per file, or one per file on the command line) or the "
-            "params.json key label_branch"
-        )
-    raise ConfigError(
-        f"every file has label {file_labels[0] if file_labels else None}: the model would learn "
-        "one class; give files of at least two classes"
-    )
 
 
 def _device_name(device: torch.device) -> str:
@@ -469,20 +331,13 @@ def _histograms(urls, labels, params, reserved, specs, folder: Path) -> None:
         params["aliases"],
         params["specs_nevts"],
         labels=labels,
-        class_names=dict(enumerate(_label_names(labels))),
+        class_names=dict(enumerate(label_names(labels))),
         ranges=specs,
         chunk_size=params["chunk_size"],
         seed=params["seed"],
         redirector=params["redirector"],
     )
     histograms.plot(folder)
-
-
-def _label_names(labels: list[int]) -> list[str]:
-    classes = sorted(set(labels))
-    if classes == [0, 1]:
-        return ["background", "signal"]
-    return [str(c) for c in range(max(classes) + 1)]
 
 
 def _versions() -> dict[str, str]:

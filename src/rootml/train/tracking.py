@@ -89,7 +89,9 @@ def open_mlflow(uri: str):
 class MLflow:
     def __init__(self, out: Path, params: dict[str, Any], uri: str | None, experiment: str | None,
                  name: str | None = None):  # fmt: skip
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
+        self.uri = (
+            uri or os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
+        )
         self.mlflow = open_mlflow(self.uri)
         record = out / MLFLOW_RUN_FILE
         client = self.mlflow.tracking.MlflowClient(self.uri)
