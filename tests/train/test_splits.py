@@ -103,7 +103,7 @@ def test_test_set_is_held_out_and_scored_once(generated, tmp_path):
 
 def test_k_fold_application_never_scores_an_event_with_its_own_model(generated, tmp_path):
     from rootml.export.run import export_run
-    from rootml.serve.predict import predict
+    from rootml.predict import predict
 
     files = [str(generated["a"]), str(generated["b"])]
     params = {**BASE, "epochs": 1, "val_fraction": 0.2, "folds": "event % 3"}

@@ -428,7 +428,9 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         if self._class_weights is not None:
             weight *= self._class_weights[unit.file]
         if self._reweight is not None:
-            weight *= self._reweight.weights(self.reweight_columns(columns, entries, context), label)
+            weight *= self._reweight.weights(
+                self.reweight_columns(columns, entries, context), label
+            )
         if self.targets:
             block["target"], valid = float_targets(
                 columns, self.targets, self.nan_policy, self._report, entries, **context

@@ -231,5 +231,3 @@ def _build(factory: Any, checkpoint: Mapping[str, Any], checkpoint_path: Path) -
     except (RuntimeError, TypeError, KeyError) as err:
         raise ModelError(f"{checkpoint_path}: model_state does not fit the model: {err}") from err
     return module.eval()
-
-

@@ -86,7 +86,9 @@ def export_run(
         metadata = _folds_metadata(metadata, source, folds, members)
     version = add_onnx_model(repo, name, onnx_bytes, metadata, max_batch_size=max_batch_size)
     log.info("exported %s as %s version %d", source, name, version)
-    _track(Path(source) if members is not None else run.run_dir, model_dir(repo, name) / str(version))
+    _track(
+        Path(source) if members is not None else run.run_dir, model_dir(repo, name) / str(version)
+    )
     return version
 
 

@@ -131,7 +131,10 @@ def _run_folds(files, labels, model_file, params, out: Path, resume, overwrite, 
         out.mkdir(parents=True, exist_ok=True)
         (out / FOLDS_FILE).write_text(json.dumps(record, indent=1))
     if "mlflow" in (params["log"] or []) and not (params["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")):  # fmt: skip
-        params = {**params, "tracking_uri": (out / "mlruns").resolve().as_uri()}  # one store, a run per fold
+        params = {
+            **params,
+            "tracking_uri": (out / "mlruns").resolve().as_uri(),
+        }  # one store, a run per fold
     chosen = [params["fold"]] if params["fold"] is not None else range(n)
     summaries = {}
     for k in chosen:

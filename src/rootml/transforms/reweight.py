@@ -69,7 +69,7 @@ class Reweighting:
         """An unfitted Reweighting from params.json's reweight_* keys."""
         if not isinstance(variables, Mapping) or not variables:
             raise ConfigError(
-                f"reweight_vars must map variables to bin edges, e.g. {{\"HT\": [0, 200, 400]}}, "
+                f'reweight_vars must map variables to bin edges, e.g. {{"HT": [0, 200, 400]}}, '
                 f"not {variables!r}"
             )
         return cls(list(variables), [list(e) for e in variables.values()], method,
