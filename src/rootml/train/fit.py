@@ -133,8 +133,7 @@ def fit(
         begin = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         if epoch > 0:  # in_memory: a resumed run reads its samples into memory first
             loop.fill_memory("train", train, rank)
-            if val is not None:
-                loop.fill_memory("val", val, rank)
+            loop.fill_memory("val", val, rank)
         train.set_epoch(epoch)
         lr_now = run.schedule.apply(loop.optimizer, epoch)
 
@@ -171,16 +170,12 @@ def fit(
             if epoch == start:
                 say(_epoch_line(None, val is not None, objective.columns))
             say(_epoch_line(row, val is not None, objective.columns, epochs))
+        last = run.stopped or epoch == epochs - 1
         note = "while training"
-        if score_train and (run.stopped or epoch == epochs - 1):
-            # The overtraining check compares one model on both samples: the epoch's own train
-            # scores came from weights that kept changing, with dropout on.
-            expect = row["train_events"] // world
-            metrics, _ = loop.epoch(train, "scoring the training entries", rank, total=expect, cache="train")  # fmt: skip
-            note = "final model"
+        if score_train and last:
+            metrics, note = _score_train(loop, train, row, rank, world), "final model"
         if rank == 0:
             context = title if title is not None else _context(out, train)
-            last = run.stopped or epoch == epochs - 1
             objective.plot(out / "plots", history, metrics, val_metrics, context, note, last)
         if on_epoch is not None:
             on_epoch(row)
@@ -189,6 +184,14 @@ def fit(
                      run.monitor.metric, run.monitor.best_epoch, run.monitor.best)  # fmt: skip
             break
     return history
+
+
+def _score_train(loop: Loop, train: Any, row: dict[str, Any], rank: int, world: int) -> Any:
+    """The training entries scored by the final model: the overtraining check compares one model
+    on both samples (the epoch's own train scores came from weights that kept changing, with
+    dropout on)."""
+    expect = row["train_events"] // world
+    return loop.epoch(train, "scoring the training entries", rank, total=expect, cache="train")[0]
 
 
 def evaluate(

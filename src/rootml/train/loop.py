@@ -85,8 +85,8 @@ class Loop:
 
     def fill_memory(self, name: str, dataset: Any, rank: int) -> None:
         """Read `dataset`'s shard of epoch 1 into memory without training, when in_memory wants
-        it and does not hold it (a resumed run, or a first epoch resumed inside)."""
-        if not self.memory.wanted(name):
+        it and does not hold it (a resumed run, or a first epoch resumed inside). None: none."""
+        if dataset is None or not self.memory.wanted(name):
             return
         dataset.set_epoch(0)
         self.memory.start(name)
