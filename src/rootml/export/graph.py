@@ -154,10 +154,15 @@ class FoldEnsemble(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         *inputs, fold = tensors
-        outputs = torch.stack([member(*inputs) for member in self.members])  # (K, B, ...)
         index = torch.remainder(fold.long(), len(self.members))
-        index = index.reshape(1, -1, *([1] * (outputs.dim() - 2))).expand(1, *outputs.shape[1:])
-        return torch.gather(outputs, 0, index)[0]
+        output = self.members[0](*inputs)
+        # Where over unsqueezed indices, not a gather over stacked outputs: ONNX's shape
+        # inference then keeps the members' output shape, (batch, 1) say, for config.pbtxt.
+        for _ in range(output.dim() - 1):
+            index = index.unsqueeze(-1)
+        for k, member in enumerate(self.members[1:], 1):
+            output = torch.where(index == k, member(*inputs), output)
+        return output
 
 
 def build_ensemble(runs: list[TrainedRun], fold_normalization: bool, example, opset: int) -> bytes:
