@@ -68,9 +68,10 @@ def run_from_params(
 
     k-fold cross validation (params "folds", e.g. "event % 5"): fold k is a whole run in
     out_dir/fold_k, trained and validated on the entries of the other folds, tested on its own;
-    params "fold" trains one fold, else every fold in turn. The Specs are fitted once on the
-    training entries of all folds (no labels enter the features' statistics), so every fold
-    model takes the same inputs. out_dir/folds.json names the expression and the folds,
+    params "fold" trains one fold, else every fold in turn. Every fold's Specs are the same,
+    fitted on the training entries of all folds (the features' statistics use no labels; the
+    reweighting histograms, when asked for, do), so the fold models take the same inputs.
+    out_dir/folds.json names the expression and the folds,
     out_dir/summary.json holds each fold's summary and the mean and spread of their test
     metrics. `rootml export out_dir` makes the fold models one ensemble (rootml.export.folds).
 
