@@ -7,7 +7,7 @@ generator-level branches left out), jagged collections padded to Jet 12, FatJet 
 Electron 4 (131 features and a mask), Specs fitted on 100k entries, standard normalisation,
 shuffled and class-mixed batches of 1024: the seed's settings.
 
-Both phases run rootml's own training step (rootml.train.fit's loop: non_blocking copies from
+Both phases run rootml's own training step (rootml.train.loop.Loop: non_blocking copies from
 pinned memory, AMP with GradScaler on CUDA, Adam, weighted BCE) on examples/tth/model.py's MLP:
 
 - resident: the first `--resident` batches copied to the GPU once, then `--steps` steps cycling
@@ -196,7 +196,8 @@ def run_benchmark(
     device, asked for one: {"skipped": why}."""
     from torch.utils.data import DataLoader
 
-    from rootml.train.fit import _Loop
+    from rootml.train.loop import Loop
+    from rootml.train.objectives import Classification
     from rootml.transforms.collection import layout_parts
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -209,7 +210,7 @@ def run_benchmark(
     dataset = make_dataset(paths, batch_size)
     torch.manual_seed(0)
     model = seed_model.model(len(dataset.feature_names)).to(device)
-    loop = _Loop(model, None, 1e-3, device, 1, workers, amp, None)
+    loop = Loop(model, None, 1e-3, device, 1, workers, amp, Classification())
     model.train()
     # What the training loop feeds the model: each part's array and mask.
     keys = [k for a, m, branches in layout_parts(dataset.layout) if branches for k in (a, m)]

@@ -547,8 +547,10 @@ _TRAIN_DESCRIPTION = """\
 Train the model of model.py on ROOT files, as MLaaS4HEP does: files.txt lists the files (paths,
 globs, root:// or https:// URLs), labels.txt their classes, model.py defines model(idim), and
 params.json sets the keys listed below. The last val_fraction of each file's entries is held
-out for validation. The run folder --out receives checkpoints, history, plots, the Specs and
-summary.json; `rootml export RUN` turns it into a served model.
+out for validation, the test_fraction before it for the test set (scored once at the end); with
+"folds" (e.g. "event % 5") each fold trains on the others into OUT/fold_K (--fold K: one fold).
+The run folder --out receives checkpoints, history, plots, the Specs and summary.json; `rootml
+export RUN` turns it into a served model (a k-fold run: one ensemble picking the fold model).
 
 An existing run folder is never replaced silently: --resume continues it (when it already
 has --epochs epochs, there is nothing to train and the command says so and exits 0; fewer
@@ -569,6 +571,12 @@ def _run_train(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite, **overrides)  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
+    if "n_folds" in summary:  # every fold of a k-fold run
+        print(f"trained folds {summary['folds_done']} of {summary['n_folds']}; run folder: {args.out}")  # fmt: skip
+        for key, value in summary["test"].items():
+            if key.endswith(_SHOWN):
+                print(f"  {key} = {value['mean']:.4f} +- {value['std']:.4f} over the folds")
+        return 0
     epochs, new = summary["epochs"], summary["new_epochs"]
     if new == 0:
         print(f"{args.out} already has {epochs} epochs: nothing to train (give --epochs above "
@@ -579,11 +587,12 @@ def _run_train(args: argparse.Namespace) -> int:
     which = f"epoch {epochs}" if new == 1 else f"epochs {epochs - new + 1}-{epochs}"
     print(f"trained {which}: {events:,} events in {seconds:.1f} s ({events / seconds:,.0f} "
           f"events/s; {summary['seconds']:.1f} s with setup); run folder: {args.out}")  # fmt: skip
-    final = summary["final"]
-    print(
-        "  ".join(f"{k}={final[k]:.4f}" for k in final if k.endswith(("loss", "accuracy", "auc")))
-    )
+    final = {**summary["final"], **summary.get("test", {})}
+    print("  ".join(f"{k}={final[k]:.4f}" for k in final if k.endswith(_SHOWN)))
     return 0
+
+
+_SHOWN = ("loss", "accuracy", "auc", "resolution", "bias")  # the metrics `rootml train` prints
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -3,6 +3,8 @@ reads it). The names of its files and of the checkpoint's keys are defined here 
 
     RUN/model.py                  the user's model file: model(**model_args) -> torch.nn.Module
     RUN/checkpoint.pt             the latest checkpoint; RUN/checkpoints/epoch_NNN.pt earlier ones
+    RUN/checkpoints/best.pt       the best epoch of a run with early stopping: what the run
+                                  stands for (export, init_from) when it exists
     RUN/specs.json                the Specs (also inside the checkpoint)
     RUN/params.json, summary.json the effective parameters; the training summary
 
@@ -12,6 +14,7 @@ A checkpoint is one dict saved with torch.save (keys: `CheckpointKey`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from rootml.errors import ModelError
@@ -19,10 +22,12 @@ from rootml.errors import ModelError
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINTS_DIR = "checkpoints"
+BEST_FILE = f"{CHECKPOINTS_DIR}/best.pt"
 MODEL_FILE = "model.py"
 SPECS_FILE = "specs.json"
 PARAMS_FILE = "params.json"
 SUMMARY_FILE = "summary.json"
+MLFLOW_RUN_FILE = "mlflow.json"  # the run's MLflow run (rootml.train.tracking), when logged
 
 
 class CheckpointKey:
@@ -43,6 +48,9 @@ class CheckpointKey:
     DATASET_STATE = "dataset_state"
     RNG_STATE = "rng_state"
     PARTIAL = "partial"
+    SCHEDULE = "schedule"
+    MONITOR = "monitor"
+    STOPPED = "stopped"
     MODEL_FILE = "model_file"
     MODEL_ARGS = "model_args"
     LAYOUT = "layout"
@@ -55,6 +63,7 @@ class CheckpointKey:
     PARAMS = "params"
     TREE = "tree"
     BRANCHES = "branches"
+    REGRESSION = "regression"
 
 
 def load_checkpoint(path: str | os.PathLike, device: Any = "cpu") -> dict[str, Any]:
@@ -75,4 +84,26 @@ def load_checkpoint(path: str | os.PathLike, device: Any = "cpu") -> dict[str, A
         raise ModelError(f"{path} is not a rootml checkpoint (no {CheckpointKey.MODEL_STATE!r})")
     if state.get(CheckpointKey.FORMAT, FORMAT) != FORMAT:
         raise ModelError(f"{path}: unknown checkpoint format {state.get(CheckpointKey.FORMAT)!r}")
+    return state
+
+
+def run_checkpoint(source: str | os.PathLike) -> Path:
+    """The checkpoint a run folder stands for (its BEST_FILE when it has one, else
+    CHECKPOINT_FILE), or `source` itself when it is a file. Raises ModelError when there is
+    none."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / BEST_FILE if (path / BEST_FILE).is_file() else path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ModelError(f"no training run or checkpoint at {source}")
+    return path
+
+
+def unwrapped_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A model state without the key prefix of a DDP ("module.") or torch.compile
+    ("_orig_mod.") wrapper, when every key has it."""
+    state = dict(state)
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
     return state

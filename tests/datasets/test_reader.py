@@ -86,6 +86,7 @@ def test_rntuple_units_equal_uproot_and_each_cluster_is_decompressed_once(
             ntuple.arrays(names, entry_start=start, entry_stop=start + 300, array_cache=None)
         assert per_unit < len(calls) / 5
         # Memory: the pages of about two reads, never the file's.
-        assert reader._pages._bytes <= reader._pages._limit
+        pages = reader.tree_of(0)._pages
+        assert pages._bytes <= pages._limit
     finally:
         reader.close()

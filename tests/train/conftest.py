@@ -42,3 +42,11 @@ def ddp_run(tth_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("ddp") / "run"
     run_cli(tth_data, run, torchrun=True, params=SHARED)
     return run
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """Two generated files with known answers (tests/train/_generated.py), 2000 entries each."""
+    from ._generated import make_files
+
+    return make_files(tmp_path_factory.mktemp("generated"), entries=2000)

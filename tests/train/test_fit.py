@@ -197,9 +197,9 @@ def test_raw_inputs_warn_once_naming_branches_and_their_rms(tth_data, tmp_path, 
         rms[branch] = np.sqrt(np.mean(values**2))
     large = sorted((b for b in rms if rms[b] > 10), key=lambda b: -rms[b])
     assert "HT" in large and "Jet_btagDeepB" not in large  # the check means something here
-    with caplog.at_level(logging.WARNING, logger="rootml.train.fit"):
+    with caplog.at_level(logging.WARNING, logger="rootml.train.loop"):
         fit(small_model(FEATURES), raw, out_dir=tmp_path / "raw", epochs=2, device="cpu")
-    warned = [r.getMessage() for r in caplog.records if r.name == "rootml.train.fit"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "rootml.train.loop"]
     assert len(warned) == 1, warned
     quoted = ", ".join(f"{b} {rms[b]:.3g}" for b in large)
     assert f"RMS in the first batch: {quoted};" in warned[0]
@@ -207,9 +207,9 @@ def test_raw_inputs_warn_once_naming_branches_and_their_rms(tth_data, tmp_path, 
     assert 'normalize="standard"' in warned[0]
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rootml.train.fit"):
+    with caplog.at_level(logging.WARNING, logger="rootml.train.loop"):
         fit(small_model(FEATURES), tth_dataset(tth_data), out_dir=tmp_path / "std", epochs=1)
-    assert not [r for r in caplog.records if r.name == "rootml.train.fit"]
+    assert not [r for r in caplog.records if r.name == "rootml.train.loop"]
 
 
 def test_epoch_results_are_table_lines_and_torchdata_warnings_are_hidden(

@@ -17,12 +17,14 @@ import numpy as np
 from rootml.datasets import _arguments as args
 from rootml.datasets._plan import Unit
 from rootml.datasets._reader import UnitReader
+from rootml.datasets._reserved import check_variables
 from rootml.datasets.dataset import RootIterableDataset, _load_hook
 from rootml.datasets.selection import Selection
 from rootml.errors import ConfigError
 from rootml.progress import Progress
 from rootml.transforms import Specs
 from rootml.transforms.hist import Histograms
+from rootml.transforms.reweight import Reweighting
 from rootml.transforms.specs import regularize_max_len
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ def fit_specs(
     max_len: int | float | Mapping[str, int | float] | None = None,
     seed: int = 0,
     workers: int = 4,
+    reweight: Reweighting | None = None,
+    labels: Any = None,
+    label_branch: str | None = None,
+    weights: Any = None,
+    weight_branch: str | None = None,
+    nan_policy: str = "keep",
     **reading: Any,
 ) -> Specs:
     """Fit a Specs: per-branch count, mean, std, min, max, NaN/inf count and multiplicity
@@ -54,10 +62,17 @@ def fit_specs(
     units of the plan, seeded by `seed`, the last one shortened; None reads every entry.
     max_len: as RootIterableDataset, applied to the fitted multiplicities (quantiles use the
     definition of BranchSpec.multiplicity_quantile). workers: files read at once. Raises what
-    RootIterableDataset raises (FileAccessError, SchemaError).
+    reweight: an unfitted rootml.transforms.reweight.Reweighting whose per-class histograms are
+    filled in the same pass (Specs.reweight), with each entry's class and weight from labels /
+    label_branch / weights / weight_branch / nan_policy as RootIterableDataset takes them.
+    Raises what RootIterableDataset raises (FileAccessError, SchemaError).
     """
     sel = Selection.of(selection, "fit_specs", files=files, tree=tree, branches=branches, **reading)
-    return _fit(sel, None, max_len, seed, workers)[0]
+    classes = dict(
+        labels=labels, label_branch=label_branch, weights=weights, weight_branch=weight_branch,
+        nan_policy=nan_policy,
+    )  # fmt: skip
+    return _fit(sel, classes, max_len, seed, workers, reweight=reweight)[0]
 
 
 def fit_histograms(
@@ -85,12 +100,18 @@ def fit_histograms(
     sel = Selection.of(
         selection, "fit_histograms", files=files, tree=tree, branches=branches, **reading
     )
-    hist = (labels, class_names, args.positive_int("bins", bins), ranges)
-    return _fit(sel, hist, max_len, seed, workers)
+    hist = (class_names, args.positive_int("bins", bins), ranges)
+    return _fit(sel, {"labels": labels}, max_len, seed, workers, hist)
 
 
 def _fit(
-    sel: Selection, hist: tuple | None, max_len: Any, seed: int, workers: int
+    sel: Selection,
+    classes: dict[str, Any],
+    max_len: Any,
+    seed: int,
+    workers: int,
+    hist: tuple | None = None,
+    reweight: Reweighting | None = None,
 ) -> tuple[Specs, Histograms | None]:
     nevts = sel.nevts
     if nevts is not None and not isinstance(nevts, int):
@@ -104,24 +125,27 @@ def _fit(
         unit_size = min(unit_size, max(-(-nevts // 16), 1000))
     # The dataset's constructor resolves files and branches and plans the units; an int max_len
     # skips its multiplicity pass (still made when there are aliases, to learn their kinds).
-    labels = hist[0] if hist is not None else None
+    # classes: the dataset arguments giving each entry's class and weight.
     ds = RootIterableDataset(
-        selection=sel.replace(chunk_size=unit_size, nevts=None), max_len=1, labels=labels
+        selection=sel.replace(chunk_size=unit_size, nevts=None), max_len=1, **classes
     )
     kinds = {n: (s.kind, s.width, s.collection) for n, s in ds.specs.branches.items()}
+    if reweight is not None:
+        check_variables(reweight.variables, ds.first_meta, ds.aliases)
     units = ds.units(0)
     if nevts is not None:
         units = _sample(units, nevts, seed)
-    histograms = _histograms(ds, kinds, units, *hist[1:]) if hist is not None else None
+    histograms = _histograms(ds, kinds, units, *hist) if hist is not None else None
     by_file: dict[int, list[Unit]] = {}
     for unit in units:
         by_file.setdefault(unit.file, []).append(unit)
     what = "Specs and histograms" if histograms is not None else "Specs"
     bar = Progress(f"fitting {what}", sum(u.stop - u.start for u in units))
     specs = Specs.empty(kinds, ds.fingerprint())
+    specs.reweight = reweight.empty_copy() if reweight is not None else None
     with bar, ThreadPoolExecutor(max(1, min(int(workers), len(by_file)))) as pool:
         parts = pool.map(
-            lambda file_units: _fit_file(ds, kinds, histograms, file_units, bar), by_file.values()
+            lambda units: _fit_file(ds, kinds, histograms, reweight, units, bar), by_file.values()
         )
         for part, part_hist in parts:
             specs.merge(part)
@@ -136,17 +160,21 @@ def _fit_file(
     ds: RootIterableDataset,
     kinds: dict[str, tuple],
     histograms: Histograms | None,
+    reweight: Reweighting | None,
     file_units: list[Unit],
     bar: Progress,
 ) -> tuple[Specs, Histograms | None]:
     """The Specs (and histograms) of one file's units, read in this thread."""
     part = Specs.empty(kinds, ds.fingerprint())
+    part.reweight = reweight.empty_copy() if reweight is not None else None
     part_hist = histograms.empty_copy() if histograms is not None else None
-    reader = _reader(ds)
+    reader = _reader(ds, reweight)
     try:
         for unit in file_units:
             columns, entries = _read(ds, reader, unit)
             part.update(columns)
+            if reweight is not None:
+                _fill_reweight(ds, part.reweight, columns, unit, entries)
             if part_hist is not None:
                 label = part_hist.classes.index(ds.file_labels[unit.file])
                 part_hist.update(columns, np.full(len(entries), label))
@@ -169,11 +197,20 @@ def _sample(units: Sequence[Unit], nevts: int, seed: int) -> list[Unit]:
     return sorted(chosen)
 
 
-def _reader(ds: RootIterableDataset) -> UnitReader:
+def _reader(ds: RootIterableDataset, reweight: Reweighting | None = None) -> UnitReader:
+    names = list(ds.branch_info)
+    if reweight is not None:  # the variables, and what gives each entry's class and weight
+        names += [*reweight.variables, *filter(None, [ds.label_branch, ds.weight_branch])]
     return UnitReader(
-        ds.files, ds.tree, list(ds.branch_info), ds.aliases, ds.cut, ds.retries, ds.backoff,
-        max_open=1, cache=ds.cache,
+        ds.files, ds.tree, names, ds.aliases, ds.cut, ds.retries, ds.backoff, max_open=1,
+        cache=ds.cache,
     )  # fmt: skip
+
+
+def _fill_reweight(ds, reweight: Reweighting, columns: dict, unit: Unit, entries) -> None:
+    context = {"url": ds.files[unit.file], "tree": ds.tree, "entries": unit[1:]}
+    label, weight = ds.labels_weights(columns, unit, entries, context)
+    reweight.update(ds.reweight_columns(columns, entries, context, reweight), label, weight)
 
 
 def _read(ds: RootIterableDataset, reader: UnitReader, unit: Unit) -> tuple[dict, np.ndarray]:

@@ -107,3 +107,50 @@ def policy_weights(
     if policy == "mask":
         weight = np.where(bad, np.float32(0), weight)
     return weight
+
+
+def float_targets(
+    columns: Any, names: list[str], policy: str, report: Any, entry_numbers: np.ndarray, **context
+) -> tuple[np.ndarray, np.ndarray]:
+    """(targets float32 (n, T), valid bool (n,)): the regression target branches of a chunk.
+    NaN/inf targets are counted in `report` (nonfinite:<branch>); policy "raise" raises
+    DataValueError naming the branch and the first such entry, otherwise those entries are
+    invalid (their target set to 0: the caller gives them weight 0)."""
+    values = np.stack(
+        [numbers_per_entry(columns[n], "targets", n, **context).astype(np.float32) for n in names],
+        axis=1,
+    ).reshape(len(entry_numbers), len(names))
+    finite = np.isfinite(values)
+    if finite.all():
+        return values, np.ones(len(values), dtype=bool)
+    for name, column in zip(names, finite.T):
+        if not column.all():
+            report.add(f"nonfinite:{name}", int((~column).sum()))
+            if policy == "raise":
+                first = int(np.flatnonzero(~column)[0])
+                raise DataValueError(
+                    f"target {name!r} is NaN/inf at entry {int(entry_numbers[first])} "
+                    f"({int((~column).sum())} such values in these entries); pass "
+                    "nan_policy='mask' (or 'keep') to give those entries weight 0",
+                    branch=name,
+                    **context,
+                )
+    return np.where(finite, values, np.float32(0)), finite.all(axis=1)
+
+
+def check_variables(names: list[str], meta: Any, aliases: Any) -> None:
+    """Refuse reweighting variables that are neither a one-number branch of the first file nor
+    an alias (SchemaError naming the variable and the closest branches)."""
+    from rootml.errors import closest
+
+    for name in names:
+        info = meta.branches.get(name)
+        if name in aliases or (info is not None and info.kind == "flat"):
+            continue
+        what = "no branch or alias" if info is None else f"not one number per entry ({info.kind})"
+        raise SchemaError(
+            f"reweight variable {name!r} is {what}; closest: {closest(name, meta.branches)}",
+            url=meta.url,
+            tree=meta.tree,
+            branch=name,
+        )

@@ -25,7 +25,13 @@ from rootml.datasets._metadata import FileMeta, check_same, read_metadata, selec
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
-from rootml.datasets._reserved import exact_int64, policy_weights
+from rootml.datasets._reserved import (
+    check_variables,
+    exact_int64,
+    float_targets,
+    numbers_per_entry,
+    policy_weights,
+)
 from rootml.datasets._transport import TensorBatch
 from rootml.datasets.selection import Selection
 from rootml.errors import (
@@ -53,7 +59,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
 
     Each batch is a dict: "features" float32 (B, F) in `feature_names` order, "mask" bool (B, F),
     "label" int64 (B,), "weight" float32 (B,), "file" int64 (B,) (index into `files`), "entry"
-    int64 (B,), and "ids" int64 (B, K) when `identifiers` are given.
+    int64 (B,), "ids" int64 (B, K) when `identifiers` are given, and "target" float32 (B, T)
+    when `targets` are given.
 
     What is read: `selection=` (a rootml.datasets.Selection), or its fields as arguments: files,
     tree, branches, exclude, chunk_size (also positional), cut, aliases, entries, nevts,
@@ -90,6 +97,12 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         K float32 (B, C, N) and K_mask bool (B, N), and "features" only the non-jagged branches.
     Files: ROOT (TTree, RNTuple), Parquet (.parquet: a row group is a cluster) and HDF5 (.h5: a
         group of datasets is a tree; rootml.datasets._hdf5), local or remote.
+    targets: branches or aliases of one number per entry, the regression targets, never
+        features: batch["target"] float32 (B, T) in this order. NaN/inf targets are counted in
+        `report` (nonfinite:<branch>); "raise" refuses them, otherwise the entry gets target 0
+        and weight 0 (it counts for nothing).
+    reweight: multiply the weights by the kinematic reweighting fitted in `specs`
+        (Specs.reweight, rootml.transforms.reweight), from each entry's class and variables.
     Raises ConfigError for an argument that cannot work (naming it and its value), and
     FileAccessError / SchemaError / SpecsMismatch / DataValueError with the file URL, tree,
     branch and entry range as attributes (err.url, err.tree, err.branch, err.entries).
@@ -128,6 +141,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         nan_policy: str = "keep",
         normalize: str | None = None,
         layout: str = "flat",
+        targets: Sequence[str] | None = None,
+        reweight: bool = False,
         **reading: Any,
     ):
         super().__init__()
@@ -154,6 +169,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             label_branch,
             weight_branch,
         )
+        self.targets = [targets] if isinstance(targets, str) else list(targets or [])
         self.transform = transform
         self.cache = make_cache(sel.cache, sel.cache_size)
         metas = read_metadata(self.files, sel.tree, self.retries, self.backoff, self.cache)
@@ -167,6 +183,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self._plan(metas, sel.nevts, sel.entries)
         self._class_weights = self._balance_weights(self.ranges) if balance == "class" else None
         self.specs = self._fit_pad(specs, reuse_specs, max_len)
+        self.first_meta = metas[0]  # what the first file holds (checks of later arguments)
+        self._reweight = self._reweighting(reweight)
         self._pipeline = build_pipeline(
             self.specs, layout, pad_value=self.pad_value, sort_by=sort_by,
             nan_policy=nan_policy, normalize=normalize,
@@ -227,6 +245,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             reserved[self.label_branch] = "label_branch"
         if self.weight_branch:
             reserved[self.weight_branch] = "weight_branch"
+        for name in self.targets:
+            reserved[name] = "targets"
         return reserved
 
     def _report_keys(self, metas: Sequence[FileMeta]) -> list[str]:
@@ -378,17 +398,39 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             log.warning("skipped (on_error='skip'): %s", err)
             return None
 
-    def _reader(self) -> UnitReader:
+    def _reader(self, max_open: int | None = None) -> UnitReader:
         names = [
             *self.branch_info,
             *self.identifiers,
             *filter(None, [self.label_branch, self.weight_branch]),
             *self._pipeline.sort.keys,
+            *self.targets,
+            *(self._reweight.variables if self._reweight is not None else []),
         ]
+        extra = {} if max_open is None else {"max_open": max_open}
         return UnitReader(
             self.files, self.tree, names, self.aliases, self.cut, self.retries, self.backoff,
-            cache=self.cache,
+            cache=self.cache, **extra,
         )  # fmt: skip
+
+    def labels_weights(
+        self, columns: Mapping[str, Any], unit: Unit, entries: np.ndarray, context: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(label int64, weight float32) of each entry of a unit read: the file's label or
+        label_branch, the file's weight times weight_branch (before balance and reweighting)."""
+        n = len(entries)
+        label = np.full(n, self._file_labels[unit.file], dtype=np.int64)
+        if self.label_branch:
+            label = exact_int64(
+                columns[self.label_branch], "label_branch", self.label_branch, entries, **context
+            )
+        weight = np.full(n, self._file_weights[unit.file], dtype=np.float32)
+        if self.weight_branch:
+            weight *= policy_weights(
+                columns[self.weight_branch], self.weight_branch, self.nan_policy, self._report,
+                entries, **context,
+            )  # fmt: skip
+        return label, weight
 
     def _read_block(self, read: Future, unit: Unit) -> dict[str, np.ndarray]:
         columns, entries = read.result()
@@ -405,19 +447,18 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             for branch, count in counts.items():
                 self._report.add(f"{kind}:{branch}", count)
         n = len(entries)
-        label = np.full(n, self._file_labels[unit.file], dtype=np.int64)
-        if self.label_branch:
-            label = exact_int64(
-                columns[self.label_branch], "label_branch", self.label_branch, entries, **context
-            )
-        weight = np.full(n, self._file_weights[unit.file], dtype=np.float32)
-        if self.weight_branch:
-            weight *= policy_weights(
-                columns[self.weight_branch], self.weight_branch, self.nan_policy, self._report,
-                entries, **context,
-            )  # fmt: skip
+        label, weight = self.labels_weights(columns, unit, entries, context)
         if self._class_weights is not None:
             weight *= self._class_weights[unit.file]
+        if self._reweight is not None:
+            weight *= self._reweight.weights(
+                self.reweight_columns(columns, entries, context), label
+            )
+        if self.targets:
+            block["target"], valid = float_targets(
+                columns, self.targets, self.nan_policy, self._report, entries, **context
+            )
+            weight = np.where(valid, weight, np.float32(0))
         block.update(
             label=label, weight=weight, file=np.full(n, unit.file, dtype=np.int64), entry=entries
         )
@@ -498,6 +539,25 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             per_class[label] += stop - start
         total = sum(per_class.values())
         return [total / (len(per_class) * per_class[label]) for label in self._file_labels]
+
+    def _reweighting(self, reweight: bool) -> Any:
+        if not reweight:
+            return None
+        if self.specs.reweight is None or not self.specs.reweight.hist:
+            raise ConfigError("reweight=True needs Specs fitted with a reweighting (reweight_vars)")
+        check_variables(self.specs.reweight.variables, self.first_meta, self.aliases)
+        return self.specs.reweight
+
+    def reweight_columns(
+        self, columns: Mapping[str, Any], entries: np.ndarray, context: dict, reweight: Any = None
+    ) -> dict[str, np.ndarray]:
+        """The reweighting variables (of `reweight`, default this dataset's) of a unit read, one
+        number per entry (SchemaError if not)."""
+        variables = (reweight or self._reweight).variables
+        return {
+            name: numbers_per_entry(columns[name], "reweight_vars", name, **context)
+            for name in variables
+        }
 
     def _fit_pad(self, specs: Specs | None, reuse: bool, max_len: Any) -> Specs:
         if specs is not None:

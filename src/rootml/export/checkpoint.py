@@ -4,8 +4,10 @@ The run folder follows the contract between train/ and export/, rootml.runfolder
 defines model(**model_args) (model(idim) for the flat layout, model(inputs) for the collection
 layout). Checkpoint keys read: model state, model file and arguments, layout, feature names
 (checked against the Specs), labels, normalisation, pad value, Specs (else RUN/specs.json),
-params, epoch, metrics, and for the collection layout optionally its collections (name ->
-branches; default: jagged branches grouped by name prefix, as CollectionLayout does).
+params, epoch, metrics, regression (targets, loss, and the output scale and offset that give
+the targets' units), and for the collection layout optionally its collections (name ->
+branches; default: jagged branches grouped by name prefix, as CollectionLayout does). A run
+with RUN/checkpoints/best.pt (early stopping) is exported from that checkpoint.
 
 How a model is called: rootml.transforms.feed.call_model, the rule training uses too.
 """
@@ -22,6 +24,7 @@ from typing import Any
 from rootml._userfiles import import_function
 from rootml.errors import ModelError
 from rootml.runfolder import (
+    BEST_FILE,
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
     MODEL_FILE,
@@ -29,6 +32,7 @@ from rootml.runfolder import (
     SUMMARY_FILE,
     CheckpointKey,
     load_checkpoint,
+    unwrapped_state,
 )
 from rootml.transforms import Specs
 from rootml.transforms.collection import layout_parts
@@ -57,6 +61,15 @@ class TrainedRun:
     labels: list[str] | None
     params: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
+    regression: dict[str, Any] | None = None
+
+    @property
+    def output_affine(self) -> tuple[list[float], list[float]] | None:
+        """(scale, offset) per output column that give a regression model's outputs in its
+        targets' units (checkpoint "regression"), or None (a classifier)."""
+        if not self.regression:
+            return None
+        return list(self.regression["scale"]), list(self.regression["offset"])
 
     @property
     def parts(self) -> list[tuple[str, str, list[str]]]:
@@ -89,6 +102,8 @@ def locate(source: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(source)
     if path.is_dir():
         checkpoint = path / CHECKPOINT_FILE
+        if (path / BEST_FILE).is_file():  # a run stopped early: its best epoch
+            checkpoint = path / BEST_FILE
         if not checkpoint.is_file():
             raise ModelError(f"{path} is not a training run: it has no {CHECKPOINT_FILE}")
         return path, checkpoint
@@ -148,6 +163,7 @@ def load_run(source: str | os.PathLike) -> TrainedRun:
         labels=None if labels is None else [str(label) for label in labels],
         params=dict(checkpoint.get(CheckpointKey.PARAMS) or {}),
         summary=summary,
+        regression=checkpoint.get(CheckpointKey.REGRESSION),
     )
 
 
@@ -175,17 +191,7 @@ def _build(factory: Any, checkpoint: Mapping[str, Any], checkpoint_path: Path) -
             f"the run's model(**{args}) returned {type(module).__name__}, not a Module"
         )
     try:
-        module.load_state_dict(_unwrapped(checkpoint[CheckpointKey.MODEL_STATE]))
+        module.load_state_dict(unwrapped_state(checkpoint[CheckpointKey.MODEL_STATE]))
     except (RuntimeError, TypeError, KeyError) as err:
         raise ModelError(f"{checkpoint_path}: model_state does not fit the model: {err}") from err
     return module.eval()
-
-
-def _unwrapped(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The state without the key prefix of a DDP ("module.") or torch.compile ("_orig_mod.")
-    wrapper, when every key has it."""
-    state = dict(state)
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state

@@ -13,6 +13,7 @@ import torch
 from rootml import defaults
 from rootml.errors import ModelError
 from rootml.export.checkpoint import TrainedRun
+from rootml.export.folds import FOLD_INPUT
 from rootml.transforms import Normalize
 from rootml.transforms.collection import layout_parts
 from rootml.transforms.feed import call_model
@@ -62,7 +63,9 @@ class ExportedModel(torch.nn.Module):
 
     With `fold` (from `fold_parameters`), each array is normalised first,
     x' = ((x - offset_high) - offset_low) / scale where its mask is True and `pad_value` where
-    False, so the graph takes raw physics values.
+    False, so the graph takes raw physics values. With `affine` ((scale, offset) per output
+    column, TrainedRun.output_affine), the output is output x scale + offset: a regression
+    model trained on standardised targets gives values in the targets' units.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class ExportedModel(torch.nn.Module):
         names: Sequence[str],
         fold: Mapping[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None = None,
         pad_value: float = 0.0,
+        affine: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         super().__init__()
         self.model, self.layout_name, self.names = model, layout_name, list(names)
@@ -82,6 +86,10 @@ class ExportedModel(torch.nn.Module):
             self.register_buffer(f"offset_low_{key}", torch.from_numpy(low.copy()))
             self.register_buffer(f"scale_{key}", torch.from_numpy(scale.copy()))
             self.fold_masks[key] = mask_key
+        self.affine = affine is not None
+        if affine is not None:
+            self.register_buffer("out_scale", torch.tensor(affine[0], dtype=torch.float32))
+            self.register_buffer("out_offset", torch.tensor(affine[1], dtype=torch.float32))
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         inputs = dict(zip(self.names, tensors))
@@ -93,7 +101,15 @@ class ExportedModel(torch.nn.Module):
                 mask = mask.unsqueeze(1)
             pad = torch.full((), self.pad_value, dtype=values.dtype)
             inputs[key] = torch.where(mask, values, pad)
-        return call_model(self.model, self.layout_name, inputs)
+        output = call_model(self.model, self.layout_name, inputs)
+        return affine_output(output, self.out_scale, self.out_offset) if self.affine else output
+
+
+def affine_output(output: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """output x scale + offset per column; a (B,) output is one column."""
+    if output.dim() == 1:
+        return output * scale[0] + offset[0]
+    return output * scale + offset
 
 
 def to_onnx(
@@ -126,3 +142,37 @@ def to_onnx(
     except Exception as err:
         raise ModelError(f"torch.onnx.export failed (opset {opset}): {err}") from err
     return buffer.getvalue()
+
+
+class FoldEnsemble(torch.nn.Module):
+    """Per entry, the output of the fold model (fold % n_folds): the graph of a k-fold
+    ensemble (rootml.export.folds), its last input "fold" (B,) int64."""
+
+    def __init__(self, members: list[ExportedModel]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.names = [*members[0].names, FOLD_INPUT]
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        *inputs, fold = tensors
+        index = torch.remainder(fold.long(), len(self.members))
+        output = self.members[0](*inputs)
+        # Where over unsqueezed indices, not a gather over stacked outputs: ONNX's shape
+        # inference then keeps the members' output shape, (batch, 1) say, for config.pbtxt.
+        for _ in range(output.dim() - 1):
+            index = index.unsqueeze(-1)
+        for k, member in enumerate(self.members[1:], 1):
+            output = torch.where(index == k, member(*inputs), output)
+        return output
+
+
+def build_ensemble(runs: list[TrainedRun], fold_normalization: bool, example, opset: int) -> bytes:
+    """The ONNX bytes of the ensemble of `runs`, traced on `example` (with a "fold" array)."""
+    names = input_names(runs[0])
+    members = [
+        ExportedModel(run.module, run.layout_name, names,
+                      fold_parameters(run) if fold_normalization else None, run.pad_value,
+                      run.output_affine)
+        for run in runs
+    ]  # fmt: skip
+    return to_onnx(FoldEnsemble(members), example, opset)

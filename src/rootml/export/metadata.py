@@ -28,7 +28,9 @@ class MetadataKey:
     layout): name -> {"branches": [...], "length": N}; NORMALIZATION: {METHOD: "standard",
     "minmax" or null, FOLDED: bool}; PAD_VALUE (0.0); SORT_BY and NAN_POLICY (top-level, else
     in TRAINING's PARAMS); SPECS, FEATURE_NAMES, LABELS, TREE, BRANCHES, TRAINING (run,
-    checkpoint, epoch, metrics, params, summary), VERSIONS, PARITY."""
+    checkpoint, epoch, metrics, params, summary; of a k-fold ensemble: run, params and one
+    record per fold), VERSIONS, PARITY; REGRESSION (a regression model: targets, loss); FOLDS
+    (a k-fold ensemble: folds, n_folds, expression, input: rootml.export.folds)."""
 
     FORMAT = "format"
     LAYOUT = "layout"
@@ -48,6 +50,8 @@ class MetadataKey:
     COLLECTIONS = "collections"
     SORT_BY = "sort_by"
     NAN_POLICY = "nan_policy"
+    REGRESSION = "regression"
+    FOLDS = "folds"
 
 
 K = MetadataKey
@@ -192,6 +196,8 @@ def run_metadata(run: Any, folded: bool, opset: int, parity: dict[str, Any]) -> 
         },
         K.PARITY: parity,
     }
+    if run.regression:
+        metadata[K.REGRESSION] = {k: run.regression[k] for k in ("targets", "loss")}
     if run.layout_name == "collection":
         metadata[K.COLLECTIONS] = {
             key: {"branches": list(branches), "length": int(run.layout.lengths[key])}

@@ -158,12 +158,14 @@ def compare(
     onnx_bytes: bytes,
     blocks: Sequence[Mapping[str, np.ndarray]],
     folded: bool,
+    members: Sequence[TrainedRun] | None = None,
 ) -> float:
     """Max absolute difference between onnxruntime on `onnx_bytes` and the torch model in eval
     mode, over `blocks` (raw). The torch model gets the inputs normalised by
-    rootml.transforms.Normalize as in training; the graph gets them raw when `folded`."""
+    rootml.transforms.Normalize as in training; the graph gets them raw when `folded`. With
+    `members` (a k-fold ensemble; blocks hold "fold"), row i's reference is the output of
+    member fold[i] % len(members)."""
     import onnxruntime as ort
-    import torch
 
     from rootml.export.repository import session_options
 
@@ -180,10 +182,30 @@ def compare(
         if unknown:
             raise ModelError(f"the exported graph has inputs {unknown} that the layout lacks")
         (got, *_) = session.run(None, {n: np.ascontiguousarray(fed[n]) for n in graph_inputs})
-        inputs = {k: torch.from_numpy(np.ascontiguousarray(normalised[k])) for k in raw}
-        with torch.no_grad():
-            expected = call_model(run.module.eval(), run.layout_name, inputs)
+        if members is None:
+            expected = reference(run, normalised)
+        else:
+            inputs = {k: v for k, v in normalised.items() if k != "fold"}
+            each = np.stack([reference(member, inputs) for member in members])
+            pick = np.remainder(normalised["fold"], len(members))
+            expected = each[pick, np.arange(len(pick))]
+        worst = max(worst, max_abs_diff(expected, got))
+    return worst
+
+
+def reference(run: TrainedRun, normalised: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The torch model's output (eval mode, in the targets' units for a regression) on
+    normalised inputs."""
+    import torch
+
+    from rootml.export.graph import affine_output
+
+    inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in normalised.items()}
+    with torch.no_grad():
+        expected = call_model(run.module.eval(), run.layout_name, inputs)
         if isinstance(expected, (tuple, list)):
             expected = expected[0]
-        worst = max(worst, max_abs_diff(expected.detach().numpy(), got))
-    return worst
+        if run.output_affine is not None:
+            scale, offset = (torch.tensor(v, dtype=torch.float32) for v in run.output_affine)
+            expected = affine_output(expected, scale, offset)
+    return expected.detach().numpy()

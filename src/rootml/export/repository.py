@@ -4,7 +4,10 @@
 <repo>/<name>/config.pbtxt          Triton config of the model: signature, batching, versions
 <repo>/<name>/<N>/model.onnx        numeric version folders, single-file ONNX; highest is the default
 <repo>/<name>/<N>/rootml.json       rootml's metadata of that version (optional): Specs, layout,
-                                    normalisation (folded or not), labels, training record
+                                    normalisation (folded or not), labels, training record;
+                                    "regression" (targets, loss) for a regression model, whose
+                                    outputs are in the targets' units; "folds" (expression,
+                                    n_folds, input "fold") for a k-fold ensemble
 ```
 Each version is scored with its own rootml.json. A model-level ``<name>/rootml.json`` (written by
 rootml before versions had their own) still serves as the metadata of versions without one, with

@@ -183,7 +183,9 @@ def predict(
     """Score every entry of `files` with `model` and write friend trees and/or parquet.
 
     model: "models/NAME[/N]" or "http://host:port/NAME[/versions/N]" (see open_model); the
-    version's rootml.json needs "specs". files: as RootIterableDataset (paths, URLs, globs, .txt lists); tree: the input
+    version's rootml.json needs "specs". A k-fold ensemble (rootml.json "folds") gets each
+    entry's fold from its expression: every entry is scored by the fold model that did not
+    train on it. files: as RootIterableDataset (paths, URLs, globs, .txt lists); tree: the input
     TTree/RNTuple (None: the only one). out: destination(s), see output_paths. batch_size: entries
     per model run (at most the model's max_batch_size). flush_entries: entries written at once.
     Outputs appear complete or not at all (written as "<name>.part", renamed at the end).
@@ -194,16 +196,20 @@ def predict(
     model disagree), FileAccessError/SchemaError (inputs), ProtocolError (server), RootmlError.
     """
     from rootml.datasets import RootIterableDataset
+    from rootml.export.folds import FOLD_INPUT, fold_dataset_options
 
     runner = open_model(model, threads, token)
     try:
         prep = Preprocessing.from_metadata(runner.metadata, runner.name)
-        prep.input_values(runner.inputs)  # the layout makes the model's inputs, or ModelError
+        # A k-fold ensemble also takes each entry's fold, read with its expression.
+        folds = fold_dataset_options(runner.metadata)
+        # the layout makes the model's inputs, or ModelError
+        prep.input_values([t for t in runner.inputs if not folds or t.name != FOLD_INPUT])
         if runner.max_batch_size > 0:
             batch_size = min(batch_size, runner.max_batch_size)
         ds = RootIterableDataset(
             files, tree, batch_size=batch_size, chunk_size=chunk_size, shuffle=False,
-            **prep.dataset_options(),
+            **{**prep.dataset_options(), **folds},
         )  # fmt: skip
         roots, parquet = output_paths(out, ds.files)
         if parquet is not None:

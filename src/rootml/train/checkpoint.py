@@ -1,10 +1,9 @@
 """Checkpoints and history files of a run folder (the contract export reads: rootml.runfolder).
 
-RUN/checkpoint.pt is the latest state, RUN/checkpoints/epoch_NNN.pt the state after epoch NNN;
-the keys are rootml.runfolder.CheckpointKey. A checkpoint taken inside an epoch has CheckpointKey.PARTIAL (step,
-DataLoader state, metric sums so far, seconds so far). The caller adds what describes the model
-(model file and arguments, layout, feature names, labels, normalisation, pad value, Specs,
-params).
+RUN/checkpoint.pt is the latest state, RUN/checkpoints/epoch_NNN.pt the state after epoch NNN,
+RUN/checkpoints/best.pt the best epoch of a run with early stopping; the keys are
+rootml.runfolder.CheckpointKey. The caller adds what describes the model (model file and
+arguments, layout, feature names, labels, normalisation, pad value, Specs, params, regression).
 """
 
 from __future__ import annotations

@@ -3,49 +3,28 @@ metrics, history, plots and checkpoints written into one run folder."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
+import shutil
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torchdata.stateful_dataloader import StatefulDataLoader
 
-from rootml.errors import ModelError, RootmlError
-from rootml.progress import Progress, duration, say
-from rootml.runfolder import CHECKPOINT_FILE, CHECKPOINTS_DIR, CheckpointKey
-from rootml.train.checkpoint import (
-    load_checkpoint,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-    write_history,
-)
-from rootml.train.distributed import (
-    gather_arrays,
-    init_distributed,
-    resolve_device,
-    sync_after_join,
-)
-from rootml.train.metrics import EpochMetrics
-from rootml.train.plots import class_names as display_names
-from rootml.train.plots import plot_classifier, plot_history
-from rootml.transforms.collection import layout_parts
-from rootml.transforms.feed import call_model
+from rootml.errors import RootmlError
+from rootml.progress import duration, say
+from rootml.runfolder import BEST_FILE, CHECKPOINT_FILE, CHECKPOINTS_DIR
+from rootml.runfolder import CheckpointKey as K
+from rootml.train.checkpoint import load_checkpoint, save_checkpoint, write_history
+from rootml.train.distributed import gather_arrays, init_distributed, resolve_device
+from rootml.train.loop import SCALE_LIMIT, Loop  # noqa: F401  (SCALE_LIMIT: the documented limit)
+from rootml.train.objectives import Classification
+from rootml.train.schedule import EarlyStopping, LRSchedule
 
 log = logging.getLogger(__name__)
-
-# An input branch whose values have an RMS above this in the first batch is "far from unit scale".
-SCALE_LIMIT = 10.0
 
 
 def fit(
@@ -70,6 +49,10 @@ def fit(
     class_names: list[str] | None = None,
     title: str | None = None,
     score_train: bool = True,
+    objective: Any = None,
+    schedule: LRSchedule | None = None,
+    early_stopping: EarlyStopping | None = None,
+    in_memory: int = 0,
 ) -> list[dict[str, Any]]:
     """Train `model` on the batches of `train` (a RootIterableDataset), validating on `val`.
 
@@ -122,299 +105,175 @@ def fit(
     training step (it may raise to stop the run). Progress (rootml.progress): a bar per pass on
     a terminal, else a log line every few seconds with events/s and ETA; after each epoch one
     line of a table (loss, accuracy, AUC, time, events/s). Returns the history: one dict per
-    epoch (epoch, train_/val_ loss, accuracy, auc, events; seconds; events_per_s).
-    Raises RootmlError when resuming a checkpoint taken inside an epoch under another world size,
-    ModelError when class_weights do not match the model's classes.
+    epoch (epoch, train_/val_ loss, accuracy, auc, events; seconds; events_per_s; lr, the
+    learning rate of the epoch; steps).
+
+    objective: rootml.train.objectives.Classification (the default, with class_weights and
+    class_names) or Regression (float targets batch["target"]; metrics loss, bias, resolution
+    per target; history plots every epoch, the regression plots after the last). schedule: a rootml.train.schedule.LRSchedule (learning rate
+    per epoch; default constant `lr`). early_stopping: an EarlyStopping: stop after its patience
+    epochs without improvement of its metric; the best epoch's checkpoint is also written as
+    checkpoints/best.pt, and checkpoint.pt says "stopped" (a resumed run has nothing left).
+    in_memory: bytes of batches kept from the first epoch so later epochs shuffle in memory
+    (rootml.train.memory); 0 reads the files every epoch.
+    Raises RootmlError when resuming a checkpoint taken inside an epoch under another world size
+    or another in_memory mode, ModelError when class_weights do not match the model's classes.
     """
     out = Path(out_dir)
     target = resolve_device(device)
     rank, world = init_distributed(target)
-    loop = _Loop(model.to(target), optimizer, lr, target, world, num_workers, amp, class_weights)
-    history, start, partial = [], 0, None
-    if resume and (out / CHECKPOINT_FILE).exists():
-        history, start, partial = _restore(loop, out, target, world)
+    objective = objective or Classification(class_weights, class_names)
+    loop = Loop(model.to(target), optimizer, lr, target, world, num_workers, amp, objective,
+                in_memory, rank)  # fmt: skip
+    run = _Run(out, loop, schedule or LRSchedule(lr, epochs), early_stopping, rank, world)
+    history, start, partial = run.restore(resume)
+    extra = checkpoint_extra or {}
+    every = checkpoint_every if checkpoint_every and world == 1 else None
     if checkpoint_every and world > 1:
         log.warning("checkpoint_every is ignored under DDP: checkpoints at epoch ends only")
-    run = _Run(
-        out, loop, train, val, history, rank, world, epochs, checkpoint_extra or {},
-        every=checkpoint_every if checkpoint_every and world == 1 else None, on_step=on_step,
-        record_entries=record_entries, score_train=score_train, class_names=class_names,
-        title=title,
-    )  # fmt: skip
-    for epoch in range(start, epochs):
-        row = run.epoch(epoch, partial, first=epoch == start)
-        partial = None
-        if on_epoch is not None:
-            on_epoch(row)
-    return history
-
-
-def _restore(loop: _Loop, out: Path, device: torch.device, world: int) -> tuple[list, int, Any]:
-    """(history, completed epochs, inside-epoch state or None) of out/checkpoint.pt, loaded into
-    the loop. Raises RootmlError for a checkpoint taken inside an epoch under DDP."""
-    path = out / CHECKPOINT_FILE
-    history, start, partial = loop.restore(load_checkpoint(path, device))
-    if partial is not None and world > 1:
-        raise RootmlError(
-            f"{path} was taken inside epoch {start + 1} by one process; resume it with one "
-            f"process, or from {CHECKPOINTS_DIR}/epoch_{start:03d}.pt"
-        )
-    log.info("resuming %s after epoch %d%s", out, start, " (inside it)" if partial else "")
-    return history, start, partial
-
-
-@dataclass
-class _Run:
-    """One call of fit: the loop, the datasets, the history so far and the settings of its
-    epochs; `epoch` runs one and writes its checkpoint, history line and plots."""
-
-    out: Path
-    loop: _Loop
-    train: Any
-    val: Any
-    history: list[dict[str, Any]]
-    rank: int
-    world: int
-    epochs: int
-    extra: dict[str, Any]
-    every: int | None = None
-    on_step: Callable[[dict[str, Any]], None] | None = None
-    record_entries: bool = False
-    score_train: bool = True
-    class_names: list[str] | None = None
-    title: str | None = None
-
-    def epoch(self, epoch: int, partial: dict[str, Any] | None, first: bool) -> dict[str, Any]:
-        """Train (from `partial`, a checkpoint's inside-epoch state, if any) and validate one
-        epoch; returns its history row."""
+    for epoch in range(start if not run.stopped else epochs, epochs):
         begin = time.perf_counter() - (partial["seconds"] if partial else 0.0)
-        self.train.set_epoch(epoch)
-        expect = _expected(self.train, self.history, "train_events", self.world)
-        save = functools.partial(self._save_partial, epoch=epoch, begin=begin)
-        metrics, seen = self.loop.epoch(
-            self.train, f"epoch {epoch + 1}/{self.epochs} train", self.rank, epoch, partial,
-            self.every, save, self.on_step, self.record_entries, expect,
+        if epoch > 0:  # in_memory: a resumed run reads its samples into memory first
+            loop.fill_memory("train", train, rank)
+            loop.fill_memory("val", val, rank)
+        train.set_epoch(epoch)
+        lr_now = run.schedule.apply(loop.optimizer, epoch)
+
+        def save_partial(state: dict[str, Any], epoch: int = epoch, begin: float = begin) -> None:
+            state["seconds"] = time.perf_counter() - begin
+            checkpoint = {**run.state(epoch, history), K.PARTIAL: state}
+            save_checkpoint(
+                out, {**checkpoint, K.DATASET_STATE: state["loader_state"], **extra}, False
+            )
+
+        desc = f"epoch {epoch + 1}/{epochs} train"
+        expect = _expected(train, history, "train_events", world)
+        metrics, seen = loop.epoch(
+            train, desc, rank, epoch, partial, every, save_partial, on_step, record_entries,
+            expect, cache="train",
         )  # fmt: skip
+        partial = None
         row = {"epoch": epoch + 1, **metrics.result("train")}
         val_metrics = None
-        if self.val is not None:
-            expect = _expected(self.val, self.history, "val_events", self.world)
-            title = f"epoch {epoch + 1}/{self.epochs} validation"
-            val_metrics, _ = self.loop.epoch(self.val, title, self.rank, total=expect)
+        if val is not None:
+            expect = _expected(val, history, "val_events", world)
+            val_metrics, _ = loop.epoch(val, f"epoch {epoch + 1}/{epochs} validation", rank, total=expect, cache="val")  # fmt: skip
             row.update(val_metrics.result("val"))
         seconds = time.perf_counter() - begin
         events = row["train_events"] + row.get("val_events", 0)
-        row.update(seconds=seconds, events_per_s=events / seconds if seconds > 0 else None)
-        self.history.append(row)
-        if self.record_entries:
-            _write_entries(self.out, epoch + 1, gather_arrays(seen), self.rank)
-        if self.rank == 0:
-            self._save_epoch(row, first)
-        self._plot(epoch, row, metrics, val_metrics)
-        return row
-
-    def _save_partial(self, state: dict[str, Any], epoch: int, begin: float) -> None:
-        """checkpoint.pt inside an epoch (checkpoint_every): where the loader stands."""
-        state["seconds"] = time.perf_counter() - begin
-        checkpoint = {
-            **self.loop.state(),
-            CheckpointKey.EPOCH: epoch,
-            CheckpointKey.HISTORY: self.history,
-        }
-        checkpoint.update(
-            {CheckpointKey.PARTIAL: state, CheckpointKey.DATASET_STATE: state["loader_state"]}
-        )
-        save_checkpoint(self.out, {**checkpoint, **self.extra}, False)
-
-    def _save_epoch(self, row: dict[str, Any], first: bool) -> None:
-        """The epoch's checkpoint, history files and line of the epoch table (rank 0)."""
-        checkpoint = {
-            **self.loop.state(),
-            CheckpointKey.EPOCH: row["epoch"],
-            CheckpointKey.HISTORY: self.history,
-        }
-        checkpoint.update(
-            {CheckpointKey.METRICS: row, CheckpointKey.DATASET_STATE: self.train.state_dict()}
-        )
-        save_checkpoint(self.out, {**checkpoint, **self.extra}, True)
-        write_history(self.out, self.history)
-        if first:
-            say(_epoch_line(None, self.val is not None))
-        say(_epoch_line(row, self.val is not None, self.epochs))
-
-    def _plot(self, epoch: int, row: dict[str, Any], metrics: Any, val_metrics: Any) -> None:
-        """The run's plots after an epoch; after the last, the training entries are scored
-        again first (score_train), so the overtraining check compares one model on both."""
+        row.update(seconds=seconds, events_per_s=events / seconds if seconds > 0 else None,
+                   lr=lr_now, steps=seen["steps"])  # fmt: skip
+        history.append(row)
+        improved = run.end_epoch(epoch, row)
+        if record_entries:
+            _write_entries(out, epoch + 1, gather_arrays(seen), rank)
+        if rank == 0:
+            run.save(epoch, history, {K.METRICS: row, K.DATASET_STATE: train.state_dict(), **extra}, improved)  # fmt: skip
+            if epoch == start:
+                say(_epoch_line(None, val is not None, objective.columns))
+            say(_epoch_line(row, val is not None, objective.columns, epochs))
+        last = run.stopped or epoch == epochs - 1
         note = "while training"
-        if self.score_train and epoch == self.epochs - 1:
-            # The epoch's own train scores came from weights that kept changing, dropout on.
-            expect = row["train_events"] // self.world
-            title = "scoring the training entries"
-            metrics, _ = self.loop.epoch(self.train, title, self.rank, total=expect)
-            note = "final model"
-        if self.rank == 0:
-            context = self.title if self.title is not None else _context(self.out, self.train)
-            folder = self.out / "plots"
-            _plot(folder, self.history, metrics, val_metrics, self.class_names, context, note)
+        if score_train and last:
+            metrics, note = _score_train(loop, train, row, rank, world), "final model"
+        if rank == 0:
+            context = title if title is not None else _context(out, train)
+            objective.plot(out / "plots", history, metrics, val_metrics, context, note, last)
+        if on_epoch is not None:
+            on_epoch(row)
+        if run.stopped:
+            log.info("early stopping after epoch %d: %s best at epoch %d (%.6g)", epoch + 1,
+                     run.monitor.metric, run.monitor.best_epoch, run.monitor.best)  # fmt: skip
+            break
+    return history
 
 
-class _Loop:
-    """The model, optimiser and device settings shared by the training and validation passes."""
+def _score_train(loop: Loop, train: Any, row: dict[str, Any], rank: int, world: int) -> Any:
+    """The training entries scored by the final model: the overtraining check compares one model
+    on both samples (the epoch's own train scores came from weights that kept changing, with
+    dropout on)."""
+    expect = row["train_events"] // world
+    return loop.epoch(train, "scoring the training entries", rank, total=expect, cache="train")[0]
 
-    def __init__(self, model, optimizer, lr, device, world, num_workers, amp, class_weights):
-        self.model, self.device, self.num_workers, self.amp = model, device, num_workers, amp
-        self.cuda = device.type == "cuda"
-        self.check_scale = True  # on the first training batch (_warn_unscaled)
-        self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-        self.wrapped = model
-        if world > 1:
-            ids = [device.index] if self.cuda else None
-            self.wrapped = DistributedDataParallel(model, device_ids=ids)
-        # float16 gradients underflow without loss scaling; bfloat16 (CPU autocast) does not.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.cuda)
-        self.class_weights = (
-            torch.tensor(class_weights, dtype=torch.float32, device=device)
-            if class_weights
-            else None
-        )
 
-    def state(self) -> dict[str, Any]:
-        return {
-            CheckpointKey.MODEL_STATE: self.model.state_dict(),
-            CheckpointKey.OPTIMIZER_STATE: self.optimizer.state_dict(),
-            CheckpointKey.SCALER_STATE: self.scaler.state_dict(),
-            CheckpointKey.RNG_STATE: rng_state(),
-        }
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    out_dir: str | os.PathLike,
+    objective: Any = None,
+    device: str = "auto",
+    num_workers: int = 0,
+    epoch: int = 0,
+    name: str = "test",
+    title: str | None = None,
+) -> Any:
+    """Score `dataset` (e.g. the test set) once with `model` in eval mode; the metrics (all
+    ranks' entries) are returned (EpochMetrics or RegressionMetrics: .result("test") gives the
+    numbers) and drawn by rank 0 into out_dir/plots/<name>/ (ROC, rejection and score plots,
+    or the regression plots). epoch: the model's epoch, for the titles."""
+    out = Path(out_dir)
+    target = resolve_device(device)
+    rank, world = init_distributed(target)
+    objective = objective or Classification()
+    loop = Loop(model.to(target), None, 0.0, target, 1, num_workers, False, objective)
+    total = _expected(dataset, [], "", world)
+    metrics, _ = loop.epoch(dataset, f"scoring the {name} entries", rank, total=total)
+    if rank == 0:
+        context = title if title is not None else _context(out, dataset)
+        objective.plot_test(out / "plots" / name, metrics, epoch, context)
+    return metrics
 
-    def restore(self, state: dict[str, Any]) -> tuple[list[dict[str, Any]], int, dict | None]:
-        """Load a checkpoint; returns (history, completed epochs, inside-epoch state or None)."""
-        self.model.load_state_dict(state[CheckpointKey.MODEL_STATE])
-        self.optimizer.load_state_dict(state[CheckpointKey.OPTIMIZER_STATE])
-        if state.get(CheckpointKey.SCALER_STATE):
-            self.scaler.load_state_dict(state[CheckpointKey.SCALER_STATE])
-        restore_rng(state.get(CheckpointKey.RNG_STATE))  # dropout continues as if never interrupted
-        return (
-            list(state.get(CheckpointKey.HISTORY, [])),
-            int(state[CheckpointKey.EPOCH]),
-            state.get(CheckpointKey.PARTIAL),
-        )
 
-    def epoch(
-        self,
-        dataset: Any,
-        title: str,
-        rank: int,
-        epoch: int | None = None,
-        partial: dict[str, Any] | None = None,
-        every: int | None = None,
-        save_partial: Callable[[dict[str, Any]], None] | None = None,
-        on_step: Callable[[dict[str, Any]], None] | None = None,
-        record: bool = False,
-        total: int | None = None,
-    ) -> tuple[EpochMetrics, dict[str, np.ndarray]]:
-        """One pass over `dataset`: training when `epoch` is given, else evaluation. Returns the
-        metrics (all-reduced over ranks) and, when `record`, the (file, entry) pairs seen.
-        total: the events this rank is expected to see (the progress bar's end), if known."""
-        training = epoch is not None
-        module = self.wrapped if training else self.model
-        module.train(training)
-        # The loader draws its workers' base seed from its own generator, not the global one:
-        # otherwise making a loader would shift dropout's random stream, and a run resumed inside
-        # an epoch (its loader made after the generator state is restored) would differ.
-        seeds = torch.Generator().manual_seed(getattr(dataset, "seed", 0) * 100_003 + (epoch or 0))
-        with warnings.catch_warnings():
-            # torchdata calls torch.set_vital, which torch deprecates: nothing the user can act on.
-            warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
-            loader = StatefulDataLoader(
-                dataset,
-                batch_size=None,
-                num_workers=self.num_workers,
-                pin_memory=self.cuda,
-                generator=seeds,
+class _Run:
+    """The state of a run besides the model's: schedule, early stopping, checkpoints."""
+
+    def __init__(self, out: Path, loop: Loop, schedule: LRSchedule, stopping, rank, world):
+        self.out, self.loop, self.schedule, self.rank, self.world = out, loop, schedule, rank, world
+        self.stopping = stopping
+        self.monitor = stopping.monitor() if stopping is not None else None
+        self.stopped = False
+
+    def restore(self, resume: bool) -> tuple[list[dict[str, Any]], int, dict | None]:
+        """(history, completed epochs, inside-epoch state) of out/checkpoint.pt when resuming."""
+        if not (resume and (self.out / CHECKPOINT_FILE).exists()):
+            return [], 0, None
+        state = load_checkpoint(self.out / CHECKPOINT_FILE, self.loop.device)
+        history, start, partial = self.loop.restore(state)
+        self.schedule.load_state_dict(state.get(K.SCHEDULE))
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state.get(K.MONITOR))
+        self.stopped = bool(state.get(K.STOPPED))
+        if partial is not None and self.world > 1:
+            raise RootmlError(
+                f"{self.out / 'checkpoint.pt'} was taken inside epoch {start + 1} by one "
+                f"process; resume it with one process, or from checkpoints/epoch_{start:03d}.pt"
             )
-        metrics, step, seen = None, 0, []
-        if partial is not None:
-            loader.load_state_dict(partial["loader_state"])
-            metrics = EpochMetrics.from_state_dict(partial["metrics"], self.device)
-            step, seen = partial["step"], list(partial.get("seen", []))
-        layout = dataset.layout.name
-        keys = [k for a, m, branches in layout_parts(dataset.layout) if branches for k in (a, m)]
-        if metrics is not None and total is not None:  # a resumed epoch: what is left of it
-            total = max(total - int(metrics.sums[3].item()), 0)
-        bar = Progress(title, total, "events", show=None if rank == 0 else False)
-        check = training and rank == 0 and self.check_scale
-        self.check_scale = self.check_scale and not training
-        join = module.join() if training and module is not self.model else contextlib.nullcontext()
-        with join, torch.set_grad_enabled(training):
-            for batch in loader:
-                if check:
-                    check = _warn_unscaled(dataset, batch)
-                if record:
-                    seen.append(np.stack([batch["file"].numpy(), batch["entry"].numpy()]))
-                loss, metrics = self._step(module, layout, keys, batch, training, metrics)
-                bar.update(len(batch["label"]))
-                if not training:
-                    continue
-                step += 1
-                if on_step is not None:
-                    on_step({"epoch": epoch + 1, "step": step, "loss": float(loss)})
-                if every and step % every == 0 and save_partial is not None:
-                    state = {"step": step, "loader_state": loader.state_dict(), "seen": seen}
-                    save_partial({**state, "metrics": metrics.state_dict()})
-        bar.close()
-        if training and module is not self.model:
-            sync_after_join(self.optimizer, self.scaler, step)
-        metrics = metrics or EpochMetrics(2, self.device)
-        metrics.all_reduce()
-        pairs = np.concatenate(seen, axis=1) if seen else np.zeros((2, 0), dtype=np.int64)
-        return metrics, {"file": pairs[0], "entry": pairs[1]}
+        log.info("resuming %s after epoch %d%s", self.out, start, " (inside it)" if partial else "")
+        return history, start, partial
 
-    def _step(self, module, layout, keys, batch, training, metrics):
-        """Forward (and backward) of one batch; updates and returns the metrics."""
-        inputs = {key: batch[key].to(self.device, non_blocking=self.cuda) for key in keys}
-        labels = batch["label"].to(self.device, non_blocking=self.cuda)
-        weight = batch["weight"].to(self.device, non_blocking=self.cuda)
-        with torch.autocast(self.device.type, enabled=self.amp):
-            output = call_model(module, layout, inputs, self.model)
-        # The loss in float32 outside autocast: BCE on float16 probabilities is not safe.
-        loss_per_event, probs = _loss(output.float(), labels)
-        if metrics is None:
-            classes = output.shape[1] if output.ndim == 2 and output.shape[1] > 1 else 2
-            self._check_classes(classes)
-            metrics = EpochMetrics(classes, self.device)
-        if self.class_weights is not None:
-            weight = weight * self.class_weights[labels]
-        weighted = (loss_per_event * weight).sum()
-        loss = weighted / weight.sum().clamp_min(1e-12)
-        if training:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        metrics.update(weighted, probs, labels, weight)
-        return loss.detach(), metrics
+    def state(self, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+        monitor = self.monitor.state_dict() if self.monitor is not None else None
+        return {**self.loop.state(), K.EPOCH: epoch, K.HISTORY: history, K.STOPPED: self.stopped,
+                K.SCHEDULE: self.schedule.state_dict(), K.MONITOR: monitor}  # fmt: skip
 
-    def _check_classes(self, classes: int) -> None:
-        if self.class_weights is not None and len(self.class_weights) != classes:
-            raise ModelError(
-                f"{len(self.class_weights)} class weights for a model of {classes} classes"
-            )
+    def end_epoch(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Update the schedule and early stopping; True when the epoch is the best so far."""
+        self.schedule.end_epoch(epoch, row)
+        if self.monitor is None:
+            return False
+        improved = self.monitor.update(row)
+        self.stopped = self.monitor.bad >= self.stopping.patience
+        return improved
 
-
-def _loss(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-event loss (B,) and the probabilities the metrics use: (B,) for one output column
-    (a probability: binary cross-entropy), (B, C) softmax for C columns (cross-entropy)."""
-    if output.ndim == 1 or output.shape[1] == 1:
-        probs = output.reshape(-1).clamp(1e-7, 1 - 1e-7)
-        return F.binary_cross_entropy(probs, labels.float(), reduction="none"), probs
-    return F.cross_entropy(output, labels, reduction="none"), output.softmax(1)
-
-
-def _plot(folder, history, train, val, class_names, context, train_scored) -> None:
-    """The run's plots after an epoch (rootml.train.plots)."""
-    names = display_names(train.n_classes, class_names)
-    plot_history(history, folder, context)
-    plot_classifier(train, val, folder, history[-1]["epoch"], names, context, train_scored)
+    def save(self, epoch: int, history, extra: dict[str, Any], best: bool) -> None:
+        """checkpoint.pt and checkpoints/epoch_NNN.pt; checkpoints/best.pt when `best`."""
+        save_checkpoint(self.out, {**self.state(epoch + 1, history), **extra}, True)
+        write_history(self.out, history)
+        if best:
+            tmp = self.out / f"{BEST_FILE}.tmp"
+            shutil.copyfile(self.out / CHECKPOINTS_DIR / f"epoch_{epoch + 1:03d}.pt", tmp)
+            os.replace(tmp, self.out / BEST_FILE)
 
 
 def _expected(dataset: Any, history: list[dict[str, Any]], key: str, world: int) -> int | None:
@@ -427,35 +286,6 @@ def _expected(dataset: Any, history: list[dict[str, Any]], key: str, world: int)
     return dataset.num_entries // world
 
 
-def _warn_unscaled(dataset: Any, batch: dict[str, Any]) -> bool:
-    """Log one warning when input branches of `batch` have an RMS (over all their real values:
-    every column or item, padding left out) above SCALE_LIMIT; returns False (check done)."""
-    sums: dict[str, list[float]] = {}  # branch -> [sum of squares, values]
-    for array, mask, branches in layout_parts(dataset.layout):
-        if not branches:
-            continue
-        values, real = batch[array].double(), batch[mask]
-        real = (real.unsqueeze(1) if values.ndim == 3 else real).expand_as(values)
-        axes = [d for d in range(values.ndim) if d != 1]  # all but the branch axis
-        squares = torch.where(real, values, 0.0).square().sum(axes).tolist()
-        for branch, square, count in zip(branches, squares, real.sum(axes).tolist()):
-            total = sums.setdefault(branch, [0.0, 0])
-            total[0], total[1] = total[0] + square, total[1] + count
-    rms = {b: (square / count) ** 0.5 for b, (square, count) in sums.items() if count}
-    large = sorted(((v, b) for b, v in rms.items() if v > SCALE_LIMIT), reverse=True)
-    if large:
-        listed = ", ".join(f"{b} {v:.3g}" for v, b in large[:5])
-        more = f" and {len(large) - 5} more" if len(large) > 5 else ""
-        log.warning(
-            "the inputs are far from unit scale (RMS in the first batch: %s%s; %d of %d branches "
-            "above %g): networks train badly on such values (loss stuck, AUC near 0.5). "
-            'Standardise them as `rootml train` does: RootIterableDataset(..., specs=fit_specs(...), '
-            'normalize="standard"), or scale inside the model.',
-            listed, more, len(large), len(rms), SCALE_LIMIT,
-        )  # fmt: skip
-    return False
-
-
 def _context(out: Path, dataset: Any) -> str:
     """The plots' context line: the run folder's name and the training files."""
     files = [os.path.basename(str(f).rstrip("/")) for f in getattr(dataset, "files", [])]
@@ -464,18 +294,32 @@ def _context(out: Path, dataset: Any) -> str:
     return f"run '{out.resolve().name}', " + (f"tree '{tree}' of {shown}" if tree else shown)
 
 
-def _epoch_line(row: dict[str, Any] | None, with_val: bool, epochs: int = 0) -> str:
-    """One row of the epoch table (the header when `row` is None)."""
+_SHORT = {"accuracy": "acc", "auc": "AUC", "resolution": "res", "bias": "bias"}
+
+
+def _epoch_line(
+    row: dict[str, Any] | None, with_val: bool, columns=("loss", "accuracy", "auc"), epochs=0
+) -> str:
+    """One row of the epoch table (the header when `row` is None): loss and the objective's
+    other `columns`, train then validation, time and events/s."""
+    splits = ("train", "val") if with_val else ("train",)
     if row is None:
-        val = f" | {'val loss':>8} {'acc':>6} {'AUC':>6}" if with_val else ""
-        return f"{'epoch':>7} | {'train loss':>10} {'acc':>6} {'AUC':>6}{val} | {'time':>8} {'events/s':>9}"  # fmt: skip
-    val = ""
-    if with_val:
-        val = f" | {row['val_loss']:>8.4f} {row['val_accuracy']:>6.4f} {row['val_auc']:>6.4f}"
+        parts = [
+            f"{split + ' loss':>{10 if split == 'train' else 8}} "
+            + " ".join(f"{_SHORT.get(c.split('_')[0], c):>6}" for c in columns[1:])
+            for split in splits
+        ]
+        return f"{'epoch':>7} | " + " | ".join(parts) + f" | {'time':>8} {'events/s':>9}"
+    parts = [
+        f"{row[f'{split}_{columns[0]}']:>{10 if split == 'train' else 8}.4f} "
+        + " ".join(f"{row[f'{split}_{c}']:>6.4f}" for c in columns[1:])
+        for split in splits
+    ]
     rate = f"{row['events_per_s']:,.0f}" if row.get("events_per_s") else "-"
     return (
-        f"{row['epoch']:>3}/{epochs:<3} | {row['train_loss']:>10.4f} {row['train_accuracy']:>6.4f} "
-        f"{row['train_auc']:>6.4f}{val} | {duration(row['seconds']):>8} {rate:>9}"
+        f"{row['epoch']:>3}/{epochs:<3} | "
+        + " | ".join(parts)
+        + f" | {duration(row['seconds']):>8} {rate:>9}"
     )
 
 

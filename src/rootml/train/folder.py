@@ -13,8 +13,8 @@ from rootml.train.checkpoint import load_checkpoint
 # What a run writes into its folder (besides params["hist"]); --overwrite deletes these first.
 # model.py stays: it may be the very file the run trains.
 _RUN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "specs.json", "params.json", "history.csv",
-              "history.json", "summary.json")  # fmt: skip
-_RUN_FOLDERS = ("checkpoints", "plots", "debug")
+              "history.json", "summary.json", "mlflow.json", "folds.json")  # fmt: skip
+_RUN_FOLDERS = ("checkpoints", "plots", "debug", "tensorboard")
 
 
 def check_run_folder(out: Path, resume: bool | str, overwrite: bool, epochs: int) -> int | None:
@@ -47,6 +47,8 @@ def check_run_folder(out: Path, resume: bool | str, overwrite: bool, epochs: int
             f"{out} {reached}, more than epochs={epochs}: give --epochs above {done} to "
             "continue it, or --overwrite to start again"
         )
+    if state.get("stopped"):  # early stopping ended it: nothing is left to train
+        return epochs
     return done
 
 

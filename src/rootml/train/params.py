@@ -85,6 +85,21 @@ PARAMS: tuple[Param, ...] = (
           "null: every training entry", _PREP, minimum=1),
     Param("balance", None, (str,), "\"class\": weight the classes equally; null: as read",
           _PREP, choices=("class",)),
+    Param("reweight_vars", None, (dict,), "kinematic reweighting: variable (one number per "
+          "entry) -> bin edges, e.g. {\"HT\": [0, 300, 600, 1e4]}; several: N-D bins; the "
+          "per-class histograms are fitted on the training entries with the Specs", _PREP),
+    Param("reweight_method", "flat", (str,), "flat: every class flat in the reweight_vars bins; "
+          "reference: every class shaped as reweight_reference", _PREP,
+          choices=("flat", "reference")),
+    Param("reweight_reference", None, (int,), "the class whose distribution the others are "
+          "matched to (reweight_method reference)", _PREP),
+    Param("reweight_max", 10.0, _NUMBER, "largest reweighting factor (larger ones are clipped "
+          "to it)", _PREP, minimum=1e-12),
+    Param("target_branch", None, _NAMES, "regression: the target branch(es) or aliases, one "
+          "number per entry; the model outputs one float per target", _PREP),
+    Param("target_normalize", "standard", (str,), "regression targets standardised with their "
+          "mean/std on the training entries for the loss; outputs and export are in the "
+          "targets' own units", _PREP, nullable=True, choices=("standard",)),
     Param("epochs", 5, (int,), "passes over the training entries", _TRAIN, minimum=1,
           flag=True),
     Param("batch_size", 1024, (int,), "entries per training step", _TRAIN, minimum=1,
@@ -92,6 +107,21 @@ PARAMS: tuple[Param, ...] = (
     Param("lr", 1e-3, _NUMBER, "Adam learning rate", _TRAIN, minimum=0, flag=True),
     Param("val_fraction", 0.2, _NUMBER, "last fraction of each file's entries held out for "
           "validation", _TRAIN, minimum=0, below=1, flag=True),
+    Param("test_fraction", 0.0, _NUMBER, "fraction of each file's entries just before the "
+          "validation part held out as the test set, scored once after training", _TRAIN,
+          minimum=0, below=1, flag=True),
+    Param("folds", None, (str,), "k-fold cross validation: expression of an entry's fold, "
+          "e.g. \"event % 5\" (fold = value % n_folds); fold k trains on the others and is "
+          "scored on its own", _TRAIN),
+    Param("n_folds", None, (int,), "number of folds; null: N of a trailing \"% N\" in folds",
+          _TRAIN, minimum=2),
+    Param("fold", None, (int,), "the one fold to train (0 .. n_folds-1, into OUT/fold_K); null: "
+          "every fold in turn", _TRAIN, minimum=0, flag=True),
+    Param("loss", None, (str,), "regression loss; null: cross-entropy for classes, mse for "
+          "targets; gaussian_nll: outputs are T means then T log variances", _TRAIN,
+          choices=("mse", "huber", "gaussian_nll")),
+    Param("huber_delta", 1.0, _NUMBER, "Huber loss: quadratic within this many target "
+          "standard deviations", _TRAIN, minimum=1e-12),
     Param("class_weights", None, (list,), "one factor per class multiplying the loss weights",
           _TRAIN),
     Param("seed", 0, (int,), "seed of shuffling, sampling and initialisation", _TRAIN,
@@ -102,14 +132,43 @@ PARAMS: tuple[Param, ...] = (
     Param("amp", False, (bool,), "mixed precision (float16 on CUDA, bfloat16 on CPU)", _TRAIN),
     Param("checkpoint_every", None, (int,), "training steps between checkpoints inside an "
           "epoch (one process)", _TRAIN, minimum=1),
+    Param("in_memory", 0, _NUMBER, "bytes of padded arrays kept from the first epoch, so later "
+          "epochs shuffle in memory instead of reading; 0, or more data than this: stream",
+          _TRAIN, minimum=0, flag=True),
+    Param("lr_schedule", None, (str,), "learning rate per epoch: cosine (to lr_min at the last "
+          "epoch), step (x lr_gamma every lr_step epochs), plateau (x lr_gamma after "
+          "lr_patience epochs without improvement)", _TRAIN,
+          choices=("cosine", "step", "plateau")),
+    Param("warmup_epochs", 0, (int,), "epochs of linear warm-up to lr (per step) before the "
+          "schedule", _TRAIN, minimum=0),
+    Param("lr_min", 0.0, _NUMBER, "cosine: the learning rate at the last epoch", _TRAIN,
+          minimum=0),
+    Param("lr_step", 10, (int,), "step: epochs between decreases", _TRAIN, minimum=1),
+    Param("lr_gamma", 0.1, _NUMBER, "step, plateau: the factor of each decrease", _TRAIN,
+          minimum=1e-12),
+    Param("lr_patience", 2, (int,), "plateau: epochs without improvement of the early_stopping "
+          "metric (default val_loss) before a decrease", _TRAIN, minimum=0),
+    Param("early_stopping", None, (dict,), "{\"metric\": \"val_loss\", \"patience\": 5, "
+          "\"mode\": \"min\", \"min_delta\": 0}: stop after patience epochs without "
+          "improvement; the best epoch is kept (checkpoints/best.pt) and exported", _TRAIN),
+    Param("init_from", None, (str,), "run folder or checkpoint whose model weights start this "
+          "run (fine-tuning)", _TRAIN),
+    Param("freeze", None, _NAMES, "parameter names or glob patterns (\"0.*\", \"encoder.*\") "
+          "kept fixed", _TRAIN),
     Param("hist", None, (str,), "folder in the run folder for per-class histograms of every "
           "feature branch", _OUT),
     Param("verbose", 0, (int,), "logging of rootml: 1 info, 2 debug", _OUT, minimum=0),
     Param("debug_entries", False, (bool,), "write every (file, entry) trained on per epoch "
           "into debug/", _OUT),
+    Param("log", None, _NAMES, "experiment tracking: tensorboard (OUT/tensorboard), mlflow, or "
+          "both (a list, or \"tensorboard,mlflow\")", _OUT, flag=True),
+    Param("tracking_uri", None, (str,), "MLflow tracking URI; null: MLFLOW_TRACKING_URI, else "
+          "OUT/mlruns", _OUT),
+    Param("experiment", None, (str,), "MLflow experiment name; null: \"rootml\"", _OUT),
 )
 # fmt: on
 _BY_KEY = {key: p for p in PARAMS for key in filter(None, (p.name, p.mlaas4hep))}
+TRACKERS = ("tensorboard", "mlflow")
 
 # Arguments passed to RootIterableDataset as they are.
 DATASET_KEYS = (
@@ -239,9 +298,14 @@ def _normalized(params: dict[str, Any]) -> dict[str, Any]:
     """One spelling per value: nevts -1 -> None, one branch name -> a list of one."""
     if isinstance(params["nevts"], int) and params["nevts"] < 0:
         params["nevts"] = None
-    for key in ("branches", "exclude", "identifiers"):
+    for key in ("branches", "exclude", "identifiers", "target_branch", "freeze"):
         if isinstance(params[key], str):
             params[key] = [params[key]]
+    if isinstance(params["log"], str):
+        params["log"] = [part.strip() for part in params["log"].split(",") if part.strip()]
+    unknown = sorted(set(params["log"] or ()) - set(TRACKERS))
+    if unknown:
+        raise ConfigError(f"parameter 'log' must name {' or '.join(TRACKERS)}, not {unknown}")
     return params
 
 

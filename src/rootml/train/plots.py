@@ -32,16 +32,26 @@ SCORE_BINS = 50  # drawn score bins; BINS / SCORE_BINS fine bins each
 ROC_RESOLUTION = (1e-3, 0.01)
 
 
-def plot_history(history: list[dict[str, Any]], folder: Path, context: str = "") -> list[Path]:
-    """loss.png, accuracy.png, auc.png: train and validation per epoch (integer epoch ticks)."""
+CLASSIFIER_HISTORY = {
+    "loss": ("Loss", "loss (weighted)"),
+    "accuracy": ("Accuracy", "accuracy (weighted)"),
+    "auc": ("ROC AUC", "ROC AUC"),
+}
+
+
+def plot_history(
+    history: list[dict[str, Any]],
+    folder: Path,
+    context: str = "",
+    metrics: dict[str, tuple[str, str]] | None = None,
+) -> list[Path]:
+    """<metric>.png: train and validation per epoch (integer epoch ticks), for each history
+    metric of `metrics` (name -> (title, axis label); default loss, accuracy, AUC), and lr.png
+    when the rows' learning rates ("lr") differ (a schedule)."""
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    labels = {
-        "loss": ("Loss", "loss (weighted)"),
-        "accuracy": ("Accuracy", "accuracy (weighted)"),
-        "auc": ("ROC AUC", "ROC AUC"),
-    }
+    labels = dict(metrics or CLASSIFIER_HISTORY)
     canvas, written = Canvas(), []
     for metric, (name, label) in labels.items():
 
@@ -58,6 +68,15 @@ def plot_history(history: list[dict[str, Any]], folder: Path, context: str = "")
                 axes.legend()
 
         written.append(canvas.draw(folder / f"{metric}.png", draw, f"{name} per epoch", context))
+    if len({row["lr"] for row in history if "lr" in row}) > 1:
+
+        def draw_lr(axes):
+            axes.plot(epochs, [row.get("lr", np.nan) for row in history], marker="o")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.set_xlabel("epoch")
+            axes.set_ylabel("learning rate (at the epoch's start)")
+
+        written.append(canvas.draw(folder / "lr.png", draw_lr, "Learning rate per epoch", context))
     return written
 
 
@@ -146,14 +165,16 @@ def plot_classifier(
     names: Sequence[str] | None = None,
     context: str = "",
     train_scored: str = "while training",
+    sample: str = "train",
 ) -> list[Path]:
     """roc.png, rejection.png, roc.json and the score plots (scores.png for a binary model,
     scores_<class>.png per class otherwise) with scores.json, for `epoch`. train_scored: how
     the train scores were made ("while training" the epoch, or "final model"), in the legends
-    and the JSON."""
+    and the JSON. sample: what `train` is named in the legends ("test": the test set alone,
+    then `val` is None)."""
     names = class_names(train.n_classes, names)
     shown = {"validation": roc_curves(val, names)} if val is not None else {}
-    shown[f"train ({train_scored})"] = roc_curves(train, names)
+    shown[f"train ({train_scored})" if sample == "train" else sample] = roc_curves(train, names)
     folder.mkdir(parents=True, exist_ok=True)
     about = {"epoch": epoch, "train_scored": train_scored}
     (folder / "roc.json").write_text(json.dumps({**about, **shown}))
@@ -172,9 +193,9 @@ def plot_classifier(
     binary = train.n_classes == 2
     for entry in scores:
         what = "Classifier score" if binary else f"Score of {entry['class']} vs rest"
-        title = f"{what}, train{' vs validation' if val is not None else ''}, epoch {epoch}"
+        title = f"{what}, {sample}{' vs validation' if val is not None else ''}, epoch {epoch}"
         name = "scores.png" if binary else file_name(f"scores_{entry['class']}") + ".png"
-        drawer = _score_drawer(entry, binary, train_scored)
+        drawer = _score_drawer(entry, binary, train_scored if sample == "train" else None, sample)
         written.append(canvas.draw(folder / name, drawer, title, context))
     return written
 
@@ -211,7 +232,7 @@ def _roc_drawer(shown: dict[str, list[dict[str, Any]]], rejection: bool):
     return draw
 
 
-def _score_drawer(entry: dict[str, Any], binary: bool, train_scored: str):
+def _score_drawer(entry: dict[str, Any], binary: bool, train_scored: str | None, sample="train"):
     signal = entry["class"] if not binary else "signal"
     parts = {"signal": signal, "background": "background" if binary else f"not {signal}"}
 
@@ -224,8 +245,9 @@ def _score_drawer(entry: dict[str, Any], binary: bool, train_scored: str):
                             label=f"{label}, validation")  # fmt: skip
             ks = entry["ks"].get(part)
             suffix = f" (KS p = {ks['p_value']:.3g})" if ks else ""
+            shown = f"train ({train_scored})" if train_scored else sample
             axes.plot(centres, entry["train"][part], "o", ms=3.5, color=colour,
-                      label=f"{label}, train ({train_scored}){suffix}")  # fmt: skip
+                      label=f"{label}, {shown}{suffix}")  # fmt: skip
         axes.set_xlim(0, 1)
         axes.set_ylim(0, 1.7 * axes.get_ylim()[1])  # room for the legend above the peaks
         score = "signal" if binary else entry["class"]

@@ -11,34 +11,43 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from rootml._runtime import distributed
-from rootml.datasets import RootIterableDataset, Selection, fit_specs, resolve_files
+from rootml._runtime import distributed, rank_world
+from rootml.datasets import Selection, resolve_files
 from rootml.errors import ConfigError
-from rootml.runfolder import MODEL_FILE, SPECS_FILE, SUMMARY_FILE, CheckpointKey
+from rootml.runfolder import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    PARAMS_FILE,
+    SPECS_FILE,
+    SUMMARY_FILE,
+    CheckpointKey,
+    load_checkpoint,
+)
 from rootml.train.distributed import init_distributed, resolve_device
-from rootml.train.fit import fit
+from rootml.train.fit import evaluate, fit
 from rootml.train.folder import check_run_folder, clear_run_folder, finished_summary
-from rootml.train.model import build_model, model_arguments
-from rootml.train.params import dataset_arguments, load_params
+from rootml.train.inputs import (
+    RunData,
+    label_names,
+    make_objective,
+    make_schedule,
+    reserved,
+    run_data,
+)
+from rootml.train.model import build_model, freeze, init_from, model_arguments
+from rootml.train.params import load_params
+from rootml.train.schedule import EarlyStopping
+from rootml.train.splits import fold_expression, n_folds_of
+from rootml.train.tracking import Tracking
 from rootml.transforms import Specs
 
 log = logging.getLogger(__name__)
 
-
-def split_ranges(ranges: list[tuple[int, int]], val_fraction: float) -> tuple[list, list]:
-    """Train / validation entry ranges: the last `val_fraction` of each file's selected entries
-    (ranges: [start, stop) per file) is held out, by entry number, so no validation entry is ever
-    trained on and the split does not depend on shuffling, workers or ranks."""
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"val_fraction must be in [0, 1), not {val_fraction}")
-    train, val = [], []
-    for start, stop in ranges:
-        cut = stop - int(round((stop - start) * val_fraction))
-        train.append((start, cut))
-        val.append((cut, stop))
-    return train, val
+FOLDS_FILE = "folds.json"  # in a k-fold run's folder: expression, number of folds, fold folders
 
 
 def run_from_params(
@@ -54,24 +63,37 @@ def run_from_params(
     """Train the model of `model_file` on `files` (list, glob, files.txt) with `labels` (list or
     labels.txt, one per file) as MLaaS4HEP does, writing everything into `out_dir`:
     params.json, model.py, specs.json, checkpoint.pt, checkpoints/, history.csv/json, plots/,
-    summary.json (and debug/ with params "debug_entries").
+    summary.json (and debug/ with params "debug_entries", tensorboard/ or mlflow.json with
+    params "log").
 
     params: params.json or a dict (rootml.train.params: MLaaS4HEP keys and rootml's own);
-    overrides (e.g. device="cpu", epochs=3) win over it. The last `val_fraction` of each file's
-    selected entries is the validation set (split_ranges); the Specs (pad lengths and the
-    statistics of `normalize`) are fitted on the training entries only, and on resume read back
-    from out_dir/specs.json. Under torchrun every rank calls this; rank 0 writes.
+    overrides (e.g. device="cpu", epochs=3) win over it. Entries are split by
+    rootml.train.splits: the last `val_fraction` of each file's selected entries validates, the
+    `test_fraction` before it is the test set, scored once after training (with the best epoch
+    when early stopping kept one) into summary.json "test" and plots/test/. The Specs (pad
+    lengths, the statistics of `normalize`, the reweighting histograms of reweight_vars) are
+    fitted on the training entries only, and on resume read back from out_dir/specs.json.
+    Under torchrun every rank calls this; rank 0 writes.
+
+    k-fold cross validation (params "folds", e.g. "event % 5"): fold k is a whole run in
+    out_dir/fold_k, trained and validated on the entries of the other folds, tested on its own;
+    params "fold" trains one fold, else every fold in turn. Every fold's Specs are the same,
+    fitted on the training entries of all folds (the features' statistics use no labels; the
+    reweighting histograms, when asked for, do), so the fold models take the same inputs.
+    out_dir/folds.json names the expression and the folds,
+    out_dir/summary.json holds each fold's summary and the mean and spread of their test
+    metrics. `rootml export out_dir` makes the fold models one ensemble (rootml.export.folds).
 
     A run folder that already holds a run is refused unless `resume` (continue it up to
     `epochs`; "auto": only if it holds one, else start it) or `overwrite` (its checkpoints,
     history, plots and Specs are deleted first). When a resumed run already has `epochs`
-    epochs, nothing is trained and its summary is returned with "new_epochs" 0; fewer `epochs`
-    than it has is a ConfigError.
+    epochs (or stopped early), nothing is trained and its summary is returned with
+    "new_epochs" 0; fewer `epochs` than it has is a ConfigError.
 
     Before training, the model is built and run on a zero batch of the dataset's shape on the
     CPU, so a model that does not fit the inputs is refused at once (ModelError naming the model
     file, its arguments and torch's message). Files that all have one label (no labels.txt and
-    no label_branch) are refused: the model would learn one class.
+    no label_branch) are refused for classification: the model would learn one class.
 
     Returns the summary (also in summary.json): "new_epochs" trained by this call, and per
     epoch "epoch_seconds" and "epoch_events" (training + validation entries). Raises what
@@ -87,41 +109,148 @@ def run_from_params(
     device = resolve_device(params["device"])
     started = not distributed()
     rank, world = init_distributed(device)
+    try:
+        if params["folds"]:
+            return _run_folds(files, labels, model_file, params, out, resume, overwrite, rank)
+        return _run(files, labels, model_file, params, out, resume, overwrite, begin)
+    finally:
+        if started and world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _run_folds(files, labels, model_file, params, out: Path, resume, overwrite, rank) -> dict:
+    """Every fold of params "folds" (or the one of "fold") as a run in out/fold_k."""
+    n = n_folds_of(params["folds"], params["n_folds"])
+    if params["test_fraction"]:
+        raise ConfigError("k-fold runs test each fold on its own entries: give test_fraction 0")
+    if params["fold"] is not None and params["fold"] >= n:
+        raise ConfigError(f"fold must be in 0..{n - 1} for {n} folds, not {params['fold']}")
+    record = {"folds": params["folds"], "n_folds": n, "expression": fold_expression(params["folds"], n),
+              "runs": [f"fold_{k}" for k in range(n)]}  # fmt: skip
+    if (out / FOLDS_FILE).is_file():
+        held = json.loads((out / FOLDS_FILE).read_text())
+        if (held["folds"], held["n_folds"]) != (record["folds"], n):
+            if not overwrite:
+                raise ConfigError(
+                    f"{out} holds the folds {held['folds']!r} ({held['n_folds']}), not "
+                    f"{params['folds']!r} ({n}): give --overwrite or another --out"
+                )
+            for k in range(held["n_folds"]) if rank == 0 else ():  # other folds: all stale
+                clear_run_folder(out / f"fold_{k}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FOLDS_FILE).write_text(json.dumps(record, indent=1))
+    if "mlflow" in (params["log"] or []) and not (params["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")):  # fmt: skip
+        params = {
+            **params,
+            "tracking_uri": (out / "mlruns").resolve().as_uri(),
+        }  # one store, a run per fold
+    chosen = [params["fold"]] if params["fold"] is not None else range(n)
+    summaries = {}
+    for k in chosen:
+        begin = time.perf_counter()
+        folder = out / f"fold_{k}"
+        summaries[k] = _run(files, labels, model_file, params, folder, resume, overwrite, begin, k)
+    summary = folds_summary(out, n)
+    if rank == 0:
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_safe))
+    return summaries[chosen[-1]] if params["fold"] is not None else summary
+
+
+def folds_summary(out: Path, n: int) -> dict[str, Any]:
+    """The folds' summaries (those trained so far) and, per test metric, the mean over folds and
+    the standard deviation of the fold values."""
+    folds = {}
+    for k in range(n):
+        path = out / f"fold_{k}" / SUMMARY_FILE
+        if path.is_file():
+            folds[k] = json.loads(path.read_text())
+    tests = [s["test"] for s in folds.values() if s.get("test")]
+    keys = [k for k in (tests[0] if tests else {}) if all(k in t for t in tests)]
+    combined = {
+        key: {"mean": float(np.mean(values)), "std": float(np.std(values)), "folds": values}
+        for key in keys
+        if (values := [t[key] for t in tests]) and all(isinstance(v, (int, float)) for v in values)
+    }
+    return {"n_folds": n, "folds_done": sorted(folds), "test": combined,
+            "folds": {str(k): s for k, s in folds.items()}}  # fmt: skip
+
+
+def _run(files, labels, model_file, params, out: Path, resume, overwrite, begin, fold=None):
+    """One run (one fold of a k-fold run when `fold` is given) into `out`; its summary."""
+    rank, world = rank_world()
     done = check_run_folder(out, resume, overwrite, params["epochs"])
     if world > 1:  # every rank reads the folder before rank 0 changes it
         torch.distributed.barrier()
     if done == params["epochs"]:
-        _leave_group(started, world)
         return finished_summary(out, done)
     if overwrite and rank == 0:
         clear_run_folder(out)
     selection, labels = _selection(files, labels, params)
     torch.manual_seed(params["seed"])
-    specs, train, val = _datasets(selection, labels, params, out if done is not None else None)
-    model_args = model_arguments(train)
-    classes = None if params["label_branch"] else max(train.file_labels) + 1
-    model = build_model(model_file, model_args, train, classes)
-    record = {**params, "files": train.files, "labels": train.file_labels}
+    data = run_data(selection, labels, params, out if done is not None else None, fold)
+    model_args = model_arguments(data.train)
+    classes = None if params["label_branch"] or data.regression else max(data.train.file_labels) + 1  # fmt: skip
+    objective = make_objective(params, data)
+    outputs = getattr(objective, "outputs", None)
+    model = build_model(model_file, model_args, data.train, classes, outputs)
+    if done is None and params["init_from"]:
+        init_from(model, params["init_from"])
+    freeze(model, params["freeze"])
+    record = {**params, "files": data.train.files, "labels": data.train.file_labels, "fold": fold}
     if rank == 0 and done is None:
-        _write_inputs(out, model_file, specs, record)
+        _write_inputs(out, model_file, data.specs, record)
+    extra = _checkpoint_extra(params, data, model_args, record, objective)
+    tracking = None
+    if rank == 0 and params["log"]:
+        steps = sum(row.get("steps", 0) for row in (_history(out) if done else []))
+        tracking = Tracking(params["log"], out, record, steps, out.name if fold is not None else None)  # fmt: skip
     history = fit(
-        model, train, val, out_dir=out, **_fit_arguments(params), resume=done is not None,
-        checkpoint_extra=_checkpoint_extra(train, params, specs, model_args, record),
+        model, data.train, data.val, out_dir=out, epochs=params["epochs"], lr=params["lr"],
+        device=params["device"], num_workers=params["num_workers"], amp=params["amp"],
+        resume=done is not None, checkpoint_every=params["checkpoint_every"],
+        record_entries=params["debug_entries"], checkpoint_extra=extra, objective=objective,
+        schedule=make_schedule(params, data.val is not None),
+        early_stopping=EarlyStopping.from_params(params["early_stopping"], data.val is not None),
+        in_memory=int(params["in_memory"]),
+        on_epoch=tracking.on_epoch if tracking else None,
+        on_step=tracking.on_step if tracking else None,
     )  # fmt: skip
-    summary = {
-        **_timings(history, done or 0, time.perf_counter() - begin),
-        **_outcome(history, train, val, device, world, params),
-    }
+    test = None
+    if data.test is not None:
+        test = _test(model, out, data, params, objective, history)
+    summary = _summary(history, done, begin, data, params, world, test, fold)
+    if params["early_stopping"]:
+        state = load_checkpoint(out / CHECKPOINT_FILE)
+        monitor = state.get(CheckpointKey.MONITOR) or {}
+        summary["early_stopping"] = {**monitor, "stopped": bool(state.get(CheckpointKey.STOPPED))}
     if rank == 0:
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_safe))
-    _leave_group(started, world)
+    if tracking is not None:
+        tracking.finish()
     return summary
 
 
-def _leave_group(started: bool, world: int) -> None:
-    """End the process group this run started (one started by the caller stays)."""
-    if started and world > 1:
-        torch.distributed.destroy_process_group()
+def _checkpoint_extra(params, data: RunData, model_args, record, objective) -> dict[str, Any]:
+    """What every checkpoint of the run says about its model, for export (rootml.runfolder)."""
+    K = CheckpointKey
+    extra = {
+        K.MODEL_FILE: MODEL_FILE,
+        K.MODEL_ARGS: model_args,
+        K.LAYOUT: params["layout"],
+        K.FEATURE_NAMES: data.train.feature_names,
+        K.LABELS: label_names(data.train.file_labels),
+        K.NORMALIZE: params["normalize"],
+        K.PAD_VALUE: params["pad_value"],
+        K.SPECS: data.specs.to_dict(),
+        K.PARAMS: record,
+        K.TREE: data.train.tree,
+        K.BRANCHES: list(data.train.branch_info),
+    }
+    if data.regression:
+        extra[K.REGRESSION] = {**objective.checkpoint_record(), "stats": data.targets}
+        extra[K.LABELS] = None
+    return extra
 
 
 def _selection(files: Any, labels: Any, params: dict[str, Any]) -> tuple[Selection, Any]:
@@ -129,117 +258,63 @@ def _selection(files: Any, labels: Any, params: dict[str, Any]) -> tuple[Selecti
     labels (per file; from `files` when it is a dict path -> label and `labels` is None)."""
     urls, dict_labels = resolve_files(files, params["redirector"])
     keys = ("tree", "branches", "exclude", "cut", "aliases", "chunk_size", "redirector", "cache")
-    keys += ("cache_size",)
-    selection = Selection(urls, **{key: params[key] for key in keys})
+    selection = Selection(urls, **{key: params[key] for key in (*keys, "cache_size")})
     return selection, dict_labels if labels is None else labels
 
 
-def _fit_arguments(params: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of rootml.train.fit that params.json sets."""
-    return {
-        "epochs": params["epochs"],
-        "lr": params["lr"],
-        "device": params["device"],
-        "num_workers": params["num_workers"],
-        "amp": params["amp"],
-        "class_weights": params["class_weights"],
-        "checkpoint_every": params["checkpoint_every"],
-        "record_entries": params["debug_entries"],
-    }
+def _test(model, out: Path, data: RunData, params, objective, history) -> dict[str, Any]:
+    """The test set scored once, by the best epoch's model when early stopping kept one."""
+    epoch = history[-1]["epoch"] if history else 0
+    best = out / BEST_FILE
+    if best.is_file():
+        state = load_checkpoint(best)
+        model.load_state_dict(state[CheckpointKey.MODEL_STATE])
+        epoch = state[CheckpointKey.EPOCH]
+    metrics = evaluate(model, data.test, out_dir=out, objective=objective, device=params["device"],
+                       num_workers=params["num_workers"], epoch=epoch)  # fmt: skip
+    return {**metrics.result("test"), "epoch": epoch}
 
 
-def _checkpoint_extra(
-    train: RootIterableDataset, params: dict, specs: Specs, model_args: dict, record: dict
-) -> dict[str, Any]:
-    """What every checkpoint of the run says about its model, for export (rootml.runfolder)."""
-    return {
-        CheckpointKey.MODEL_FILE: MODEL_FILE,
-        CheckpointKey.MODEL_ARGS: model_args,
-        CheckpointKey.LAYOUT: params["layout"],
-        CheckpointKey.FEATURE_NAMES: train.feature_names,
-        CheckpointKey.LABELS: _label_names(train.file_labels),
-        CheckpointKey.NORMALIZE: params["normalize"],
-        CheckpointKey.PAD_VALUE: params["pad_value"],
-        CheckpointKey.SPECS: specs.to_dict(),
-        CheckpointKey.PARAMS: record,
-        CheckpointKey.TREE: train.tree,
-        CheckpointKey.BRANCHES: list(train.branch_info),
-    }
-
-
-def _outcome(history, train, val, device, world: int, params: dict) -> dict[str, Any]:
-    """The summary's results and setting: entries, features, final metrics, report, device."""
-    return {
-        "train_entries": train.num_entries,
-        "val_entries": val.num_entries if val else 0,
-        "features": len(train.feature_names),
+def _summary(history, done, begin, data: RunData, params, world, test, fold) -> dict[str, Any]:
+    summary = {
+        **_timings(history, done or 0, time.perf_counter() - begin),
+        "train_entries": data.train.num_entries,
+        "val_entries": data.val.num_entries if data.val else 0,
+        "test_entries": data.test.num_entries if data.test else 0,
+        "features": len(data.train.feature_names),
         "final": history[-1] if history else {},
-        "report": dict(train.report),
-        "device": _device_name(device),
+        "report": dict(data.train.report),
+        "device": _device_name(resolve_device(params["device"])),
         "world_size": world,
         "num_workers": params["num_workers"],
         "amp": bool(params["amp"]),
         "versions": _versions(),
     }
+    if test is not None:
+        summary["test"] = test
+    if fold is not None:
+        summary["fold"] = fold
+    return summary
 
 
-def _datasets(selection: Selection, labels: Any, params: dict[str, Any], resumed: Path | None):
-    """(specs, training dataset, validation dataset or None) of a run: the Specs fitted on the
-    training entries, or read from the `resumed` run folder."""
-    common = {k: v for k, v in dataset_arguments(params).items() if k not in Selection.FIELDS}
-    probe = RootIterableDataset(
-        selection=selection.replace(nevts=params["nevts"]),
-        labels=labels,
-        max_len=1,
-        **{k: v for k, v in common.items() if k != "normalize"},
-    )
-    _check_classes(probe.file_labels, labels, params["label_branch"])
-    train_ranges, val_ranges = split_ranges(probe.ranges, params["val_fraction"])
-    train_selection = selection.replace(entries=train_ranges)
-    specs = (
-        Specs.load(resumed / SPECS_FILE)
-        if resumed is not None
-        else fit_specs(
-            selection=train_selection.replace(exclude=_excluded(params)),
-            nevts=params["specs_nevts"],
-            max_len=params["max_len"],
-            seed=params["seed"],
-        )
-    )
-    train = RootIterableDataset(selection=train_selection, labels=labels, specs=specs, **common)
-    val = None
-    if params["val_fraction"] > 0:
-        options = dict(common, shuffle=False, balance=None)
-        val = RootIterableDataset(
-            selection=selection.replace(entries=val_ranges), labels=labels, specs=specs, **options
-        )
-    return specs, train, val
-
-
-def _excluded(params: dict[str, Any]) -> list[str]:
-    """The branches the Specs leave out: `exclude` and the reserved ones."""
-    return [*(params["exclude"] or []), *_reserved(params)]
-
-
-def _reserved(params: dict[str, Any]) -> list[str]:
-    """Identifier, label and weight branches: never features, so the Specs leave them out."""
-    return [
-        *(params["identifiers"] or []),
-        *filter(None, [params["label_branch"], params["weight_branch"]]),
-    ]
+def _history(out: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads((out / "history.json").read_text())
+    except (OSError, ValueError):
+        return []
 
 
 def _write_inputs(out: Path, model_file: str | os.PathLike, specs: Specs, record: dict) -> None:
     """What a new run folder keeps of its inputs: model.py, specs.json, params.json (`record`:
     the effective parameters, files and labels), and the histograms of params "hist"."""
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "model.py").exists() or not (out / "model.py").samefile(model_file):
-        shutil.copy(model_file, out / "model.py")
-    specs.save(out / "specs.json")
-    (out / "params.json").write_text(json.dumps(record, indent=1, default=str))
+    if not (out / MODEL_FILE).exists() or not (out / MODEL_FILE).samefile(model_file):
+        shutil.copy(model_file, out / MODEL_FILE)
+    specs.save(out / SPECS_FILE)
+    (out / PARAMS_FILE).write_text(json.dumps(record, indent=1, default=str))
     if record["hist"]:
         folder = out / str(record["hist"])
-        _histograms(record["files"], record["labels"], record, _reserved(record), specs, folder)
+        _histograms(record["files"], record["labels"], record, reserved(record), specs, folder)
 
 
 def _timings(history: list[dict[str, Any]], done: int, seconds: float) -> dict[str, Any]:
@@ -260,22 +335,6 @@ def _timings(history: list[dict[str, Any]], done: int, seconds: float) -> dict[s
     }
 
 
-def _check_classes(file_labels: list[int], labels: Any, label_branch: str | None) -> None:
-    """Refuse a run whose entries would all be one class (AUC undefined, nothing learnt)."""
-    if label_branch or len(set(file_labels)) > 1:
-        return
-    if labels is None:
-        raise ConfigError(
-            "no labels: every file would be class 0 and the model would learn one class; give "
-            "--labels (labels.txt, one per file, or one per file on the command line) or the "
-            "params.json key label_branch"
-        )
-    raise ConfigError(
-        f"every file has label {file_labels[0] if file_labels else None}: the model would learn "
-        "one class; give files of at least two classes"
-    )
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
@@ -287,26 +346,17 @@ def _histograms(urls, labels, params, reserved, specs, folder: Path) -> None:
     entry (an inspection of the inputs, binned over the training Specs' ranges)."""
     from rootml.datasets import fit_histograms
 
-    keys = ("tree", "branches", "cut", "aliases", "chunk_size", "redirector", "cache", "cache_size")
-    selection = Selection(
-        urls, exclude=[*(params["exclude"] or []), *reserved], nevts=params["specs_nevts"],
-        **{key: params[key] for key in keys},
-    )  # fmt: skip
+    selection = _selection(urls, labels, params)[0].replace(
+        exclude=[*(params["exclude"] or []), *reserved], nevts=params["specs_nevts"]
+    )
     _, histograms = fit_histograms(
         selection=selection,
         labels=labels,
-        class_names=dict(enumerate(_label_names(labels))),
+        class_names=dict(enumerate(label_names(labels))),
         ranges=specs,
         seed=params["seed"],
     )
     histograms.plot(folder)
-
-
-def _label_names(labels: list[int]) -> list[str]:
-    classes = sorted(set(labels))
-    if classes == [0, 1]:
-        return ["background", "signal"]
-    return [str(c) for c in range(max(classes) + 1)]
 
 
 def _versions() -> dict[str, str]:

@@ -21,6 +21,7 @@ from rootml.errors import ConfigError, SchemaError, SpecsMismatch, closest
 from rootml.transforms.collection import collection_name
 from rootml.transforms.layout import Column, make_columns
 from rootml.transforms.pad import jagged_parts
+from rootml.transforms.reweight import Reweighting
 
 FORMAT = 1
 
@@ -105,12 +106,15 @@ class Specs:
     branches: branch -> BranchSpec, in feature order.
     pad: jagged branch -> pad length (number of feature columns).
     fingerprint: files, tree, branches, cut and aliases the statistics come from.
+    reweight: the kinematic reweighting histograms per class (rootml.transforms.reweight), when
+    fitted; updated by the fitting pass with labels and weights, not by `update`.
     """
 
     branches: dict[str, BranchSpec] = field(default_factory=dict)
     pad: dict[str, int] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     entries: int = 0
+    reweight: Reweighting | None = None
 
     @classmethod
     def empty(cls, kinds: Mapping[str, tuple[str, int, str | None]], fingerprint: dict) -> Specs:
@@ -138,6 +142,9 @@ class Specs:
         for name, spec in self.branches.items():
             spec.merge(other.branches[name])
         self.entries += other.entries
+        if other.reweight is not None:
+            mine = self.reweight if self.reweight is not None else other.reweight.empty_copy()
+            self.reweight = mine.merge(other.reweight)
         return self
 
     def resolve_pad(
@@ -217,6 +224,7 @@ class Specs:
             else None,
             # JSON has no inf: an empty branch keeps min/max as null.
             "branches": {name: finite_json(asdict(spec)) for name, spec in self.branches.items()},
+            **({"reweight": self.reweight.to_dict()} if self.reweight is not None else {}),
         }
 
     @classmethod
@@ -229,6 +237,7 @@ class Specs:
             dict(data.get("pad", {})),
             dict(data.get("fingerprint", {})),
             int(data.get("entries", 0)),
+            Reweighting.from_dict(data["reweight"]) if data.get("reweight") else None,
         )
 
     def save(self, path: str | os.PathLike) -> None:
