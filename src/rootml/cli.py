@@ -428,26 +428,43 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--branch-name", help="score branch name (default: score; with several outputs, a prefix)"
     )
     p.add_argument("--chunk-size", type=int, default=100_000, help="entries read at once")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads (default: cores; 1 per task with --dask)",
+    )
     p.add_argument("--token-file", help="bearer token for a server that wants one")
+    p.add_argument(
+        "--dask",
+        metavar="SCHEDULER",
+        help="one task per file on Dask: local[:N] (N worker processes here), a scheduler "
+        "address (tcp://host:8786) or a scheduler file (.json); see docs/scaling.md",
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="with --dask: extra attempts of a failed task"
+    )
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from rootml.predict import predict
+    from rootml.predict import predict, predict_dask
 
-    summary = predict(
-        args.model,
-        args.files,
-        args.out,
-        tree=args.tree,
-        out_tree=args.out_tree,
-        batch_size=args.batch_size,
-        branch_name=args.branch_name,
-        chunk_size=args.chunk_size,
-        threads=args.threads,
-        token=_read_token(args.token_file),
-    )
+    options = {
+        "tree": args.tree,
+        "out_tree": args.out_tree,
+        "batch_size": args.batch_size,
+        "branch_name": args.branch_name,
+        "chunk_size": args.chunk_size,
+        "token": _read_token(args.token_file),
+    }
+    if args.dask:
+        summary = predict_dask(
+            args.model, args.files, args.out, scheduler=args.dask, retries=args.retries,
+            threads=args.threads or 1, **options,
+        )  # fmt: skip
+    else:
+        summary = predict(args.model, args.files, args.out, threads=args.threads, **options)
     print(
         f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr
     )

@@ -112,6 +112,16 @@ class ModelError(RootmlError):
     """A model file, repository entry or export is invalid or unsafe."""
 
 
+class IncompleteOutput(RootmlError):
+    """A job that wrote part of its outputs: `failed` lists what was not done (for batch scoring,
+    dicts with "file", "entries" [start, stop) or None when unknown, "error"), `outputs` what
+    was written complete, `report` the JSON file that lists both."""
+
+    def __init__(self, message: str = "", *, failed=(), outputs=(), report=None, **context):
+        super().__init__(message, **context)
+        self.failed, self.outputs, self.report = list(failed), list(outputs), report
+
+
 class ProtocolError(RootmlError):
     """A request the inference protocol refuses, or an error answer a server gave a client.
 
