@@ -231,9 +231,17 @@ def _wait(client: Any, futures: list[Any], progress: bool | str | None) -> list[
         with Progress("scoring", len(futures), "files", show=progress) as bar:
             for _ in as_completed(futures):
                 bar.update(1)
-        return [f.result() if f.status == "finished" else f.exception() for f in futures]
+        return [_outcome(f) for f in futures]
     finally:
         client.cancel(futures)  # nothing left running when interrupted
+
+
+def _outcome(future: Any) -> Any:
+    if future.status == "finished":
+        return future.result()
+    if future.status == "error":
+        return future.exception()
+    return RootmlError(f"the task ended {future.status} (the cluster lost it)")
 
 
 def _not_scored(url: str, tree: str | None, err: BaseException) -> dict[str, Any]:
