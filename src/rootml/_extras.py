@@ -20,6 +20,7 @@ MODULES = {
     "parquet": ("pyarrow",),
     "hdf5": ("h5py",),
     "ray": ("ray",),
+    "dask": ("dask", "distributed", "dask_awkward"),
 }
 
 

@@ -448,28 +448,46 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chunk-size", type=int, default=defaults.CHUNK_SIZE, help="entries read at once"
     )
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads (default: cores; 1 per task with --dask)",
+    )
     p.add_argument("--token-file", help="bearer token for a server that wants one")
+    p.add_argument(
+        "--dask",
+        metavar="SCHEDULER",
+        help="one task per file on Dask: local[:N] (N worker processes here), a scheduler "
+        "address (tcp://host:8786) or a scheduler file (.json); see docs/scaling.md",
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="with --dask: extra attempts of a failed task"
+    )
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     require("serve", "rootml predict")
-    from rootml.predict import predict
+    from rootml.predict import predict, predict_dask
 
-    summary = predict(
-        args.model,
-        args.files,
-        args.out,
-        tree=args.tree,
-        out_tree=args.out_tree,
-        batch_size=args.batch_size,
-        branch_name=args.branch_name,
-        chunk_size=args.chunk_size,
-        threads=args.threads,
-        token=read_token_file(args.token_file),
-        rntuple=args.rntuple,
-    )
+    options = {
+        "tree": args.tree,
+        "out_tree": args.out_tree,
+        "batch_size": args.batch_size,
+        "branch_name": args.branch_name,
+        "chunk_size": args.chunk_size,
+        "token": read_token_file(args.token_file),
+        "rntuple": args.rntuple,
+    }
+    if args.dask:
+        require("dask", "rootml predict --dask")
+        summary = predict_dask(
+            args.model, args.files, args.out, scheduler=args.dask, retries=args.retries,
+            threads=args.threads or 1, **options,
+        )  # fmt: skip
+    else:
+        summary = predict(args.model, args.files, args.out, threads=args.threads, **options)
     print(
         f"scored {summary['entries']} entries of {len(summary['files'])} file(s)", file=sys.stderr
     )

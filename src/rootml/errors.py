@@ -117,6 +117,16 @@ class UserCodeError(FileAccessError, ModelError):
     the function named. A mistake in the request: a dataset never skips it (on_error="skip")."""
 
 
+class IncompleteOutput(RootmlError):
+    """A job that wrote part of its outputs: `failed` lists what was not done (for batch scoring,
+    dicts with "file", "entries" [start, stop) or None when unknown, "error"), `outputs` what
+    was written complete, `report` the JSON file that lists both."""
+
+    def __init__(self, message: str = "", *, failed=(), outputs=(), report=None, **context):
+        super().__init__(message, **context)
+        self.failed, self.outputs, self.report = list(failed), list(outputs), report
+
+
 class ProtocolError(RootmlError):
     """A request the inference protocol refuses, or an error answer a server gave a client.
 

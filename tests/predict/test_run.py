@@ -13,7 +13,6 @@ import uproot
 
 from rootml.cli import main
 from rootml.errors import ModelError, ProtocolError, RootmlError
-from rootml.export.repository import add_onnx_model
 from rootml.predict.run import _InOrder, branch_names, output_paths, predict
 from tests.serve._physics_model import (
     HZZ,
@@ -21,36 +20,12 @@ from tests.serve._physics_model import (
     HZZ_ZSTD,
     RNTUPLE,
     RNTUPLE_BRANCHES,
-    add_model,
-    hzz_specs,
-    onnx_bytes,
     read_columns,
     reference_inputs,
-    rntuple_specs,
     run_onnx,
     sorted_jets,
 )
 from tests.serve.conftest import Server
-
-
-@pytest.fixture(scope="module")
-def specs():
-    return {"hzz": hzz_specs(), "muons": rntuple_specs()}
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, specs) -> tuple[Path, dict[str, bytes]]:
-    path = tmp_path_factory.mktemp("predict-repo")
-    models = {
-        "hzz": add_model(path, "hzz", specs["hzz"], "standard"),
-        "heads": add_model(path, "heads", specs["hzz"], "minmax", seed=3, two_heads=True),
-        "muons": add_model(path, "muons", specs["muons"], "standard", seed=5),
-        "sorted": add_model(
-            path, "sorted", specs["hzz"], None, seed=7, sort_by={"Jet": "Jet_E"}, nan_policy="raise"
-        ),
-    }
-    add_onnx_model(path, "plain", onnx_bytes(4))
-    return path, models
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,7 @@ class _LocalModel:
         self.name, self.metadata = self.model.name, self.model.metadata
         self.inputs, self.outputs = self.model.inputs, self.model.outputs
         self.max_batch_size = self.model.max_batch_size
+        self.pinned = str(folder / str(self.model.version))  # opens this version again
         self._names = [t.name for t in self.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,6 +98,8 @@ class _RemoteModel:
         self.inputs = [TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in signature["inputs"]]  # fmt: skip
         self.outputs = [TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in signature["outputs"]]  # fmt: skip
         self.max_batch_size = int(config.get("max_batch_size", 0))
+        base = f"{parsed.scheme}://{parsed.netloc}"
+        self.pinned = f"{base}/v2/models/{self.name}/versions/{self.version}"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.client.infer(self.name, feeds, self.version)
@@ -108,7 +111,8 @@ class _RemoteModel:
 def open_model(model: str, threads: int = 0, token: str | None = None) -> Any:
     """A runnable model from "models/NAME" (a model folder of a repository, its default
     version), "models/NAME/N" (version N), both run here, or "http://host:port/NAME[/versions/N]"
-    (served). Raises ModelError, ProtocolError."""
+    (served). Its `pinned` attribute is the string that opens the same version again, wherever
+    the default version moves meanwhile. Raises ModelError, ProtocolError."""
     if model.startswith(("http://", "https://")):
         return _RemoteModel(model, token)
     folder, version = Path(model), None
@@ -164,8 +168,26 @@ def branch_names(outputs: Sequence[str], branch_name: str | None = None) -> dict
     return {o: f"{branch_name}_{o}" if branch_name else o for o in outputs}
 
 
+def check_model(
+    runner: Any, branch_name: str | None = None
+) -> tuple[Preprocessing, dict[str, str]]:
+    """The preprocessing of an opened model (open_model) and its output -> branch names.
+    Raises ModelError (no Specs, layout and model disagree) or RootmlError (a name taken)."""
+    from rootml.export.folds import FOLD_INPUT, fold_dataset_options
+
+    prep = Preprocessing.from_metadata(runner.metadata, runner.name)
+    # A k-fold ensemble also takes each entry's fold, read with its expression (not a feature).
+    folds = fold_dataset_options(runner.metadata)
+    # the layout makes the model's inputs, or ModelError
+    prep.input_values([t for t in runner.inputs if not folds or t.name != FOLD_INPUT])
+    names = branch_names([t.name for t in runner.outputs], branch_name)
+    if {"file", "entry"} & set(names.values()):
+        raise RootmlError("branch names 'file' and 'entry' are taken by the parquet columns")
+    return prep, names
+
+
 def predict(
-    model: str,
+    model: Any,
     files: Any,
     out: str | Sequence[str],
     *,
@@ -182,10 +204,11 @@ def predict(
 ) -> dict[str, Any]:
     """Score every entry of `files` with `model` and write friend trees and/or parquet.
 
-    model: "models/NAME[/N]" or "http://host:port/NAME[/versions/N]" (see open_model); the
-    version's rootml.json needs "specs". A k-fold ensemble (rootml.json "folds") gets each
-    entry's fold from its expression: every entry is scored by the fold model that did not
-    train on it. files: as RootIterableDataset (paths, URLs, globs, .txt lists); tree: the input
+    model: "models/NAME[/N]" or "http://host:port/NAME[/versions/N]" (see open_model), or a
+    model open_model opened (left open); the version's rootml.json needs "specs". A k-fold
+    ensemble (rootml.json "folds") gets each entry's fold from its expression: every entry is
+    scored by the fold model that did not train on it. files: as RootIterableDataset (paths,
+    URLs, globs, .txt lists); tree: the input
     TTree/RNTuple (None: the only one). out: destination(s), see output_paths. batch_size: entries
     per model run (at most the model's max_batch_size). flush_entries: entries written at once.
     Outputs appear complete or not at all (written as "<name>.part", renamed at the end).
@@ -196,15 +219,12 @@ def predict(
     model disagree), FileAccessError/SchemaError (inputs), ProtocolError (server), RootmlError.
     """
     from rootml.datasets import RootIterableDataset
-    from rootml.export.folds import FOLD_INPUT, fold_dataset_options
+    from rootml.export.folds import fold_dataset_options
 
-    runner = open_model(model, threads, token)
+    runner = open_model(str(model), threads, token) if isinstance(model, (str, Path)) else model
     try:
-        prep = Preprocessing.from_metadata(runner.metadata, runner.name)
-        # A k-fold ensemble also takes each entry's fold, read with its expression.
+        prep, names = check_model(runner, branch_name)
         folds = fold_dataset_options(runner.metadata)
-        # the layout makes the model's inputs, or ModelError
-        prep.input_values([t for t in runner.inputs if not folds or t.name != FOLD_INPUT])
         if runner.max_batch_size > 0:
             batch_size = min(batch_size, runner.max_batch_size)
         ds = RootIterableDataset(
@@ -214,9 +234,6 @@ def predict(
         roots, parquet = output_paths(out, ds.files)
         if parquet is not None:
             _need_pyarrow()
-        names = branch_names([t.name for t in runner.outputs], branch_name)
-        if {"file", "entry"} & set(names.values()):
-            raise RootmlError("branch names 'file' and 'entry' are taken by the parquet columns")
         entries = [0] * len(ds.files)
         for unit in ds.units(0):
             entries[unit.file] += unit.stop - unit.start
@@ -224,7 +241,8 @@ def predict(
         tree_name = out_tree or _tree_name(ds.tree)
         written = _write(scored, ds, roots, parquet, tree_name, names, runner.outputs, rntuple)
     finally:
-        runner.close()
+        if runner is not model:
+            runner.close()
     return {
         "entries": sum(entries),
         "files": list(ds.files),

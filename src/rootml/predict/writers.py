@@ -35,6 +35,15 @@ def _types_of(scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {k: v.dtype if v.ndim == 1 else (v.dtype, v.shape[1:]) for k, v in scores.items()}
 
 
+def empty_scores(names: Mapping[str, str], outputs: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Branch -> scores of no entries, in the types of the model's outputs (TensorSpecs)."""
+    empty = {}
+    for name, kind in _branch_types(names, outputs).items():
+        dtype, dims = kind if isinstance(kind, tuple) else (kind, ())
+        empty[name] = np.zeros((0, *dims), dtype=dtype)
+    return empty
+
+
 class FriendTrees:
     """One ROOT file per input (`paths[i]` for input i) holding TTree `tree` (an RNTuple with
     `rntuple=True`), one branch (field) per score. Files are written one at a time, in input
@@ -116,10 +125,7 @@ def write_parquet(
     if first is not None:
         ak.to_parquet_row_groups(map(records, itertools.chain([first], chunks)), path)
         return
-    empty = {}
-    for name, kind in _branch_types(names, outputs).items():
-        dtype, dims = kind if isinstance(kind, tuple) else (kind, ())
-        empty[name] = np.zeros((0, *dims), dtype=dtype)
+    empty = empty_scores(names, outputs)
     ak.to_parquet(
         ak.Array({"file": np.array([], dtype=str), "entry": np.zeros(0, np.int64), **empty}), path
     )
