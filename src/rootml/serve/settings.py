@@ -28,6 +28,8 @@ class ServeSettings:
     threads_per_run: int = 1
     run_slots: int | None = None  # default: the cores of this worker
     inline_run_us: float = 100.0  # runs measured at most this long run on the event loop
+    # Where versions run whose config.pbtxt has no instance_group kind: auto, cpu, cuda, cuda:N.
+    device: str = "auto"
 
     def slots(self) -> int:
         """onnxruntime runs in flight per worker: its share of the cores / threads per run."""
