@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rootml.errors import ModelError
-from rootml.export.execution import available_gpus, create_sessions, plan_groups
+from rootml.export import execution
 from rootml.export.metadata import METADATA_FILE as METADATA_FILE
 from rootml.export.metadata import check_metadata as check_metadata
 from rootml.export.metadata import read_metadata as read_metadata
@@ -409,14 +409,17 @@ def load_model(
         check_signature(config, inputs, outputs, what)
     else:
         config = make_config(name, inputs, outputs)
-    planned = plan_groups(config, device, available_gpus())
+    planned = execution.plan_groups(config, device, execution.available_gpus())
     if cached is not None and cached.planned == planned:
         sessions, devices, groups = cached.sessions, cached.devices, cached.config["instance_group"]
     else:
-        if cached is not None:
+        if cached is not None:  # placed anew: the same file, read again
             data = inside(path, folder).read_bytes()
+            validate_onnx(data)
         try:
-            sessions, devices, groups = create_sessions(data, planned[0], threads, what, planned[1])
+            sessions, devices, groups = execution.create_sessions(
+                data, planned[0], threads, what, planned[1]
+            )
         except Exception as err:
             raise ModelError(f"onnxruntime cannot load {path}: {err}") from err
     # Resolved as Triton's config endpoint shows them: named, kinds placed, GPUs listed.
