@@ -578,8 +578,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # name -> script in the checkout's benchmarks/ folder; each defines run_benchmark(quick=...) -> dict
 # and format_table(results) -> str. Another benchmark adds itself here.
-# gpu: skipped (reported as such) where there is no CUDA device.
-_BENCHMARKS = {"loader": "loader.py", "serve": "serve.py", "gpu": "gpu.py"}
+# gpu, serve_gpu: skipped (reported as such) where there is no CUDA device.
+_BENCHMARKS = {
+    "loader": "loader.py",
+    "serve": "serve.py",
+    "gpu": "gpu.py",
+    "serve_gpu": "serve_gpu.py",
+}
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -118,8 +118,9 @@ def test_bad_devices_are_refused(device):
 
 
 def test_cuda_sessions_ask_onnxruntime_for_the_cuda_provider_on_the_device(monkeypatch, mlp_bytes):
-    """What is handed to onnxruntime: the CUDA provider with device_id, CPU after it, and no
-    onnxruntime fallback of its own (it would print and go on on the CPU unannounced)."""
+    """What is handed to onnxruntime: the CUDA provider with device_id and full float32 matmuls
+    (no TF32), CPU after it, and no onnxruntime fallback of its own (it would print and go on on
+    the CPU unannounced)."""
     asked = []
 
     def recording_session(data, sess_options=None, providers=None, **kwargs):
@@ -133,7 +134,7 @@ def test_cuda_sessions_ask_onnxruntime_for_the_cuda_provider_on_the_device(monke
     execution._session(mlp_bytes, "cuda:1", threads=1)
     execution._session(mlp_bytes, "cpu", threads=1)
     assert asked == [
-        ([(CUDA, {"device_id": 1}), CPU], {"enable_fallback": 0}),
+        ([(CUDA, {"device_id": 1, "use_tf32": 0}), CPU], {"enable_fallback": 0}),
         ([CPU], {"enable_fallback": 0}),
     ]
 
