@@ -49,14 +49,10 @@ TOLERANCE = 1e-5
 BATCHES = (1, 64, 1024, 16384)
 
 
-def _module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_bench = _module("serve", HERE / "serve.py")
+# serve.py's models, server process, load generator and checks (a script, not a package).
+_spec = importlib.util.spec_from_file_location("bench_serve", HERE / "serve.py")
+serve_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(serve_bench)
 
 
 def make_repository(folder: Path, device: str, gpu: int, instances: int) -> dict[str, bytes]:

@@ -18,15 +18,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from rootml.export.model_config import model_file_name
 from rootml.export.pbtxt import format_config, parse_config
 from tests.conftest import free_port
+from tests.serve.conftest import wait_ready
 
 WHEEL = "nvidia-pytriton==0.7.0"
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -179,14 +178,9 @@ class Triton:
                 env=_environment(),
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:  # HTTP starts once the models given at start have loaded (or failed)
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        # HTTP starts once the models given at start have loaded (or failed to).
+        if wait_ready(self.process, self.url, 90):
+            return
         self.stop()
         raise RuntimeError(f"tritonserver did not start:\n{log.read_text()[-3000:]}")
 

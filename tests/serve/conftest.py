@@ -105,6 +105,20 @@ def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
     )
 
 
+def wait_ready(process: subprocess.Popen, url: str, seconds: float) -> bool:
+    """Whether the server at `url` answered /v2/health/ready with 200 within `seconds`, while
+    its `process` runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class Server:
     """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
@@ -129,16 +143,8 @@ class Server:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.process, self.url, 30):
+            return
         self.stop()
         raise RuntimeError(f"rootml serve did not become ready:\n{log.read_text()[-3000:]}")
 
