@@ -32,12 +32,11 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 _DEVICE = re.compile(r"auto|cpu|cuda(?::(\d+))?")
 
 
 def check_device(device: str) -> str:
-    """`device` if it is one of DEVICES (cuda:N with N >= 0), else ConfigError."""
+    """`device` if it is auto, cpu, cuda or cuda:N (N >= 0, a GPU id), else ConfigError."""
     if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
         raise ConfigError(f"device {device!r}: use auto, cpu, cuda or cuda:N (N a GPU id)")
     return device
