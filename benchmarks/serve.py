@@ -148,7 +148,7 @@ def make_repository(folder: Path, models: dict[str, bytes]) -> None:
 def _session(data: bytes):
     import onnxruntime as ort
 
-    from rootml.export.repository import session_options
+    from rootml.export.execution import session_options
 
     return ort.InferenceSession(data, session_options(1), providers=["CPUExecutionProvider"])
 

@@ -285,7 +285,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     require("export", "rootml export")
     from rootml.errors import ModelError
-    from rootml.export.repository import add_onnx_model, model_dir
+    from rootml.export.repository import add_onnx_model, model_dir, model_file
+
+    def written(version: int) -> str:  # the model file of the version (default_model_filename)
+        folder = model_dir(args.repo, args.name)
+        return str(folder / str(version) / model_file(folder))
 
     if args.onnx is None:
         if args.source is None:
@@ -304,7 +308,7 @@ def _run_export(args: argparse.Namespace) -> int:
             parity_batches=args.parity_batches,
             max_batch_size=args.max_batch_size,
         )
-        print(f"{model_dir(args.repo, args.name) / str(version) / 'model.onnx'}")
+        print(written(version))
         return 0
     if args.source is not None:
         raise ModelError("give either a training run/checkpoint or --onnx FILE, not both")
@@ -315,7 +319,7 @@ def _run_export(args: argparse.Namespace) -> int:
     version = add_onnx_model(
         args.repo, args.name, args.onnx, metadata, max_batch_size=args.max_batch_size
     )
-    print(f"{model_dir(args.repo, args.name) / str(version) / 'model.onnx'}")
+    print(written(version))
     return 0
 
 
@@ -374,11 +378,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="onnxruntime intra-op threads per run; runs in flight = cores / this",
     )
+    p.add_argument(
+        "--device",
+        default=defaults.SERVE_DEVICE,
+        help="where models run whose config.pbtxt instance_group gives no kind: auto (a GPU "
+        "when onnxruntime has CUDA and finds one), cpu, cuda or cuda:N; KIND_GPU/KIND_CPU in "
+        f"config.pbtxt win; no usable GPU: the CPU, with a warning (default: {defaults.SERVE_DEVICE})",
+    )
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     require("serve", "rootml serve")
+    from rootml.export.execution import check_device
     from rootml.serve.app import repository_notice, run_server
     from rootml.serve.settings import ServeSettings
 
@@ -394,6 +406,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         threads_per_run=args.threads_per_run,
         body_timeout_s=args.body_timeout,
         repository_poll_secs=args.repository_poll_secs,
+        device=check_device(args.device),
     )
     notice = repository_notice(args.repo, args.repository_poll_secs)
     if notice is not None:
@@ -592,7 +605,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "bench",
         "short benchmarks against their references (from a source checkout)",
         description="Run the short benchmarks against their references, measured in the same "
-        "run: the repository's benchmarks/run.py (loader, serve, gpu). They need the source "
+        "run: the repository's benchmarks/run.py (loader, serve, gpu, serve_gpu). They need the source "
         "checkout (examples, test fixtures, benchmarks/results), so they are not part of the "
         "installed package: run this from a clone of rootml.",
     )

@@ -108,6 +108,20 @@ def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
 READY_WITHIN = 120  # seconds a test server may take to answer /v2/health/ready
 
 
+def wait_ready(process: subprocess.Popen, url: str, seconds: float) -> bool:
+    """Whether the server at `url` answered /v2/health/ready with 200 within `seconds`, while
+    its `process` runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class Server:
     """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
@@ -134,14 +148,8 @@ class Server:
             )
         # Generous: starting imports onnxruntime and loads the models, seconds on a loaded
         # machine; a server that exits or never gets ready fails with the end of its log.
-        began = time.monotonic()
-        while time.monotonic() < began + READY_WITHIN and self.process.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.process, self.url, READY_WITHIN):
+            return
         code = self.process.poll()
         self.stop()
         why = f"exited with {code}" if code is not None else f"not ready in {READY_WITHIN} s"

@@ -165,7 +165,7 @@ def compare(
     import onnxruntime as ort
     import torch
 
-    from rootml.export.repository import session_options
+    from rootml.export.execution import session_options
 
     session = ort.InferenceSession(
         onnx_bytes, sess_options=session_options(1), providers=["CPUExecutionProvider"]

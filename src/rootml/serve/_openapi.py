@@ -28,6 +28,8 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # Where the version runs: execution_provider, device, instances (as MLServer, V2 parameters).
+    parameters: dict[str, str | int] = {}
 
 
 class ServerMetadata(BaseModel):

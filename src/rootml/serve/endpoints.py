@@ -80,6 +80,7 @@ class Endpoints:
             max_queue=settings.max_queue,
             metrics=self.metrics,
             inline_run_s=settings.inline_run_us * 1e-6,
+            device=settings.device,
         )
         self.ready = False
         self._poller: asyncio.Task | None = None
@@ -120,6 +121,8 @@ class Endpoints:
         return {"name": "rootml", "version": self.version, "extensions": EXTENSIONS}
 
     async def model_metadata(self, model_name: str, model_version: str | None = None):
+        """The model's signature (V2), and in `parameters` where the version runs: its
+        execution_provider, device and instances (rootml's addition; clients ignore it)."""
         served = self.manager.get(model_name, model_version)
         versions = (
             [str(served.version)]
@@ -132,6 +135,7 @@ class Endpoints:
             "platform": "onnxruntime_onnx",
             "inputs": [t.to_dict() for t in served.inputs],
             "outputs": [t.to_dict() for t in served.outputs],
+            "parameters": served.placement(),
         }
 
     async def model_ready(self, model_name: str, model_version: str | None = None):

@@ -30,6 +30,7 @@ class ServeSettings:
     threads_per_run: int = 1
     run_slots: int | None = None  # default: the cores of this worker
     inline_run_us: float = 100.0  # runs measured at most this long run on the event loop
+    device: str = defaults.SERVE_DEVICE
 
     def slots(self) -> int:
         """onnxruntime runs in flight per worker: its share of the cores / threads per run."""
