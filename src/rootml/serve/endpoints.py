@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Decoding a large infer body can take seconds of CPU (millions of JSON numbers or BYTES
 # elements); beyond this size it runs in a thread, so the event loop goes on serving others.
-_PARSE_INLINE_BYTES = 1 * MiB
+PARSE_INLINE_BYTES = 1 * MiB
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 Answer = TypeVar("Answer")
 
@@ -240,7 +240,7 @@ class Endpoints:
             outputs = [(n, results[n], b) for n, b in wanted]
             return encode_infer_response(served.name, str(served.version), outputs, parsed.id)
 
-        offload = len(body) > _PARSE_INLINE_BYTES
+        offload = len(body) > PARSE_INLINE_BYTES
         return await self.score(served, decode, encode, started, offload)
 
     async def tfaas(self, body: bytes, started: float | None = None) -> list:
