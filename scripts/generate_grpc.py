@@ -12,6 +12,7 @@ Usage: python scripts/generate_grpc.py [--check]
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
 import tempfile
 from pathlib import Path
@@ -64,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="only check that the checked-in file is current"
     )
     args = parser.parse_args(argv)
-    text = module_text(descriptor_set())
+    data = descriptor_set()
     if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        body = text.split("FILE_DESCRIPTOR_SET", 1)[1]
-        if body != current.split("FILE_DESCRIPTOR_SET", 1)[-1]:
+        current = (
+            runpy.run_path(str(OUTPUT)).get("FILE_DESCRIPTOR_SET") if OUTPUT.exists() else None
+        )
+        if current != data:
             print(f"{OUTPUT} is out of date: run {COMMAND}", file=sys.stderr)
             return 1
         return 0
+    text = module_text(data)
     OUTPUT.write_text(text)
     print(f"wrote {OUTPUT}")
     return 0

@@ -4,194 +4,194 @@ edit; change the .proto files and run the command again."""
 
 FILE_DESCRIPTOR_SET = (
     b'\n\xb8X\n\x12model_config.proto\x12\tinference"\xc0\x01\n\x10ModelRateLimiter\x12B\n\tr'
-    b'esources\x18\x01 \x03(\x0b2$.inference.ModelRateLimiter.ResourceR\tresour'
-    b'ces\x12\x1a\n\x08priority\x18\x02 \x01(\rR\x08priority\x1aL\n\x08Resource\x12\x12\n\x04name\x18\x01 \x01(\tR\x04n'
+    b"esources\x18\x01 \x03(\x0b2$.inference.ModelRateLimiter.ResourceR\tresour"
+    b"ces\x12\x1a\n\x08priority\x18\x02 \x01(\rR\x08priority\x1aL\n\x08Resource\x12\x12\n\x04name\x18\x01 \x01(\tR\x04n"
     b'ame\x12\x16\n\x06global\x18\x02 \x01(\x08R\x06global\x12\x14\n\x05count\x18\x03 \x01(\rR\x05count"\xed\x04\n\x12ModelI'
     b'nstanceGroup\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x126\n\x04kind\x18\x04 \x01(\x0e2".inference.M'
-    b'odelInstanceGroup.KindR\x04kind\x12\x14\n\x05count\x18\x02 \x01(\x05R\x05count\x12>\n\x0crate_l'
-    b'imiter\x18\x06 \x01(\x0b2\x1b.inference.ModelRateLimiterR\x0brateLimiter\x12\x12\n\x04gp'
-    b'us\x18\x03 \x03(\x05R\x04gpus\x12Z\n\x11secondary_devices\x18\x08 \x03(\x0b2-.inference.ModelI'
-    b'nstanceGroup.SecondaryDeviceR\x10secondaryDevices\x12\x18\n\x07profile\x18\x05 '
-    b'\x03(\tR\x07profile\x12\x18\n\x07passive\x18\x07 \x01(\x08R\x07passive\x12\x1f\n\x0bhost_policy\x18\t \x01(\tR'
-    b'\nhostPolicy\x1a\xac\x01\n\x0fSecondaryDevice\x12U\n\x04kind\x18\x01 \x01(\x0e2A.inference.Mo'
-    b'delInstanceGroup.SecondaryDevice.SecondaryDeviceKindR\x04kind\x12\x1b'
+    b"odelInstanceGroup.KindR\x04kind\x12\x14\n\x05count\x18\x02 \x01(\x05R\x05count\x12>\n\x0crate_l"
+    b"imiter\x18\x06 \x01(\x0b2\x1b.inference.ModelRateLimiterR\x0brateLimiter\x12\x12\n\x04gp"
+    b"us\x18\x03 \x03(\x05R\x04gpus\x12Z\n\x11secondary_devices\x18\x08 \x03(\x0b2-.inference.ModelI"
+    b"nstanceGroup.SecondaryDeviceR\x10secondaryDevices\x12\x18\n\x07profile\x18\x05 "
+    b"\x03(\tR\x07profile\x12\x18\n\x07passive\x18\x07 \x01(\x08R\x07passive\x12\x1f\n\x0bhost_policy\x18\t \x01(\tR"
+    b"\nhostPolicy\x1a\xac\x01\n\x0fSecondaryDevice\x12U\n\x04kind\x18\x01 \x01(\x0e2A.inference.Mo"
+    b"delInstanceGroup.SecondaryDevice.SecondaryDeviceKindR\x04kind\x12\x1b"
     b'\n\tdevice_id\x18\x02 \x01(\x03R\x08deviceId"%\n\x13SecondaryDeviceKind\x12\x0e\n\nKIND_N'
     b'VDLA\x10\x00"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n'
     b'\nKIND_MODEL\x10\x03"*\n\x12ModelTensorReshape\x12\x14\n\x05shape\x18\x01 \x03(\x03R\x05shape"\xba\x03'
-    b'\n\nModelInput\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x120\n\tdata_type\x18\x02 \x01(\x0e2\x13.infere'
-    b'nce.DataTypeR\x08dataType\x124\n\x06format\x18\x03 \x01(\x0e2\x1c.inference.ModelInpu'
-    b't.FormatR\x06format\x12\x12\n\x04dims\x18\x04 \x03(\x03R\x04dims\x127\n\x07reshape\x18\x05 \x01(\x0b2\x1d.infe'
-    b'rence.ModelTensorReshapeR\x07reshape\x12&\n\x0fis_shape_tensor\x18\x06 \x01(\x08R\r'
-    b'isShapeTensor\x12,\n\x12allow_ragged_batch\x18\x07 \x01(\x08R\x10allowRaggedBatch\x12'
-    b'\x1a\n\x08optional\x18\x08 \x01(\x08R\x08optional\x124\n\x17is_non_linear_format_io\x18\t \x01(\x08'
+    b"\n\nModelInput\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x120\n\tdata_type\x18\x02 \x01(\x0e2\x13.infere"
+    b"nce.DataTypeR\x08dataType\x124\n\x06format\x18\x03 \x01(\x0e2\x1c.inference.ModelInpu"
+    b"t.FormatR\x06format\x12\x12\n\x04dims\x18\x04 \x03(\x03R\x04dims\x127\n\x07reshape\x18\x05 \x01(\x0b2\x1d.infe"
+    b"rence.ModelTensorReshapeR\x07reshape\x12&\n\x0fis_shape_tensor\x18\x06 \x01(\x08R\r"
+    b"isShapeTensor\x12,\n\x12allow_ragged_batch\x18\x07 \x01(\x08R\x10allowRaggedBatch\x12"
+    b"\x1a\n\x08optional\x18\x08 \x01(\x08R\x08optional\x124\n\x17is_non_linear_format_io\x18\t \x01(\x08"
     b'R\x13isNonLinearFormatIo";\n\x06Format\x12\x0f\n\x0bFORMAT_NONE\x10\x00\x12\x0f\n\x0bFORMAT_N'
     b'HWC\x10\x01\x12\x0f\n\x0bFORMAT_NCHW\x10\x02"\xa5\x02\n\x0bModelOutput\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x120'
-    b'\n\tdata_type\x18\x02 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12\x12\n\x04dims\x18\x03 \x03'
-    b'(\x03R\x04dims\x127\n\x07reshape\x18\x05 \x01(\x0b2\x1d.inference.ModelTensorReshapeR\x07re'
-    b'shape\x12%\n\x0elabel_filename\x18\x04 \x01(\tR\rlabelFilename\x12&\n\x0fis_shape_ten'
-    b'sor\x18\x06 \x01(\x08R\risShapeTensor\x124\n\x17is_non_linear_format_io\x18\x07 \x01(\x08R\x13i'
+    b"\n\tdata_type\x18\x02 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12\x12\n\x04dims\x18\x03 \x03"
+    b"(\x03R\x04dims\x127\n\x07reshape\x18\x05 \x01(\x0b2\x1d.inference.ModelTensorReshapeR\x07re"
+    b"shape\x12%\n\x0elabel_filename\x18\x04 \x01(\tR\rlabelFilename\x12&\n\x0fis_shape_ten"
+    b"sor\x18\x06 \x01(\x08R\risShapeTensor\x124\n\x17is_non_linear_format_io\x18\x07 \x01(\x08R\x13i"
     b'sNonLinearFormatIo"\x82\x03\n\nBatchInput\x12.\n\x04kind\x18\x01 \x01(\x0e2\x1a.inference.'
-    b'BatchInput.KindR\x04kind\x12\x1f\n\x0btarget_name\x18\x02 \x03(\tR\ntargetName\x120\n\tda'
-    b'ta_type\x18\x03 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12!\n\x0csource_input'
+    b"BatchInput.KindR\x04kind\x12\x1f\n\x0btarget_name\x18\x02 \x03(\tR\ntargetName\x120\n\tda"
+    b"ta_type\x18\x03 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12!\n\x0csource_input"
     b'\x18\x04 \x03(\tR\x0bsourceInput"\xcd\x01\n\x04Kind\x12\x17\n\x13BATCH_ELEMENT_COUNT\x10\x00\x12#\n\x1fBAT'
-    b'CH_ACCUMULATED_ELEMENT_COUNT\x10\x01\x12-\n)BATCH_ACCUMULATED_ELEMENT_'
-    b'COUNT_WITH_ZERO\x10\x02\x12$\n BATCH_MAX_ELEMENT_COUNT_AS_SHAPE\x10\x03\x12\x14\n\x10B'
+    b"CH_ACCUMULATED_ELEMENT_COUNT\x10\x01\x12-\n)BATCH_ACCUMULATED_ELEMENT_"
+    b"COUNT_WITH_ZERO\x10\x02\x12$\n BATCH_MAX_ELEMENT_COUNT_AS_SHAPE\x10\x03\x12\x14\n\x10B"
     b'ATCH_ITEM_SHAPE\x10\x04\x12\x1c\n\x18BATCH_ITEM_SHAPE_FLATTEN\x10\x05"\xae\x01\n\x0bBatchOut'
-    b'put\x12\x1f\n\x0btarget_name\x18\x01 \x03(\tR\ntargetName\x12/\n\x04kind\x18\x02 \x01(\x0e2\x1b.inferen'
-    b'ce.BatchOutput.KindR\x04kind\x12!\n\x0csource_input\x18\x03 \x03(\tR\x0bsourceInput'
+    b"put\x12\x1f\n\x0btarget_name\x18\x01 \x03(\tR\ntargetName\x12/\n\x04kind\x18\x02 \x01(\x0e2\x1b.inferen"
+    b"ce.BatchOutput.KindR\x04kind\x12!\n\x0csource_input\x18\x03 \x03(\tR\x0bsourceInput"
     b'"*\n\x04Kind\x12"\n\x1eBATCH_SCATTER_WITH_INPUT_SHAPE\x10\x00"\xbe\x02\n\x12ModelVersio'
-    b'nPolicy\x12>\n\x06latest\x18\x01 \x01(\x0b2$.inference.ModelVersionPolicy.Lates'
-    b'tH\x00R\x06latest\x125\n\x03all\x18\x02 \x01(\x0b2!.inference.ModelVersionPolicy.AllH'
-    b'\x00R\x03all\x12D\n\x08specific\x18\x03 \x01(\x0b2&.inference.ModelVersionPolicy.Spec'
-    b'ificH\x00R\x08specific\x1a+\n\x06Latest\x12!\n\x0cnum_versions\x18\x01 \x01(\rR\x0bnumVersion'
-    b's\x1a\x05\n\x03All\x1a&\n\x08Specific\x12\x1a\n\x08versions\x18\x01 \x03(\x03R\x08versionsB\x0f\n\rpolicy_c'
+    b"nPolicy\x12>\n\x06latest\x18\x01 \x01(\x0b2$.inference.ModelVersionPolicy.Lates"
+    b"tH\x00R\x06latest\x125\n\x03all\x18\x02 \x01(\x0b2!.inference.ModelVersionPolicy.AllH"
+    b"\x00R\x03all\x12D\n\x08specific\x18\x03 \x01(\x0b2&.inference.ModelVersionPolicy.Spec"
+    b"ificH\x00R\x08specific\x1a+\n\x06Latest\x12!\n\x0cnum_versions\x18\x01 \x01(\rR\x0bnumVersion"
+    b"s\x1a\x05\n\x03All\x1a&\n\x08Specific\x12\x1a\n\x08versions\x18\x01 \x03(\x03R\x08versionsB\x0f\n\rpolicy_c"
     b'hoice"\xe6\x10\n\x17ModelOptimizationPolicy\x12>\n\x05graph\x18\x01 \x01(\x0b2(.inference'
-    b'.ModelOptimizationPolicy.GraphR\x05graph\x12L\n\x08priority\x18\x02 \x01(\x0e20.in'
-    b'ference.ModelOptimizationPolicy.ModelPriorityR\x08priority\x12;\n\x04c'
+    b".ModelOptimizationPolicy.GraphR\x05graph\x12L\n\x08priority\x18\x02 \x01(\x0e20.in"
+    b"ference.ModelOptimizationPolicy.ModelPriorityR\x08priority\x12;\n\x04c"
     b"uda\x18\x03 \x01(\x0b2'.inference.ModelOptimizationPolicy.CudaR\x04cuda\x12o\n\x16"
-    b'execution_accelerators\x18\x04 \x01(\x0b28.inference.ModelOptimizationPo'
-    b'licy.ExecutionAcceleratorsR\x15executionAccelerators\x12e\n\x13input_p'
-    b'inned_memory\x18\x05 \x01(\x0b25.inference.ModelOptimizationPolicy.Pinne'
-    b'dMemoryBufferR\x11inputPinnedMemory\x12g\n\x14output_pinned_memory\x18\x06 \x01'
-    b'(\x0b25.inference.ModelOptimizationPolicy.PinnedMemoryBufferR\x12o'
-    b'utputPinnedMemory\x12C\n\x1egather_kernel_buffer_threshold\x18\x07 \x01(\rR\x1bg'
-    b'atherKernelBufferThreshold\x12%\n\x0eeager_batching\x18\x08 \x01(\x08R\reagerBat'
-    b'ching\x1a\x1d\n\x05Graph\x12\x14\n\x05level\x18\x01 \x01(\x05R\x05level\x1a\xc1\x06\n\x04Cuda\x12\x16\n\x06graphs\x18\x01 \x01('
-    b'\x08R\x06graphs\x12(\n\x10busy_wait_events\x18\x02 \x01(\x08R\x0ebusyWaitEvents\x12P\n\ngraph'
-    b'_spec\x18\x03 \x03(\x0b21.inference.ModelOptimizationPolicy.Cuda.GraphSp'
-    b'ecR\tgraphSpec\x12,\n\x12output_copy_stream\x18\x04 \x01(\x08R\x10outputCopyStream\x1a'
-    b'\xf6\x04\n\tGraphSpec\x12\x1d\n\nbatch_size\x18\x01 \x01(\x05R\tbatchSize\x12R\n\x05input\x18\x02 \x03(\x0b2'
-    b'<.inference.ModelOptimizationPolicy.Cuda.GraphSpec.InputEntr'
-    b'yR\x05input\x12h\n\x11graph_lower_bound\x18\x03 \x01(\x0b2<.inference.ModelOptimiz'
-    b'ationPolicy.Cuda.GraphSpec.LowerBoundR\x0fgraphLowerBound\x1a\x19\n\x05Sh'
-    b'ape\x12\x10\n\x03dim\x18\x01 \x03(\x03R\x03dim\x1a\xfd\x01\n\nLowerBound\x12\x1d\n\nbatch_size\x18\x01 \x01(\x05R\tba'
-    b'tchSize\x12]\n\x05input\x18\x02 \x03(\x0b2G.inference.ModelOptimizationPolicy.C'
-    b'uda.GraphSpec.LowerBound.InputEntryR\x05input\x1aq\n\nInputEntry\x12\x10\n\x03'
-    b'key\x18\x01 \x01(\tR\x03key\x12M\n\x05value\x18\x02 \x01(\x0b27.inference.ModelOptimizationP'
-    b'olicy.Cuda.GraphSpec.ShapeR\x05value:\x028\x01\x1aq\n\nInputEntry\x12\x10\n\x03key\x18\x01'
-    b' \x01(\tR\x03key\x12M\n\x05value\x18\x02 \x01(\x0b27.inference.ModelOptimizationPolicy'
-    b'.Cuda.GraphSpec.ShapeR\x05value:\x028\x01\x1a\xf6\x03\n\x15ExecutionAccelerators\x12\x80'
-    b'\x01\n\x19gpu_execution_accelerator\x18\x01 \x03(\x0b2D.inference.ModelOptimiza'
-    b'tionPolicy.ExecutionAccelerators.AcceleratorR\x17gpuExecutionAc'
-    b'celerator\x12\x80\x01\n\x19cpu_execution_accelerator\x18\x02 \x03(\x0b2D.inference.Mo'
-    b'delOptimizationPolicy.ExecutionAccelerators.AcceleratorR\x17cpu'
-    b'ExecutionAccelerator\x1a\xd6\x01\n\x0bAccelerator\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12t\n\n'
-    b'parameters\x18\x02 \x03(\x0b2T.inference.ModelOptimizationPolicy.Executi'
-    b'onAccelerators.Accelerator.ParametersEntryR\nparameters\x1a=\n\x0fPa'
-    b'rametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a,\n'
+    b"execution_accelerators\x18\x04 \x01(\x0b28.inference.ModelOptimizationPo"
+    b"licy.ExecutionAcceleratorsR\x15executionAccelerators\x12e\n\x13input_p"
+    b"inned_memory\x18\x05 \x01(\x0b25.inference.ModelOptimizationPolicy.Pinne"
+    b"dMemoryBufferR\x11inputPinnedMemory\x12g\n\x14output_pinned_memory\x18\x06 \x01"
+    b"(\x0b25.inference.ModelOptimizationPolicy.PinnedMemoryBufferR\x12o"
+    b"utputPinnedMemory\x12C\n\x1egather_kernel_buffer_threshold\x18\x07 \x01(\rR\x1bg"
+    b"atherKernelBufferThreshold\x12%\n\x0eeager_batching\x18\x08 \x01(\x08R\reagerBat"
+    b"ching\x1a\x1d\n\x05Graph\x12\x14\n\x05level\x18\x01 \x01(\x05R\x05level\x1a\xc1\x06\n\x04Cuda\x12\x16\n\x06graphs\x18\x01 \x01("
+    b"\x08R\x06graphs\x12(\n\x10busy_wait_events\x18\x02 \x01(\x08R\x0ebusyWaitEvents\x12P\n\ngraph"
+    b"_spec\x18\x03 \x03(\x0b21.inference.ModelOptimizationPolicy.Cuda.GraphSp"
+    b"ecR\tgraphSpec\x12,\n\x12output_copy_stream\x18\x04 \x01(\x08R\x10outputCopyStream\x1a"
+    b"\xf6\x04\n\tGraphSpec\x12\x1d\n\nbatch_size\x18\x01 \x01(\x05R\tbatchSize\x12R\n\x05input\x18\x02 \x03(\x0b2"
+    b"<.inference.ModelOptimizationPolicy.Cuda.GraphSpec.InputEntr"
+    b"yR\x05input\x12h\n\x11graph_lower_bound\x18\x03 \x01(\x0b2<.inference.ModelOptimiz"
+    b"ationPolicy.Cuda.GraphSpec.LowerBoundR\x0fgraphLowerBound\x1a\x19\n\x05Sh"
+    b"ape\x12\x10\n\x03dim\x18\x01 \x03(\x03R\x03dim\x1a\xfd\x01\n\nLowerBound\x12\x1d\n\nbatch_size\x18\x01 \x01(\x05R\tba"
+    b"tchSize\x12]\n\x05input\x18\x02 \x03(\x0b2G.inference.ModelOptimizationPolicy.C"
+    b"uda.GraphSpec.LowerBound.InputEntryR\x05input\x1aq\n\nInputEntry\x12\x10\n\x03"
+    b"key\x18\x01 \x01(\tR\x03key\x12M\n\x05value\x18\x02 \x01(\x0b27.inference.ModelOptimizationP"
+    b"olicy.Cuda.GraphSpec.ShapeR\x05value:\x028\x01\x1aq\n\nInputEntry\x12\x10\n\x03key\x18\x01"
+    b" \x01(\tR\x03key\x12M\n\x05value\x18\x02 \x01(\x0b27.inference.ModelOptimizationPolicy"
+    b".Cuda.GraphSpec.ShapeR\x05value:\x028\x01\x1a\xf6\x03\n\x15ExecutionAccelerators\x12\x80"
+    b"\x01\n\x19gpu_execution_accelerator\x18\x01 \x03(\x0b2D.inference.ModelOptimiza"
+    b"tionPolicy.ExecutionAccelerators.AcceleratorR\x17gpuExecutionAc"
+    b"celerator\x12\x80\x01\n\x19cpu_execution_accelerator\x18\x02 \x03(\x0b2D.inference.Mo"
+    b"delOptimizationPolicy.ExecutionAccelerators.AcceleratorR\x17cpu"
+    b"ExecutionAccelerator\x1a\xd6\x01\n\x0bAccelerator\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12t\n\n"
+    b"parameters\x18\x02 \x03(\x0b2T.inference.ModelOptimizationPolicy.Executi"
+    b"onAccelerators.Accelerator.ParametersEntryR\nparameters\x1a=\n\x0fPa"
+    b"rametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a,\n"
     b'\x12PinnedMemoryBuffer\x12\x16\n\x06enable\x18\x01 \x01(\x08R\x06enable"I\n\rModelPriority'
     b'\x12\x14\n\x10PRIORITY_DEFAULT\x10\x00\x12\x10\n\x0cPRIORITY_MAX\x10\x01\x12\x10\n\x0cPRIORITY_MIN\x10\x02"\xaa'
-    b'\x02\n\x10ModelQueuePolicy\x12P\n\x0etimeout_action\x18\x01 \x01(\x0e2).inference.Mode'
-    b'lQueuePolicy.TimeoutActionR\rtimeoutAction\x12@\n\x1cdefault_timeout'
-    b'_microseconds\x18\x02 \x01(\x04R\x1adefaultTimeoutMicroseconds\x124\n\x16allow_tim'
-    b'eout_override\x18\x03 \x01(\x08R\x14allowTimeoutOverride\x12$\n\x0emax_queue_size\x18'
+    b"\x02\n\x10ModelQueuePolicy\x12P\n\x0etimeout_action\x18\x01 \x01(\x0e2).inference.Mode"
+    b"lQueuePolicy.TimeoutActionR\rtimeoutAction\x12@\n\x1cdefault_timeout"
+    b"_microseconds\x18\x02 \x01(\x04R\x1adefaultTimeoutMicroseconds\x124\n\x16allow_tim"
+    b"eout_override\x18\x03 \x01(\x08R\x14allowTimeoutOverride\x12$\n\x0emax_queue_size\x18"
     b'\x04 \x01(\rR\x0cmaxQueueSize"&\n\rTimeoutAction\x12\n\n\x06REJECT\x10\x00\x12\t\n\x05DELAY\x10\x01"'
-    b'\xb7\x04\n\x14ModelDynamicBatching\x120\n\x14preferred_batch_size\x18\x01 \x03(\x05R\x12pref'
-    b'erredBatchSize\x12?\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04R\x19maxQue'
-    b'ueDelayMicroseconds\x12+\n\x11preserve_ordering\x18\x03 \x01(\x08R\x10preserveOrde'
+    b"\xb7\x04\n\x14ModelDynamicBatching\x120\n\x14preferred_batch_size\x18\x01 \x03(\x05R\x12pref"
+    b"erredBatchSize\x12?\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04R\x19maxQue"
+    b"ueDelayMicroseconds\x12+\n\x11preserve_ordering\x18\x03 \x01(\x08R\x10preserveOrde"
     b"ring\x12'\n\x0fpriority_levels\x18\x04 \x01(\x04R\x0epriorityLevels\x124\n\x16default_pri"
-    b'ority_level\x18\x05 \x01(\x04R\x14defaultPriorityLevel\x12M\n\x14default_queue_pol'
-    b'icy\x18\x06 \x01(\x0b2\x1b.inference.ModelQueuePolicyR\x12defaultQueuePolicy\x12l'
-    b'\n\x15priority_queue_policy\x18\x07 \x03(\x0b28.inference.ModelDynamicBatchi'
-    b'ng.PriorityQueuePolicyEntryR\x13priorityQueuePolicy\x1ac\n\x18Priority'
-    b'QueuePolicyEntry\x12\x10\n\x03key\x18\x01 \x01(\x04R\x03key\x121\n\x05value\x18\x02 \x01(\x0b2\x1b.inferenc'
+    b"ority_level\x18\x05 \x01(\x04R\x14defaultPriorityLevel\x12M\n\x14default_queue_pol"
+    b"icy\x18\x06 \x01(\x0b2\x1b.inference.ModelQueuePolicyR\x12defaultQueuePolicy\x12l"
+    b"\n\x15priority_queue_policy\x18\x07 \x03(\x0b28.inference.ModelDynamicBatchi"
+    b"ng.PriorityQueuePolicyEntryR\x13priorityQueuePolicy\x1ac\n\x18Priority"
+    b"QueuePolicyEntry\x12\x10\n\x03key\x18\x01 \x01(\x04R\x03key\x121\n\x05value\x18\x02 \x01(\x0b2\x1b.inferenc"
     b'e.ModelQueuePolicyR\x05value:\x028\x01"\xab\x0e\n\x15ModelSequenceBatching\x12I\n\x06d'
-    b'irect\x18\x03 \x01(\x0b2/.inference.ModelSequenceBatching.StrategyDirect'
-    b'H\x00R\x06direct\x12I\n\x06oldest\x18\x04 \x01(\x0b2/.inference.ModelSequenceBatching'
-    b'.StrategyOldestH\x00R\x06oldest\x12C\n\x1emax_sequence_idle_microseconds\x18'
-    b'\x01 \x01(\x04R\x1bmaxSequenceIdleMicroseconds\x12R\n\rcontrol_input\x18\x02 \x03(\x0b2-.'
-    b'inference.ModelSequenceBatching.ControlInputR\x0ccontrolInput\x12<'
-    b'\n\x05state\x18\x05 \x03(\x0b2&.inference.ModelSequenceBatching.StateR\x05state'
-    b'\x12-\n\x12iterative_sequence\x18\x06 \x01(\x08R\x11iterativeSequence\x1a\xef\x02\n\x07Control\x12'
-    b'A\n\x04kind\x18\x01 \x01(\x0e2-.inference.ModelSequenceBatching.Control.Kind'
-    b'R\x04kind\x12(\n\x10int32_false_true\x18\x02 \x03(\x05R\x0eint32FalseTrue\x12&\n\x0ffp32_fal'
-    b'se_true\x18\x03 \x03(\x02R\rfp32FalseTrue\x12&\n\x0fbool_false_true\x18\x05 \x03(\x08R\rboolF'
+    b"irect\x18\x03 \x01(\x0b2/.inference.ModelSequenceBatching.StrategyDirect"
+    b"H\x00R\x06direct\x12I\n\x06oldest\x18\x04 \x01(\x0b2/.inference.ModelSequenceBatching"
+    b".StrategyOldestH\x00R\x06oldest\x12C\n\x1emax_sequence_idle_microseconds\x18"
+    b"\x01 \x01(\x04R\x1bmaxSequenceIdleMicroseconds\x12R\n\rcontrol_input\x18\x02 \x03(\x0b2-."
+    b"inference.ModelSequenceBatching.ControlInputR\x0ccontrolInput\x12<"
+    b"\n\x05state\x18\x05 \x03(\x0b2&.inference.ModelSequenceBatching.StateR\x05state"
+    b"\x12-\n\x12iterative_sequence\x18\x06 \x01(\x08R\x11iterativeSequence\x1a\xef\x02\n\x07Control\x12"
+    b"A\n\x04kind\x18\x01 \x01(\x0e2-.inference.ModelSequenceBatching.Control.Kind"
+    b"R\x04kind\x12(\n\x10int32_false_true\x18\x02 \x03(\x05R\x0eint32FalseTrue\x12&\n\x0ffp32_fal"
+    b"se_true\x18\x03 \x03(\x02R\rfp32FalseTrue\x12&\n\x0fbool_false_true\x18\x05 \x03(\x08R\rboolF"
     b'alseTrue\x120\n\tdata_type\x18\x04 \x01(\x0e2\x13.inference.DataTypeR\x08dataType"u'
-    b'\n\x04Kind\x12\x1a\n\x16CONTROL_SEQUENCE_START\x10\x00\x12\x1a\n\x16CONTROL_SEQUENCE_READY'
-    b'\x10\x01\x12\x18\n\x14CONTROL_SEQUENCE_END\x10\x02\x12\x1b\n\x17CONTROL_SEQUENCE_CORRID\x10\x03\x1af\n'
-    b'\x0cControlInput\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12B\n\x07control\x18\x02 \x03(\x0b2(.inferen'
-    b'ce.ModelSequenceBatching.ControlR\x07control\x1a\xb4\x01\n\x0cInitialState\x120'
-    b'\n\tdata_type\x18\x01 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12\x12\n\x04dims\x18\x02 \x03'
-    b'(\x03R\x04dims\x12\x1d\n\tzero_data\x18\x03 \x01(\x08H\x00R\x08zeroData\x12\x1d\n\tdata_file\x18\x04 \x01(\tH\x00'
-    b'R\x08dataFile\x12\x12\n\x04name\x18\x05 \x01(\tR\x04nameB\x0c\n\nstate_data\x1a\xd8\x02\n\x05State\x12\x1d\n\nin'
-    b'put_name\x18\x01 \x01(\tR\tinputName\x12\x1f\n\x0boutput_name\x18\x02 \x01(\tR\noutputName\x120'
-    b'\n\tdata_type\x18\x03 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12\x12\n\x04dims\x18\x04 \x03'
-    b'(\x03R\x04dims\x12R\n\rinitial_state\x18\x05 \x03(\x0b2-.inference.ModelSequenceBat'
-    b'ching.InitialStateR\x0cinitialState\x12E\n use_same_buffer_for_inpu'
-    b't_output\x18\x06 \x01(\x08R\x1buseSameBufferForInputOutput\x12.\n\x13use_growable_'
-    b'memory\x18\x07 \x01(\x08R\x11useGrowableMemory\x1a\x8b\x01\n\x0eStrategyDirect\x12?\n\x1cmax_qu'
-    b'eue_delay_microseconds\x18\x01 \x01(\x04R\x19maxQueueDelayMicroseconds\x128\n\x18m'
-    b'inimum_slot_utilization\x18\x02 \x01(\x02R\x16minimumSlotUtilization\x1a\xe8\x01\n\x0eSt'
-    b'rategyOldest\x126\n\x17max_candidate_sequences\x18\x01 \x01(\x05R\x15maxCandidateS'
-    b'equences\x120\n\x14preferred_batch_size\x18\x02 \x03(\x05R\x12preferredBatchSize\x12?'
-    b'\n\x1cmax_queue_delay_microseconds\x18\x03 \x01(\x04R\x19maxQueueDelayMicroseco'
-    b'nds\x12+\n\x11preserve_ordering\x18\x04 \x01(\x08R\x10preserveOrderingB\x11\n\x0fstrategy'
+    b"\n\x04Kind\x12\x1a\n\x16CONTROL_SEQUENCE_START\x10\x00\x12\x1a\n\x16CONTROL_SEQUENCE_READY"
+    b"\x10\x01\x12\x18\n\x14CONTROL_SEQUENCE_END\x10\x02\x12\x1b\n\x17CONTROL_SEQUENCE_CORRID\x10\x03\x1af\n"
+    b"\x0cControlInput\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12B\n\x07control\x18\x02 \x03(\x0b2(.inferen"
+    b"ce.ModelSequenceBatching.ControlR\x07control\x1a\xb4\x01\n\x0cInitialState\x120"
+    b"\n\tdata_type\x18\x01 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12\x12\n\x04dims\x18\x02 \x03"
+    b"(\x03R\x04dims\x12\x1d\n\tzero_data\x18\x03 \x01(\x08H\x00R\x08zeroData\x12\x1d\n\tdata_file\x18\x04 \x01(\tH\x00"
+    b"R\x08dataFile\x12\x12\n\x04name\x18\x05 \x01(\tR\x04nameB\x0c\n\nstate_data\x1a\xd8\x02\n\x05State\x12\x1d\n\nin"
+    b"put_name\x18\x01 \x01(\tR\tinputName\x12\x1f\n\x0boutput_name\x18\x02 \x01(\tR\noutputName\x120"
+    b"\n\tdata_type\x18\x03 \x01(\x0e2\x13.inference.DataTypeR\x08dataType\x12\x12\n\x04dims\x18\x04 \x03"
+    b"(\x03R\x04dims\x12R\n\rinitial_state\x18\x05 \x03(\x0b2-.inference.ModelSequenceBat"
+    b"ching.InitialStateR\x0cinitialState\x12E\n use_same_buffer_for_inpu"
+    b"t_output\x18\x06 \x01(\x08R\x1buseSameBufferForInputOutput\x12.\n\x13use_growable_"
+    b"memory\x18\x07 \x01(\x08R\x11useGrowableMemory\x1a\x8b\x01\n\x0eStrategyDirect\x12?\n\x1cmax_qu"
+    b"eue_delay_microseconds\x18\x01 \x01(\x04R\x19maxQueueDelayMicroseconds\x128\n\x18m"
+    b"inimum_slot_utilization\x18\x02 \x01(\x02R\x16minimumSlotUtilization\x1a\xe8\x01\n\x0eSt"
+    b"rategyOldest\x126\n\x17max_candidate_sequences\x18\x01 \x01(\x05R\x15maxCandidateS"
+    b"equences\x120\n\x14preferred_batch_size\x18\x02 \x03(\x05R\x12preferredBatchSize\x12?"
+    b"\n\x1cmax_queue_delay_microseconds\x18\x03 \x01(\x04R\x19maxQueueDelayMicroseco"
+    b"nds\x12+\n\x11preserve_ordering\x18\x04 \x01(\x08R\x10preserveOrderingB\x11\n\x0fstrategy"
     b'_choice"\x86\x04\n\x0fModelEnsembling\x123\n\x04step\x18\x01 \x03(\x0b2\x1f.inference.ModelE'
-    b'nsembling.StepR\x04step\x122\n\x15max_inflight_requests\x18\x02 \x01(\rR\x13maxInfl'
-    b'ightRequests\x1a\x89\x03\n\x04Step\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\tmodelName\x12#\n\rmode'
-    b'l_version\x18\x02 \x01(\x03R\x0cmodelVersion\x12J\n\tinput_map\x18\x03 \x03(\x0b2-.inference'
-    b'.ModelEnsembling.Step.InputMapEntryR\x08inputMap\x12M\n\noutput_map\x18'
-    b'\x04 \x03(\x0b2..inference.ModelEnsembling.Step.OutputMapEntryR\toutpu'
+    b"nsembling.StepR\x04step\x122\n\x15max_inflight_requests\x18\x02 \x01(\rR\x13maxInfl"
+    b"ightRequests\x1a\x89\x03\n\x04Step\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\tmodelName\x12#\n\rmode"
+    b"l_version\x18\x02 \x01(\x03R\x0cmodelVersion\x12J\n\tinput_map\x18\x03 \x03(\x0b2-.inference"
+    b".ModelEnsembling.Step.InputMapEntryR\x08inputMap\x12M\n\noutput_map\x18"
+    b"\x04 \x03(\x0b2..inference.ModelEnsembling.Step.OutputMapEntryR\toutpu"
     b"tMap\x12'\n\x0fmodel_namespace\x18\x05 \x01(\tR\x0emodelNamespace\x1a;\n\rInputMapEnt"
-    b'ry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n\x0eOutputMapE'
+    b"ry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n\x0eOutputMapE"
     b'ntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01"3\n\x0eModelPar'
     b'ameter\x12!\n\x0cstring_value\x18\x01 \x01(\tR\x0bstringValue"\xba\x03\n\x0bModelWarmup\x12\x12\n'
-    b'\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\nbatch_size\x18\x02 \x01(\rR\tbatchSize\x12:\n\x06inputs\x18\x03'
+    b"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\nbatch_size\x18\x02 \x01(\rR\tbatchSize\x12:\n\x06inputs\x18\x03"
     b' \x03(\x0b2".inference.ModelWarmup.InputsEntryR\x06inputs\x12\x14\n\x05count\x18\x04 '
-    b'\x01(\rR\x05count\x1a\xcc\x01\n\x05Input\x120\n\tdata_type\x18\x01 \x01(\x0e2\x13.inference.DataType'
-    b'R\x08dataType\x12\x12\n\x04dims\x18\x02 \x03(\x03R\x04dims\x12\x1d\n\tzero_data\x18\x03 \x01(\x08H\x00R\x08zeroDat'
-    b'a\x12!\n\x0brandom_data\x18\x04 \x01(\x08H\x00R\nrandomData\x12(\n\x0finput_data_file\x18\x05 \x01('
-    b'\tH\x00R\rinputDataFileB\x11\n\x0finput_data_type\x1aW\n\x0bInputsEntry\x12\x10\n\x03key\x18'
-    b'\x01 \x01(\tR\x03key\x122\n\x05value\x18\x02 \x01(\x0b2\x1c.inference.ModelWarmup.InputR\x05val'
+    b"\x01(\rR\x05count\x1a\xcc\x01\n\x05Input\x120\n\tdata_type\x18\x01 \x01(\x0e2\x13.inference.DataType"
+    b"R\x08dataType\x12\x12\n\x04dims\x18\x02 \x03(\x03R\x04dims\x12\x1d\n\tzero_data\x18\x03 \x01(\x08H\x00R\x08zeroDat"
+    b"a\x12!\n\x0brandom_data\x18\x04 \x01(\x08H\x00R\nrandomData\x12(\n\x0finput_data_file\x18\x05 \x01("
+    b"\tH\x00R\rinputDataFileB\x11\n\x0finput_data_type\x1aW\n\x0bInputsEntry\x12\x10\n\x03key\x18"
+    b"\x01 \x01(\tR\x03key\x122\n\x05value\x18\x02 \x01(\x0b2\x1c.inference.ModelWarmup.InputR\x05val"
     b'ue:\x028\x01"A\n\x0fModelOperations\x12.\n\x13op_library_filename\x18\x01 \x03(\tR\x11opLi'
     b'braryFilename"6\n\x16ModelTransactionPolicy\x12\x1c\n\tdecoupled\x18\x01 \x01(\x08R\t'
     b'decoupled"\x8c\x02\n\x15ModelRepositoryAgents\x12>\n\x06agents\x18\x01 \x03(\x0b2&.infere'
-    b'nce.ModelRepositoryAgents.AgentR\x06agents\x1a\xb2\x01\n\x05Agent\x12\x12\n\x04name\x18\x01 '
-    b'\x01(\tR\x04name\x12V\n\nparameters\x18\x02 \x03(\x0b26.inference.ModelRepositoryAge'
-    b'nts.Agent.ParametersEntryR\nparameters\x1a=\n\x0fParametersEntry\x12\x10\n\x03'
+    b"nce.ModelRepositoryAgents.AgentR\x06agents\x1a\xb2\x01\n\x05Agent\x12\x12\n\x04name\x18\x01 "
+    b"\x01(\tR\x04name\x12V\n\nparameters\x18\x02 \x03(\x0b26.inference.ModelRepositoryAge"
+    b"nts.Agent.ParametersEntryR\nparameters\x1a=\n\x0fParametersEntry\x12\x10\n\x03"
     b'key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01",\n\x12ModelResponseCac'
     b'he\x12\x16\n\x06enable\x18\x01 \x01(\x08R\x06enable"\xa6\x03\n\x0cModelMetrics\x12L\n\x0emetric_contro'
-    b'l\x18\x01 \x03(\x0b2%.inference.ModelMetrics.MetricControlR\rmetricContro'
-    b'l\x1a\xc7\x02\n\rMetricControl\x12c\n\x11metric_identifier\x18\x01 \x01(\x0b26.inference.M'
-    b'odelMetrics.MetricControl.MetricIdentifierR\x10metricIdentifier'
-    b'\x12e\n\x11histogram_options\x18\x02 \x01(\x0b26.inference.ModelMetrics.MetricC'
-    b'ontrol.HistogramOptionsH\x00R\x10histogramOptions\x1a*\n\x10MetricIdentif'
-    b'ier\x12\x16\n\x06family\x18\x01 \x01(\tR\x06family\x1a,\n\x10HistogramOptions\x12\x18\n\x07buckets\x18\x01'
+    b"l\x18\x01 \x03(\x0b2%.inference.ModelMetrics.MetricControlR\rmetricContro"
+    b"l\x1a\xc7\x02\n\rMetricControl\x12c\n\x11metric_identifier\x18\x01 \x01(\x0b26.inference.M"
+    b"odelMetrics.MetricControl.MetricIdentifierR\x10metricIdentifier"
+    b"\x12e\n\x11histogram_options\x18\x02 \x01(\x0b26.inference.ModelMetrics.MetricC"
+    b"ontrol.HistogramOptionsH\x00R\x10histogramOptions\x1a*\n\x10MetricIdentif"
+    b"ier\x12\x16\n\x06family\x18\x01 \x01(\tR\x06family\x1a,\n\x10HistogramOptions\x12\x18\n\x07buckets\x18\x01"
     b' \x03(\x01R\x07bucketsB\x10\n\x0emetric_options"\xfc\r\n\x0bModelConfig\x12\x12\n\x04name\x18\x01 \x01('
-    b'\tR\x04name\x12\x1a\n\x08platform\x18\x02 \x01(\tR\x08platform\x12\x18\n\x07backend\x18\x11 \x01(\tR\x07backen'
-    b'd\x12\x18\n\x07runtime\x18\x19 \x01(\tR\x07runtime\x12D\n\x0eversion_policy\x18\x03 \x01(\x0b2\x1d.infere'
-    b'nce.ModelVersionPolicyR\rversionPolicy\x12$\n\x0emax_batch_size\x18\x04 \x01('
-    b'\x05R\x0cmaxBatchSize\x12+\n\x05input\x18\x05 \x03(\x0b2\x15.inference.ModelInputR\x05input'
-    b'\x12.\n\x06output\x18\x06 \x03(\x0b2\x16.inference.ModelOutputR\x06output\x126\n\x0bbatch_in'
-    b'put\x18\x14 \x03(\x0b2\x15.inference.BatchInputR\nbatchInput\x129\n\x0cbatch_output'
-    b'\x18\x15 \x03(\x0b2\x16.inference.BatchOutputR\x0bbatchOutput\x12F\n\x0coptimization\x18'
+    b"\tR\x04name\x12\x1a\n\x08platform\x18\x02 \x01(\tR\x08platform\x12\x18\n\x07backend\x18\x11 \x01(\tR\x07backen"
+    b"d\x12\x18\n\x07runtime\x18\x19 \x01(\tR\x07runtime\x12D\n\x0eversion_policy\x18\x03 \x01(\x0b2\x1d.infere"
+    b"nce.ModelVersionPolicyR\rversionPolicy\x12$\n\x0emax_batch_size\x18\x04 \x01("
+    b"\x05R\x0cmaxBatchSize\x12+\n\x05input\x18\x05 \x03(\x0b2\x15.inference.ModelInputR\x05input"
+    b"\x12.\n\x06output\x18\x06 \x03(\x0b2\x16.inference.ModelOutputR\x06output\x126\n\x0bbatch_in"
+    b"put\x18\x14 \x03(\x0b2\x15.inference.BatchInputR\nbatchInput\x129\n\x0cbatch_output"
+    b"\x18\x15 \x03(\x0b2\x16.inference.BatchOutputR\x0bbatchOutput\x12F\n\x0coptimization\x18"
     b'\x0c \x01(\x0b2".inference.ModelOptimizationPolicyR\x0coptimization\x12L\n\x10d'
-    b'ynamic_batching\x18\x0b \x01(\x0b2\x1f.inference.ModelDynamicBatchingH\x00R\x0fdy'
-    b'namicBatching\x12O\n\x11sequence_batching\x18\r \x01(\x0b2 .inference.ModelSe'
-    b'quenceBatchingH\x00R\x10sequenceBatching\x12M\n\x13ensemble_scheduling\x18\x0f '
-    b'\x01(\x0b2\x1a.inference.ModelEnsemblingH\x00R\x12ensembleScheduling\x12D\n\x0eins'
-    b'tance_group\x18\x07 \x03(\x0b2\x1d.inference.ModelInstanceGroupR\rinstanceGr'
-    b'oup\x124\n\x16default_model_filename\x18\x08 \x01(\tR\x14defaultModelFilename\x12Z\n'
-    b'\x12cc_model_filenames\x18\t \x03(\x0b2,.inference.ModelConfig.CcModelFil'
-    b'enamesEntryR\x10ccModelFilenames\x12G\n\x0bmetric_tags\x18\n \x03(\x0b2&.inferen'
-    b'ce.ModelConfig.MetricTagsEntryR\nmetricTags\x12F\n\nparameters\x18\x0e \x03'
-    b'(\x0b2&.inference.ModelConfig.ParametersEntryR\nparameters\x129\n\x0cmo'
-    b'del_warmup\x18\x10 \x03(\x0b2\x16.inference.ModelWarmupR\x0bmodelWarmup\x12E\n\x10mod'
-    b'el_operations\x18\x12 \x01(\x0b2\x1a.inference.ModelOperationsR\x0fmodelOperat'
-    b'ions\x12[\n\x18model_transaction_policy\x18\x13 \x01(\x0b2!.inference.ModelTran'
-    b'sactionPolicyR\x16modelTransactionPolicy\x12X\n\x17model_repository_ag'
-    b'ents\x18\x17 \x01(\x0b2 .inference.ModelRepositoryAgentsR\x15modelRepositor'
-    b'yAgents\x12D\n\x0eresponse_cache\x18\x18 \x01(\x0b2\x1d.inference.ModelResponseCac'
-    b'heR\rresponseCache\x12<\n\rmodel_metrics\x18\x1a \x01(\x0b2\x17.inference.ModelMe'
-    b'tricsR\x0cmodelMetrics\x1aC\n\x15CcModelFilenamesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03k'
-    b'ey\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a=\n\x0fMetricTagsEntry\x12\x10\n\x03key\x18\x01 \x01(\t'
-    b'R\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 '
-    b'\x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.inference.ModelParameterR\x05value:\x028'
-    b'\x01B\x13\n\x11scheduling_choice*\xfa\x01\n\x08DataType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYP'
-    b'E_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f'
-    b'\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32'
-    b'\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP6'
-    b'4\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0eb\x06proto3\n\xbc5\n\x12grpc_service'
+    b"ynamic_batching\x18\x0b \x01(\x0b2\x1f.inference.ModelDynamicBatchingH\x00R\x0fdy"
+    b"namicBatching\x12O\n\x11sequence_batching\x18\r \x01(\x0b2 .inference.ModelSe"
+    b"quenceBatchingH\x00R\x10sequenceBatching\x12M\n\x13ensemble_scheduling\x18\x0f "
+    b"\x01(\x0b2\x1a.inference.ModelEnsemblingH\x00R\x12ensembleScheduling\x12D\n\x0eins"
+    b"tance_group\x18\x07 \x03(\x0b2\x1d.inference.ModelInstanceGroupR\rinstanceGr"
+    b"oup\x124\n\x16default_model_filename\x18\x08 \x01(\tR\x14defaultModelFilename\x12Z\n"
+    b"\x12cc_model_filenames\x18\t \x03(\x0b2,.inference.ModelConfig.CcModelFil"
+    b"enamesEntryR\x10ccModelFilenames\x12G\n\x0bmetric_tags\x18\n \x03(\x0b2&.inferen"
+    b"ce.ModelConfig.MetricTagsEntryR\nmetricTags\x12F\n\nparameters\x18\x0e \x03"
+    b"(\x0b2&.inference.ModelConfig.ParametersEntryR\nparameters\x129\n\x0cmo"
+    b"del_warmup\x18\x10 \x03(\x0b2\x16.inference.ModelWarmupR\x0bmodelWarmup\x12E\n\x10mod"
+    b"el_operations\x18\x12 \x01(\x0b2\x1a.inference.ModelOperationsR\x0fmodelOperat"
+    b"ions\x12[\n\x18model_transaction_policy\x18\x13 \x01(\x0b2!.inference.ModelTran"
+    b"sactionPolicyR\x16modelTransactionPolicy\x12X\n\x17model_repository_ag"
+    b"ents\x18\x17 \x01(\x0b2 .inference.ModelRepositoryAgentsR\x15modelRepositor"
+    b"yAgents\x12D\n\x0eresponse_cache\x18\x18 \x01(\x0b2\x1d.inference.ModelResponseCac"
+    b"heR\rresponseCache\x12<\n\rmodel_metrics\x18\x1a \x01(\x0b2\x17.inference.ModelMe"
+    b"tricsR\x0cmodelMetrics\x1aC\n\x15CcModelFilenamesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03k"
+    b"ey\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a=\n\x0fMetricTagsEntry\x12\x10\n\x03key\x18\x01 \x01(\t"
+    b"R\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 "
+    b"\x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.inference.ModelParameterR\x05value:\x028"
+    b"\x01B\x13\n\x11scheduling_choice*\xfa\x01\n\x08DataType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYP"
+    b"E_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f"
+    b"\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32"
+    b"\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP6"
+    b"4\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0eb\x06proto3\n\xbc5\n\x12grpc_service"
     b'.proto\x12\tinference\x1a\x12model_config.proto"\x13\n\x11ServerLiveRequest"('
     b'\n\x12ServerLiveResponse\x12\x12\n\x04live\x18\x01 \x01(\x08R\x04live"\x14\n\x12ServerReadyReque'
     b'st"+\n\x13ServerReadyResponse\x12\x14\n\x05ready\x18\x01 \x01(\x08R\x05ready"A\n\x11ModelRead'
@@ -200,105 +200,105 @@ FILE_DESCRIPTOR_SET = (
     b'est"f\n\x16ServerMetadataResponse\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version'
     b'\x18\x02 \x01(\tR\x07version\x12\x1e\n\nextensions\x18\x03 \x03(\tR\nextensions"D\n\x14ModelMeta'
     b'dataRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version"\xcf\x02'
-    b'\n\x15ModelMetadataResponse\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08versions\x18\x02 \x03('
-    b'\tR\x08versions\x12\x1a\n\x08platform\x18\x03 \x01(\tR\x08platform\x12G\n\x06inputs\x18\x04 \x03(\x0b2/.in'
-    b'ference.ModelMetadataResponse.TensorMetadataR\x06inputs\x12I\n\x07outp'
-    b'uts\x18\x05 \x03(\x0b2/.inference.ModelMetadataResponse.TensorMetadataR\x07'
-    b'outputs\x1aV\n\x0eTensorMetadata\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08datatype\x18\x02 '
+    b"\n\x15ModelMetadataResponse\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08versions\x18\x02 \x03("
+    b"\tR\x08versions\x12\x1a\n\x08platform\x18\x03 \x01(\tR\x08platform\x12G\n\x06inputs\x18\x04 \x03(\x0b2/.in"
+    b"ference.ModelMetadataResponse.TensorMetadataR\x06inputs\x12I\n\x07outp"
+    b"uts\x18\x05 \x03(\x0b2/.inference.ModelMetadataResponse.TensorMetadataR\x07"
+    b"outputs\x1aV\n\x0eTensorMetadata\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08datatype\x18\x02 "
     b'\x01(\tR\x08datatype\x12\x14\n\x05shape\x18\x03 \x03(\x03R\x05shape"\xd7\x01\n\x0eInferParameter\x12\x1f\n\nbo'
-    b'ol_param\x18\x01 \x01(\x08H\x00R\tboolParam\x12!\n\x0bint64_param\x18\x02 \x01(\x03H\x00R\nint64Par'
-    b'am\x12#\n\x0cstring_param\x18\x03 \x01(\tH\x00R\x0bstringParam\x12#\n\x0cdouble_param\x18\x04 \x01('
-    b'\x01H\x00R\x0bdoubleParam\x12#\n\x0cuint64_param\x18\x05 \x01(\x04H\x00R\x0buint64ParamB\x12\n\x10par'
+    b"ol_param\x18\x01 \x01(\x08H\x00R\tboolParam\x12!\n\x0bint64_param\x18\x02 \x01(\x03H\x00R\nint64Par"
+    b"am\x12#\n\x0cstring_param\x18\x03 \x01(\tH\x00R\x0bstringParam\x12#\n\x0cdouble_param\x18\x04 \x01("
+    b"\x01H\x00R\x0bdoubleParam\x12#\n\x0cuint64_param\x18\x05 \x01(\x04H\x00R\x0buint64ParamB\x12\n\x10par"
     b'ameter_choice"\xc3\x02\n\x13InferTensorContents\x12#\n\rbool_contents\x18\x01 \x03(\x08'
-    b'R\x0cboolContents\x12!\n\x0cint_contents\x18\x02 \x03(\x05R\x0bintContents\x12%\n\x0eint64_c'
-    b'ontents\x18\x03 \x03(\x03R\rint64Contents\x12#\n\ruint_contents\x18\x04 \x03(\rR\x0cuintCon'
+    b"R\x0cboolContents\x12!\n\x0cint_contents\x18\x02 \x03(\x05R\x0bintContents\x12%\n\x0eint64_c"
+    b"ontents\x18\x03 \x03(\x03R\rint64Contents\x12#\n\ruint_contents\x18\x04 \x03(\rR\x0cuintCon"
     b"tents\x12'\n\x0fuint64_contents\x18\x05 \x03(\x04R\x0euint64Contents\x12#\n\rfp32_conte"
-    b'nts\x18\x06 \x03(\x02R\x0cfp32Contents\x12#\n\rfp64_contents\x18\x07 \x03(\x01R\x0cfp64Contents'
+    b"nts\x18\x06 \x03(\x02R\x0cfp32Contents\x12#\n\rfp64_contents\x18\x07 \x03(\x01R\x0cfp64Contents"
     b'\x12%\n\x0ebytes_contents\x18\x08 \x03(\x0cR\rbytesContents"\x9d\x08\n\x11ModelInferReques'
-    b't\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmod'
-    b'elVersion\x12\x0e\n\x02id\x18\x03 \x01(\tR\x02id\x12L\n\nparameters\x18\x04 \x03(\x0b2,.inference.Mo'
-    b'delInferRequest.ParametersEntryR\nparameters\x12E\n\x06inputs\x18\x05 \x03(\x0b2'
-    b'-.inference.ModelInferRequest.InferInputTensorR\x06inputs\x12Q\n\x07ou'
-    b'tputs\x18\x06 \x03(\x0b27.inference.ModelInferRequest.InferRequestedOutp'
-    b'utTensorR\x07outputs\x12,\n\x12raw_input_contents\x18\x07 \x03(\x0cR\x10rawInputConte'
-    b'nts\x1a\xcd\x02\n\x10InferInputTensor\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08datatype\x18\x02 \x01'
-    b'(\tR\x08datatype\x12\x14\n\x05shape\x18\x03 \x03(\x03R\x05shape\x12]\n\nparameters\x18\x04 \x03(\x0b2=.inf'
-    b'erence.ModelInferRequest.InferInputTensor.ParametersEntryR\np'
-    b'arameters\x12:\n\x08contents\x18\x05 \x01(\x0b2\x1e.inference.InferTensorContentsR'
-    b'\x08contents\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01('
-    b'\x0b2\x19.inference.InferParameterR\x05value:\x028\x01\x1a\xf3\x01\n\x1aInferRequestedOu'
-    b'tputTensor\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12g\n\nparameters\x18\x02 \x03(\x0b2G.inferen'
-    b'ce.ModelInferRequest.InferRequestedOutputTensor.ParametersEn'
-    b'tryR\nparameters\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05valu'
-    b'e\x18\x02 \x01(\x0b2\x19.inference.InferParameterR\x05value:\x028\x01\x1aX\n\x0fParametersE'
-    b'ntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.inference.InferParam'
+    b"t\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\tmodelName\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmod"
+    b"elVersion\x12\x0e\n\x02id\x18\x03 \x01(\tR\x02id\x12L\n\nparameters\x18\x04 \x03(\x0b2,.inference.Mo"
+    b"delInferRequest.ParametersEntryR\nparameters\x12E\n\x06inputs\x18\x05 \x03(\x0b2"
+    b"-.inference.ModelInferRequest.InferInputTensorR\x06inputs\x12Q\n\x07ou"
+    b"tputs\x18\x06 \x03(\x0b27.inference.ModelInferRequest.InferRequestedOutp"
+    b"utTensorR\x07outputs\x12,\n\x12raw_input_contents\x18\x07 \x03(\x0cR\x10rawInputConte"
+    b"nts\x1a\xcd\x02\n\x10InferInputTensor\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08datatype\x18\x02 \x01"
+    b"(\tR\x08datatype\x12\x14\n\x05shape\x18\x03 \x03(\x03R\x05shape\x12]\n\nparameters\x18\x04 \x03(\x0b2=.inf"
+    b"erence.ModelInferRequest.InferInputTensor.ParametersEntryR\np"
+    b"arameters\x12:\n\x08contents\x18\x05 \x01(\x0b2\x1e.inference.InferTensorContentsR"
+    b"\x08contents\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01("
+    b"\x0b2\x19.inference.InferParameterR\x05value:\x028\x01\x1a\xf3\x01\n\x1aInferRequestedOu"
+    b"tputTensor\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12g\n\nparameters\x18\x02 \x03(\x0b2G.inferen"
+    b"ce.ModelInferRequest.InferRequestedOutputTensor.ParametersEn"
+    b"tryR\nparameters\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05valu"
+    b"e\x18\x02 \x01(\x0b2\x19.inference.InferParameterR\x05value:\x028\x01\x1aX\n\x0fParametersE"
+    b"ntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.inference.InferParam"
     b'eterR\x05value:\x028\x01"\xdf\x05\n\x12ModelInferResponse\x12\x1d\n\nmodel_name\x18\x01 \x01(\tR\t'
-    b'modelName\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\x12\x0e\n\x02id\x18\x03 \x01(\tR\x02'
-    b'id\x12M\n\nparameters\x18\x04 \x03(\x0b2-.inference.ModelInferResponse.Parame'
-    b'tersEntryR\nparameters\x12I\n\x07outputs\x18\x05 \x03(\x0b2/.inference.ModelInfe'
-    b'rResponse.InferOutputTensorR\x07outputs\x12.\n\x13raw_output_contents\x18'
-    b'\x06 \x03(\x0cR\x11rawOutputContents\x1a\xd0\x02\n\x11InferOutputTensor\x12\x12\n\x04name\x18\x01 \x01(\t'
-    b'R\x04name\x12\x1a\n\x08datatype\x18\x02 \x01(\tR\x08datatype\x12\x14\n\x05shape\x18\x03 \x03(\x03R\x05shape\x12_\n\n'
-    b'parameters\x18\x04 \x03(\x0b2?.inference.ModelInferResponse.InferOutputT'
-    b'ensor.ParametersEntryR\nparameters\x12:\n\x08contents\x18\x05 \x01(\x0b2\x1e.infere'
-    b'nce.InferTensorContentsR\x08contents\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18'
-    b'\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.inference.InferParameterR\x05value:'
-    b'\x028\x01\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.in'
+    b"modelName\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\x12\x0e\n\x02id\x18\x03 \x01(\tR\x02"
+    b"id\x12M\n\nparameters\x18\x04 \x03(\x0b2-.inference.ModelInferResponse.Parame"
+    b"tersEntryR\nparameters\x12I\n\x07outputs\x18\x05 \x03(\x0b2/.inference.ModelInfe"
+    b"rResponse.InferOutputTensorR\x07outputs\x12.\n\x13raw_output_contents\x18"
+    b"\x06 \x03(\x0cR\x11rawOutputContents\x1a\xd0\x02\n\x11InferOutputTensor\x12\x12\n\x04name\x18\x01 \x01(\t"
+    b"R\x04name\x12\x1a\n\x08datatype\x18\x02 \x01(\tR\x08datatype\x12\x14\n\x05shape\x18\x03 \x03(\x03R\x05shape\x12_\n\n"
+    b"parameters\x18\x04 \x03(\x0b2?.inference.ModelInferResponse.InferOutputT"
+    b"ensor.ParametersEntryR\nparameters\x12:\n\x08contents\x18\x05 \x01(\x0b2\x1e.infere"
+    b"nce.InferTensorContentsR\x08contents\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18"
+    b"\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.inference.InferParameterR\x05value:"
+    b"\x028\x01\x1aX\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12/\n\x05value\x18\x02 \x01(\x0b2\x19.in"
     b'ference.InferParameterR\x05value:\x028\x01"\x85\x01\n\x18ModelStreamInferRespon'
-    b'se\x12#\n\rerror_message\x18\x01 \x01(\tR\x0cerrorMessage\x12D\n\x0einfer_response\x18\x02 '
+    b"se\x12#\n\rerror_message\x18\x01 \x01(\tR\x0cerrorMessage\x12D\n\x0einfer_response\x18\x02 "
     b'\x01(\x0b2\x1d.inference.ModelInferResponseR\rinferResponse"B\n\x12ModelCo'
     b'nfigRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version"E\n'
-    b'\x13ModelConfigResponse\x12.\n\x06config\x18\x01 \x01(\x0b2\x16.inference.ModelConfig'
+    b"\x13ModelConfigResponse\x12.\n\x06config\x18\x01 \x01(\x0b2\x16.inference.ModelConfig"
     b'R\x06config"F\n\x16ModelStatisticsRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07ve'
     b'rsion\x18\x02 \x01(\tR\x07version"9\n\x11StatisticDuration\x12\x14\n\x05count\x18\x01 \x01(\x04R\x05co'
     b'unt\x12\x0e\n\x02ns\x18\x02 \x01(\x04R\x02ns"\xfa\x02\n\x0fInferStatistics\x126\n\x07success\x18\x01 \x01(\x0b2\x1c.i'
-    b'nference.StatisticDurationR\x07success\x120\n\x04fail\x18\x02 \x01(\x0b2\x1c.inferenc'
-    b'e.StatisticDurationR\x04fail\x122\n\x05queue\x18\x03 \x01(\x0b2\x1c.inference.Statist'
-    b'icDurationR\x05queue\x12A\n\rcompute_input\x18\x04 \x01(\x0b2\x1c.inference.Statist'
-    b'icDurationR\x0ccomputeInput\x12A\n\rcompute_infer\x18\x05 \x01(\x0b2\x1c.inference.'
-    b'StatisticDurationR\x0ccomputeInfer\x12C\n\x0ecompute_output\x18\x06 \x01(\x0b2\x1c.in'
+    b"nference.StatisticDurationR\x07success\x120\n\x04fail\x18\x02 \x01(\x0b2\x1c.inferenc"
+    b"e.StatisticDurationR\x04fail\x122\n\x05queue\x18\x03 \x01(\x0b2\x1c.inference.Statist"
+    b"icDurationR\x05queue\x12A\n\rcompute_input\x18\x04 \x01(\x0b2\x1c.inference.Statist"
+    b"icDurationR\x0ccomputeInput\x12A\n\rcompute_infer\x18\x05 \x01(\x0b2\x1c.inference."
+    b"StatisticDurationR\x0ccomputeInfer\x12C\n\x0ecompute_output\x18\x06 \x01(\x0b2\x1c.in"
     b'ference.StatisticDurationR\rcomputeOutput"\x80\x02\n\x14InferBatchStati'
-    b'stics\x12\x1d\n\nbatch_size\x18\x01 \x01(\x04R\tbatchSize\x12A\n\rcompute_input\x18\x02 \x01(\x0b2'
-    b'\x1c.inference.StatisticDurationR\x0ccomputeInput\x12A\n\rcompute_infer'
-    b'\x18\x03 \x01(\x0b2\x1c.inference.StatisticDurationR\x0ccomputeInfer\x12C\n\x0ecomput'
+    b"stics\x12\x1d\n\nbatch_size\x18\x01 \x01(\x04R\tbatchSize\x12A\n\rcompute_input\x18\x02 \x01(\x0b2"
+    b"\x1c.inference.StatisticDurationR\x0ccomputeInput\x12A\n\rcompute_infer"
+    b"\x18\x03 \x01(\x0b2\x1c.inference.StatisticDurationR\x0ccomputeInfer\x12C\n\x0ecomput"
     b'e_output\x18\x04 \x01(\x0b2\x1c.inference.StatisticDurationR\rcomputeOutput"'
-    b'\xbf\x02\n\x0fModelStatistics\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07ve'
+    b"\xbf\x02\n\x0fModelStatistics\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07ve"
     b"rsion\x12%\n\x0elast_inference\x18\x03 \x01(\x04R\rlastInference\x12'\n\x0finference_co"
     b"unt\x18\x04 \x01(\x04R\x0einferenceCount\x12'\n\x0fexecution_count\x18\x05 \x01(\x04R\x0eexecutio"
-    b'nCount\x12C\n\x0finference_stats\x18\x06 \x01(\x0b2\x1a.inference.InferStatisticsR'
-    b'\x0einferenceStats\x12@\n\x0bbatch_stats\x18\x07 \x03(\x0b2\x1f.inference.InferBatchS'
+    b"nCount\x12C\n\x0finference_stats\x18\x06 \x01(\x0b2\x1a.inference.InferStatisticsR"
+    b"\x0einferenceStats\x12@\n\x0bbatch_stats\x18\x07 \x03(\x0b2\x1f.inference.InferBatchS"
     b'tatisticsR\nbatchStats"V\n\x17ModelStatisticsResponse\x12;\n\x0bmodel_st'
     b'ats\x18\x01 \x03(\x0b2\x1a.inference.ModelStatisticsR\nmodelStats"\xba\x01\n\x18ModelR'
-    b'epositoryParameter\x12\x1f\n\nbool_param\x18\x01 \x01(\x08H\x00R\tboolParam\x12!\n\x0bint64'
-    b'_param\x18\x02 \x01(\x03H\x00R\nint64Param\x12#\n\x0cstring_param\x18\x03 \x01(\tH\x00R\x0bstringPa'
+    b"epositoryParameter\x12\x1f\n\nbool_param\x18\x01 \x01(\x08H\x00R\tboolParam\x12!\n\x0bint64"
+    b"_param\x18\x02 \x01(\x03H\x00R\nint64Param\x12#\n\x0cstring_param\x18\x03 \x01(\tH\x00R\x0bstringPa"
     b'ram\x12!\n\x0bbytes_param\x18\x04 \x01(\x0cH\x00R\nbytesParamB\x12\n\x10parameter_choice"W'
     b"\n\x16RepositoryIndexRequest\x12'\n\x0frepository_name\x18\x01 \x01(\tR\x0erepositor"
     b'yName\x12\x14\n\x05ready\x18\x02 \x01(\x08R\x05ready"\xca\x01\n\x17RepositoryIndexResponse\x12E\n\x06m'
-    b'odels\x18\x01 \x03(\x0b2-.inference.RepositoryIndexResponse.ModelIndexR\x06'
-    b'models\x1ah\n\nModelIndex\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07v'
+    b"odels\x18\x01 \x03(\x0b2-.inference.RepositoryIndexResponse.ModelIndexR\x06"
+    b"models\x1ah\n\nModelIndex\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n\x07version\x18\x02 \x01(\tR\x07v"
     b'ersion\x12\x14\n\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason"\x9f\x02\n\x1aRep'
     b"ositoryModelLoadRequest\x12'\n\x0frepository_name\x18\x01 \x01(\tR\x0erepository"
-    b'Name\x12\x1d\n\nmodel_name\x18\x02 \x01(\tR\tmodelName\x12U\n\nparameters\x18\x03 \x03(\x0b25.in'
-    b'ference.RepositoryModelLoadRequest.ParametersEntryR\nparamete'
-    b'rs\x1ab\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x129\n\x05value\x18\x02 \x01(\x0b2#.inf'
+    b"Name\x12\x1d\n\nmodel_name\x18\x02 \x01(\tR\tmodelName\x12U\n\nparameters\x18\x03 \x03(\x0b25.in"
+    b"ference.RepositoryModelLoadRequest.ParametersEntryR\nparamete"
+    b"rs\x1ab\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x129\n\x05value\x18\x02 \x01(\x0b2#.inf"
     b'erence.ModelRepositoryParameterR\x05value:\x028\x01"\x1d\n\x1bRepositoryMode'
-    b'lLoadResponse"\xa3\x02\n\x1cRepositoryModelUnloadRequest\x12\'\n\x0frepository'
-    b'_name\x18\x01 \x01(\tR\x0erepositoryName\x12\x1d\n\nmodel_name\x18\x02 \x01(\tR\tmodelName\x12W'
-    b'\n\nparameters\x18\x03 \x03(\x0b27.inference.RepositoryModelUnloadRequest.'
-    b'ParametersEntryR\nparameters\x1ab\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR'
-    b'\x03key\x129\n\x05value\x18\x02 \x01(\x0b2#.inference.ModelRepositoryParameterR\x05va'
+    b"lLoadResponse\"\xa3\x02\n\x1cRepositoryModelUnloadRequest\x12'\n\x0frepository"
+    b"_name\x18\x01 \x01(\tR\x0erepositoryName\x12\x1d\n\nmodel_name\x18\x02 \x01(\tR\tmodelName\x12W"
+    b"\n\nparameters\x18\x03 \x03(\x0b27.inference.RepositoryModelUnloadRequest."
+    b"ParametersEntryR\nparameters\x1ab\n\x0fParametersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR"
+    b"\x03key\x129\n\x05value\x18\x02 \x01(\x0b2#.inference.ModelRepositoryParameterR\x05va"
     b'lue:\x028\x01"\x1f\n\x1dRepositoryModelUnloadResponse2\xb7\x08\n\x14GRPCInferenceSe'
-    b'rvice\x12K\n\nServerLive\x12\x1c.inference.ServerLiveRequest\x1a\x1d.inferenc'
+    b"rvice\x12K\n\nServerLive\x12\x1c.inference.ServerLiveRequest\x1a\x1d.inferenc"
     b'e.ServerLiveResponse"\x00\x12N\n\x0bServerReady\x12\x1d.inference.ServerRead'
     b'yRequest\x1a\x1e.inference.ServerReadyResponse"\x00\x12K\n\nModelReady\x12\x1c.i'
     b'nference.ModelReadyRequest\x1a\x1d.inference.ModelReadyResponse"\x00\x12'
-    b'W\n\x0eServerMetadata\x12 .inference.ServerMetadataRequest\x1a!.infere'
+    b"W\n\x0eServerMetadata\x12 .inference.ServerMetadataRequest\x1a!.infere"
     b'nce.ServerMetadataResponse"\x00\x12T\n\rModelMetadata\x12\x1f.inference.Mo'
     b'delMetadataRequest\x1a .inference.ModelMetadataResponse"\x00\x12K\n\nMo'
-    b'delInfer\x12\x1c.inference.ModelInferRequest\x1a\x1d.inference.ModelInfe'
+    b"delInfer\x12\x1c.inference.ModelInferRequest\x1a\x1d.inference.ModelInfe"
     b'rResponse"\x00\x12[\n\x10ModelStreamInfer\x12\x1c.inference.ModelInferReques'
     b't\x1a#.inference.ModelStreamInferResponse"\x00(\x010\x01\x12N\n\x0bModelConfig\x12'
-    b'\x1d.inference.ModelConfigRequest\x1a\x1e.inference.ModelConfigRespon'
+    b"\x1d.inference.ModelConfigRequest\x1a\x1e.inference.ModelConfigRespon"
     b'se"\x00\x12Z\n\x0fModelStatistics\x12!.inference.ModelStatisticsRequest\x1a"'
     b'.inference.ModelStatisticsResponse"\x00\x12Z\n\x0fRepositoryIndex\x12!.in'
     b'ference.RepositoryIndexRequest\x1a".inference.RepositoryIndexRe'

@@ -55,6 +55,17 @@ def _from_contents(tensor, datatype: str, shape: tuple[int, ...], what: str) -> 
     return from_json(np.asarray(values), datatype, shape, what)
 
 
+def _check_raw_size(raw: bytes, i: int, datatype: str, shape: tuple[int, ...], what: str) -> None:
+    if datatype == "BYTES":  # elements of their own lengths: from_binary checks them
+        return
+    size = math.prod(shape) * DTYPES[datatype].itemsize
+    if len(raw) != size:
+        raise BadRequest(
+            f"{what}: shape {list(shape)} of {datatype} is {size} bytes, "
+            f"raw_input_contents[{i}] has {len(raw)} bytes"
+        )
+
+
 def decode_request(request) -> InferRequest:
     """The InferRequest of a ModelInferRequest: its inputs as numpy arrays (raw ones read-only
     views of the message's bytes), the outputs it names (None: all), its id. Raises BadRequest
@@ -76,6 +87,7 @@ def decode_request(request) -> InferRequest:
         if raw:
             if tensor.HasField("contents"):
                 raise BadRequest(f"{what}: both contents and raw_input_contents; send one")
+            _check_raw_size(raw[i], i, tensor.datatype, shape, what)
             array = from_binary(raw[i], tensor.datatype, shape, what)
         else:
             array = _from_contents(tensor, tensor.datatype, shape, what)
