@@ -108,11 +108,13 @@ def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
 class Server:
     """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
-    `entry`: how Python starts the command (`-m rootml.cli`, or `-c CODE` running it)."""
+    `entry`: how Python starts the command (`-m rootml.cli`, or `-c CODE` running it); `ca`: the
+    certificate to trust when the server serves TLS (args with --tls-cert and --tls-key)."""
 
-    def __init__(self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli")):
+    def __init__(self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli"), ca=None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+        self.verify = str(ca) if ca else True
         self.address = f"127.0.0.1:{self.port}"
         self.log = log
         command = [
@@ -134,7 +136,8 @@ class Server:
             if self.process.poll() is not None:
                 break
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                ready = httpx.get(f"{self.url}/v2/health/ready", timeout=1, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -145,7 +148,7 @@ class Server:
     def alive(self) -> bool:
         return (
             self.process.poll() is None
-            and httpx.get(f"{self.url}/v2/health/live").status_code == 200
+            and httpx.get(f"{self.url}/v2/health/live", verify=self.verify).status_code == 200
         )
 
     def stop(self) -> None:
