@@ -26,16 +26,19 @@ def test_every_case_runs_without_errors(serve, results):
     http = [serve.case_name(case) for case in serve.http_cases()]
     inprocess = [f"inprocess-b{b}" for b in serve.BATCHES]
     inprocess += ["inprocess-2threads-b1024", "heavy-inprocess-b1", "heavy-inprocess-b64"]
-    assert list(results["cases"]) == inprocess + http
+    grpc = [serve.case_name(case) for case in serve.grpc_cases()]
+    assert grpc == ["rootml_grpc-raw-b1-c1", "rootml_grpc-raw-b1-c64", "rootml_grpc-raw-b1024-c64"]
+    assert list(results["cases"]) == inprocess + http + grpc
     assert len(set(http)) == len(http) == 4 * len(serve.BATCHES) * len(serve.CLIENTS) + 11
     for name, case in results["cases"].items():
         assert "error" not in case, (name, case.get("error"))
         assert case["errors"] == 0 and case["requests"] > 0, name
         assert case["rows_per_s"] == pytest.approx(case["req_per_s"] * case["batch"]), name
         assert 0 < case["p50_ms"] <= case["p99_ms"], name
-    for name in http:
+    for name in http + grpc:
         case = results["cases"][name]
-        assert case["client"] == "python" and case["server_cpu_us_per_req"] > 0, name
+        assert case["client"] == ("grpc.aio" if name in grpc else "python"), name
+        assert case["server_cpu_us_per_req"] > 0 and case["client_cores"] > 0, name
         # Event loop threads: one per worker process, each at most one core.
         loops = results["machine"]["cores"] if "_workers" in name else 1
         assert 0 <= case["loop_busy"] <= 1.2 * loops and case["server_cores"] > 0, name
