@@ -109,9 +109,16 @@ class Server:
     """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
     `entry`: how Python starts the command (`-m rootml.cli`, or `-c CODE` running it); `ca`: the
-    certificate to trust when the server serves TLS (args with --tls-cert and --tls-key)."""
+    certificate to trust when the server serves TLS (args with --tls-cert and --tls-key); `grpc`:
+    serve gRPC too, on a free port (its address in `self.grpc`)."""
 
-    def __init__(self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli"), ca=None):
+    def __init__(
+        self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli"), ca=None, grpc=False
+    ):
+        if grpc:
+            grpc_port = free_port()
+            self.grpc = f"127.0.0.1:{grpc_port}"
+            args = (*args, "--grpc-port", str(grpc_port))
         self.port = free_port()
         self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.verify = str(ca) if ca else True

@@ -25,7 +25,7 @@ from tests.serve._physics_model import (
     reference_inputs,
     run_onnx,
 )
-from tests.serve.conftest import Server, free_port
+from tests.serve.conftest import Server
 
 triton_wrapper = pytest.importorskip("coffea.ml_tools.triton_wrapper").triton_wrapper
 
@@ -80,16 +80,9 @@ def certificate(tmp_path_factory):
     return cert, key
 
 
-def _serve(setup, log, *args, ca=None) -> Server:
-    grpc_port = free_port()
-    srv = Server(setup[0], log, "--grpc-port", str(grpc_port), *args, ca=ca)
-    srv.grpc = f"127.0.0.1:{grpc_port}"
-    return srv
-
-
 @pytest.fixture(scope="module")
 def plain(setup, tmp_path_factory):
-    srv = _serve(setup, tmp_path_factory.mktemp("coffea-log") / "serve.log")
+    srv = Server(setup[0], tmp_path_factory.mktemp("coffea-log") / "serve.log", grpc=True)
     yield srv
     srv.stop()
 
@@ -98,7 +91,8 @@ def plain(setup, tmp_path_factory):
 def tls(setup, certificate, tmp_path_factory):
     cert, key = certificate
     log = tmp_path_factory.mktemp("coffea-tls-log") / "serve.log"
-    srv = _serve(setup, log, "--tls-cert", str(cert), "--tls-key", str(key), ca=cert)
+    args = ("--tls-cert", str(cert), "--tls-key", str(key))
+    srv = Server(setup[0], log, *args, ca=cert, grpc=True)
     yield srv
     srv.stop()
 

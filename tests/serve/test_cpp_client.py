@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 from rootml.export.repository import add_onnx_model
-from tests.serve.conftest import Server, free_port, make_inputs
+from tests.serve.conftest import Server, make_inputs
 
 pytestmark = pytest.mark.cpp
 
@@ -65,11 +65,7 @@ def server(tmp_path_factory, mlp_bytes):
         mlp_bytes,
         config={"dynamic_batching": {"max_queue_delay_microseconds": 500}},
     )
-    grpc_port = free_port()
-    srv = Server(
-        repo, tmp_path_factory.mktemp("cpp-log") / "serve.log", "--grpc-port", str(grpc_port)
-    )
-    srv.grpc = f"127.0.0.1:{grpc_port}"
+    srv = Server(repo, tmp_path_factory.mktemp("cpp-log") / "serve.log", grpc=True)
     yield srv
     srv.stop()
 

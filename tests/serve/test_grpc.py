@@ -29,7 +29,7 @@ from tests.serve._physics_model import (
     reference_inputs,
     run_onnx,
 )
-from tests.serve.conftest import TOKEN, Server, free_port, make_inputs
+from tests.serve.conftest import TOKEN, Server, make_inputs
 
 MAX_BODY = 4 << 20
 TIMEOUT_S = 1.5
@@ -56,20 +56,17 @@ def models(tmp_path_factory, mlp_bytes, mlp2_bytes):
 
 @pytest.fixture(scope="module")
 def server(models, token_file, tmp_path_factory):
-    grpc_port = free_port()
     srv = Server(
         models[0],
         tmp_path_factory.mktemp("grpc-log") / "serve.log",
-        "--grpc-port",
-        str(grpc_port),
         "--token-file",
         str(token_file),
         "--max-body-bytes",
         str(MAX_BODY),
         "--timeout",
         str(TIMEOUT_S),
+        grpc=True,
     )
-    srv.grpc = f"127.0.0.1:{grpc_port}"
     yield srv
     srv.stop()
 
