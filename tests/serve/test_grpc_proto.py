@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from rootml.errors import (
@@ -114,3 +115,45 @@ def test_grpc_codes_of_each_meaning():
     for err, code in codes.items():
         assert grpc_answer(err) == (code, "x"), type(err)
     assert grpc_answer(KeyError("secret")) == ("INTERNAL", "internal error: KeyError")
+
+
+CONFIG = """
+name: "m"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 3 ] reshape { shape: [] } } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] label_filename: "labels.txt" } ]
+instance_group [ { kind: KIND_CPU count: 2 } ]
+dynamic_batching {
+  preferred_batch_size: [ 4 ]
+  max_queue_delay_microseconds: 100
+  default_queue_policy { timeout_action: DELAY max_queue_size: 3 }
+}
+optimization {
+  priority: PRIORITY_MAX
+  execution_accelerators {
+    gpu_execution_accelerator : [ { name : "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ]
+  }
+}
+parameters { key: "a" value { string_value: "b" } }
+parameters { key: "c" value { string_value: "d" } }
+version_policy { latest { num_versions: 2 } }
+"""
+
+
+def test_a_config_pbtxt_as_tritons_model_config_message():
+    """rootml's reading of a config.pbtxt (maps, enums, nested and repeated messages), as the
+    ModelConfig RPC sends it, equals protobuf's own parse of the text into Triton's message."""
+    from google.protobuf import text_format
+
+    from rootml.export.pbtxt import parse_config
+    from rootml.serve.grpc.service import json_form
+
+    doc = json_form(parse_config(CONFIG), messages["ModelConfig"].DESCRIPTOR)
+    ours = json_format.ParseDict({"config": doc}, messages["ModelConfigResponse"]())
+    expected = text_format.Parse(CONFIG, model_config_pb2.ModelConfig())
+    theirs = service_pb2.ModelConfigResponse.FromString(ours.SerializeToString())
+    assert theirs.config == expected
+    assert (
+        theirs.config.optimization.priority == model_config_pb2.ModelOptimizationPolicy.PRIORITY_MAX
+    )

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, text_format
+from google.protobuf import json_format
 
 from rootml.errors import NotFound, Unavailable
-from rootml.export.pbtxt import format_config
 from rootml.serve.endpoints import PARSE_INLINE_BYTES, Endpoints
 from rootml.serve.errors import EXPECTED, grpc_answer
 from rootml.serve.grpc.messages import SERVICE, messages, service_methods
@@ -31,6 +30,39 @@ log = logging.getLogger(__name__)
 def _message(name: str, doc: dict[str, Any]):
     """The message `name` holding the JSON-like `doc` (as the HTTP routes answer it)."""
     return json_format.ParseDict(doc, messages[name]())
+
+
+def _repeated(field) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.29; `label` before
+    return field.label == field.LABEL_REPEATED if repeated is None else repeated
+
+
+def json_form(doc: Any, descriptor) -> Any:
+    """A config dict as rootml reads config.pbtxt (rootml.export.pbtxt) in protobuf's JSON form
+    for the message `descriptor`: map fields, key/value entries in text format, as objects; a
+    field the message does not have left out (logged)."""
+    out = {}
+    for key, value in doc.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is None:
+            log.warning("config field %r is not in Triton's %s: left out", key, descriptor.name)
+            continue
+        target = field.message_type
+        if target is not None and target.GetOptions().map_entry:
+            entries = value if isinstance(value, list) else [value]
+            inner = target.fields_by_name["value"].message_type
+            out[key] = {
+                str(e.get("key", "")): json_form(e.get("value", {}), inner)
+                if inner
+                else e.get("value")
+                for e in entries
+            }
+        elif target is not None:
+            items = [json_form(v, target) for v in (value if isinstance(value, list) else [value])]
+            out[key] = items if _repeated(field) else items[0]
+        else:
+            out[key] = value if _repeated(field) or not isinstance(value, list) else value[0]
+    return out
 
 
 def _version(version: str) -> str | None:
@@ -67,11 +99,8 @@ class InferenceService:
 
     async def ModelConfig(self, request, context):
         config = await self.endpoints.model_config(request.name, _version(request.version))
-        response = messages["ModelConfigResponse"]()
-        # config.pbtxt's own text form parses into Triton's ModelConfig as it stands (maps as
-        # key/value entries, enums by name); a field Triton's message lacks is left out.
-        text_format.Parse(format_config(config), response.config, allow_unknown_field=True)
-        return response
+        descriptor = messages["ModelConfig"].DESCRIPTOR
+        return _message("ModelConfigResponse", {"config": json_form(config, descriptor)})
 
     async def ModelStatistics(self, request, context):
         doc = await self.endpoints.model_stats(request.name, _version(request.version))
