@@ -210,10 +210,11 @@ class ServeMetrics:
     def stats(self, versions: list[tuple[str, int]]) -> dict[str, Any]:
         """Triton's statistics response ({"model_stats": [...]}) for the model `versions`
         [(name, version)], zeros for a version that served nothing yet."""
+        empty = _Series()
         with self._lock:
             return {
                 "model_stats": [
-                    self._series.get((name, version), _Series()).stats(name, version)
+                    self._series.get((name, version), empty).stats(name, version)
                     for name, version in versions
                 ]
             }
