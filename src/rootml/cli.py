@@ -420,6 +420,17 @@ def _check_serve_ports(args: argparse.Namespace) -> None:
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path and not os.access(path, os.R_OK):
             raise ConfigError(f"{flag} {path}: no such readable file")
+    if args.grpc_port:
+        # Said here in one line; the gRPC server binds the port only once the models are loaded.
+        import socket
+
+        try:
+            with socket.create_server((args.host, args.grpc_port)):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"--grpc-port {args.grpc_port}: cannot listen on {args.host}: {err.strerror}"
+            ) from None
 
 
 def _read_token(path: str | None) -> str | None:
