@@ -331,6 +331,11 @@ def test_statistics_count_every_request_of_both_protocols(server, client, model)
     if model == "stats":  # unbatched: one run per request
         assert batches == {1: 2, 3: 2, 8: 1}
     assert abs(int(first["last_inference"]) / 1000 - time.time()) < 60
+    # Prometheus counts the same requests, of both protocols.
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name, count in (("requests", len(sizes) + 1), ("failures", 1)):
+        line = f'rootml_inference_{name}_total{{model="{model}",version="1"}} {count}.0'
+        assert line in metrics.splitlines(), line
 
     client.infer(model, tensors(tgrpc, make_inputs(2)))
     (again,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
