@@ -94,6 +94,10 @@ class ServedVersion:
             "instances": len(devices),
         }
 
+    def rows(self, feeds: dict[str, np.ndarray]) -> int:
+        """The rows (batch entries) of a request's `feeds`: 1 for a model without a batch dim."""
+        return next(iter(feeds.values())).shape[0] if feeds and self.max_batch_size > 0 else 1
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a session on `feeds` (input name -> array); blocking, thread-safe."""
         return dict(zip(self.output_names, self._turn().run(self.output_names, feeds)))
@@ -202,6 +206,9 @@ class ModelManager:
                     model.name, model.version, rows, waits
                 ),
                 preferred_batch_size=preferred,
+                executed=lambda *run: self.metrics.observe_execution(
+                    model.name, model.version, *run
+                ),
             )
         return served
 
@@ -419,26 +426,16 @@ class ModelManager:
         """
         if served.batcher is not None and not served.batcher.closed:
             return await asyncio.wait_for(served.batcher.submit(feeds), timeout)
-        rows = next(iter(feeds.values())).shape[0] if feeds and served.max_batch_size > 0 else 1
+        rows = served.rows(feeds)
         cost = served.run_seconds.get(rows.bit_length())
         if cost is not None and cost <= self.inline_run_s:
-            self.metrics.observe_run(served.name, served.version, rows, [0.0])
-            started = self._run_clock()
-            outputs = served.run(feeds)
-            served.note_run(rows, self._run_clock() - started)
-            return outputs
+            return self._run_counted(served, feeds, rows, 0.0)
         if self._waiting >= self.max_queue + self.run_slots:
             raise Overloaded(f"too many requests waiting ({self._waiting}); retry later")
         queued = time.perf_counter()
 
         def job() -> dict[str, np.ndarray]:
-            self.metrics.observe_run(
-                served.name, served.version, rows, [time.perf_counter() - queued]
-            )
-            started = self._run_clock()
-            outputs = served.run(feeds)
-            served.note_run(rows, self._run_clock() - started)
-            return outputs
+            return self._run_counted(served, feeds, rows, time.perf_counter() - queued)
 
         self._waiting += 1
         try:
@@ -446,3 +443,16 @@ class ModelManager:
             return await asyncio.wait_for(run, timeout)
         finally:
             self._waiting -= 1
+
+    def _run_counted(
+        self, served: ServedVersion, feeds: dict[str, np.ndarray], rows: int, waited: float
+    ) -> dict[str, np.ndarray]:
+        """One unbatched run of `served` that waited `waited` s, counted in the metrics; its
+        cost (see infer) noted."""
+        self.metrics.observe_run(served.name, served.version, rows, [waited])
+        started, wall = self._run_clock(), time.perf_counter()
+        outputs = served.run(feeds)
+        seconds = time.perf_counter() - wall
+        served.note_run(rows, self._run_clock() - started)
+        self.metrics.observe_execution(served.name, served.version, rows, [waited], seconds)
+        return outputs
