@@ -20,8 +20,14 @@ from rootml.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 # name -> script here; each defines run_benchmark(quick=...) -> dict and format_table(results)
-# -> str. Another benchmark adds itself here. gpu: reported as skipped without a CUDA device.
-BENCHMARKS = {"loader": "loader.py", "serve": "serve.py", "gpu": "gpu.py"}
+# -> str. Another benchmark adds itself here. gpu, serve_gpu: reported as skipped without a CUDA
+# device.
+BENCHMARKS = {
+    "loader": "loader.py",
+    "serve": "serve.py",
+    "gpu": "gpu.py",
+    "serve_gpu": "serve_gpu.py",
+}
 
 
 def run(names: list[str], full: bool = False, json_path: str | None = None) -> dict:

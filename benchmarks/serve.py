@@ -17,14 +17,21 @@ dynamic batching (config.pbtxt `dynamic_batching`, see BATCHING). Cases:
 - rootml: KServe V2 infer, JSON and binary tensors, batch 1/64/1024, 1 and 64 clients, batching
   off/on; every request/response pair is first checked against the in-process outputs;
 - rootml_workers, starlette_workers: both servers with one worker process per core
-  (`--workers`), single-row JSON and binary batch 1024 with 64 clients.
+  (`--workers`), single-row JSON and binary batch 1024 with 64 clients;
+- rootml_grpc: the same `rootml serve` process over gRPC (`--grpc-port`, the protocol SONIC and
+  tritonclient.grpc speak), raw_input_contents, batch 1 with 1 and 64 clients and batch 1024
+  with 64, next to the HTTP binary cases of the same batch and clients.
 
 Every target's two cases are then run again back to back, three times with the order
 alternating (paired rounds): the target is the median of those ratios, so that a machine whose
 speed drifts over the minutes of a run (seen here: 15-20%) does not decide it.
 
 Load comes from wrk (Debian's `wrk`, a Lua script for the POST bodies; one thread) or, without
-wrk or with `--client python`, from an asyncio raw-socket client in this process. The server,
+wrk or with `--client python`, from an asyncio raw-socket client in this process. gRPC load comes
+from a process of its own running grpc.aio on one channel, sending one ModelInferRequest
+serialized once (by tritonclient.grpc's messages) and not decoding the answers: a lean generator,
+as wrk is for HTTP, so the server is not starved of the cores; every case's answer is first
+checked through tritonclient.grpc itself. The server,
 the load generator and this script share the machine's cores: a load generator that takes CPU
 takes it from the server too. The CPU of the server, of its event loop thread and of the load
 generator (from /proc and getrusage) is recorded per case: with the loop thread near one core,
@@ -148,7 +155,7 @@ def make_repository(folder: Path, models: dict[str, bytes]) -> None:
 def _session(data: bytes):
     import onnxruntime as ort
 
-    from rootml.export.repository import session_options
+    from rootml.export.execution import session_options
 
     return ort.InferenceSession(data, session_options(1), providers=["CPUExecutionProvider"])
 
@@ -455,7 +462,88 @@ def run_python_client(port: int, path: str, body: bytes, header_length: int | No
     return result | {"client_cpu_s": time.process_time() - cpu}
 
 
+def _grpc_request(model: str, batch: int) -> bytes:
+    """A ModelInferRequest of `batch` rows in raw_input_contents, serialized by tritonclient's
+    own messages (tritonclient.grpc.service_pb2)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model, id="bench")
+    request.inputs.add(name="features", datatype="FP32", shape=[batch, FEATURES])
+    request.raw_input_contents.append(_inputs(batch).tobytes())
+    return request.SerializeToString()
+
+
+async def _grpc_load(address: str, request: bytes, clients: int, seconds: float):
+    import grpc
+
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(address) as channel:
+        # Bytes in, bytes out: no protobuf work in the generator per call.
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def client() -> None:
+            nonlocal errors
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    await infer(request, timeout=30)
+                    latencies.append(time.perf_counter() - t0)
+                except grpc.RpcError:
+                    errors += 1
+                if time.perf_counter() >= end:
+                    return
+
+        end = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return latencies, errors, time.perf_counter() - t0
+
+
+def grpc_load_main(address: str, model: str, batch: int, clients: int, seconds: float) -> None:
+    """The gRPC load generator's process: runs, then prints its summary as JSON."""
+    request = _grpc_request(model, batch)
+    latencies, errors, elapsed = asyncio.run(_grpc_load(address, request, clients, seconds))
+    print(json.dumps(_summary(len(latencies), errors, elapsed, np.asarray(latencies), batch)))
+
+
+def run_grpc_client(address: str, model: str, batch: int, clients: int, seconds: float) -> dict:
+    """The gRPC load generator (grpc_load_main) in a process of its own, for `seconds`."""
+    import resource
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--grpc-load", address, model]
+    command += [str(batch), str(clients), str(seconds)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"gRPC load generator failed: {done.stderr[-500:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return result | {"client_cpu_s": used}
+
+
+def _check_grpc(address: str, model: str, batch: int, expected: np.ndarray) -> None:
+    """One request through tritonclient.grpc; its scores must equal the in-process run's."""
+    import tritonclient.grpc as triton
+
+    tensor = triton.InferInput("features", [batch, FEATURES], "FP32")
+    tensor.set_data_from_numpy(_inputs(batch))
+    with triton.InferenceServerClient(address) as client:
+        got = client.infer(model, [tensor]).as_numpy("score")
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"gRPC scores differ from in-process onnxruntime: {got[:3]}")
+
+
 # -- cases ----------------------------------------------------------------------------------------
+def grpc_cases() -> list[dict]:
+    """The gRPC cases (served by the "rootml" server's --grpc-port)."""
+    return [
+        dict(server="rootml_grpc", model="mlp", encoding="raw", batch=batch, clients=clients)
+        for batch, clients in ((1, 1), (1, 64), (1024, 64))
+    ]
+
+
 def http_cases() -> list[dict]:
     """Every HTTP case, each reference next to what it is compared with."""
     cases = []
@@ -527,15 +615,36 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
     base_model = case["model"].removesuffix("_batched")
     expected = sessions[base_model].run(["score"], {"features": _inputs(case["batch"])})[0]
     _check(server.url + path, body, header_length, expected)
-    load, cpu, machine = os.getloadavg()[0], server.cpu_seconds(), _machine_busy()
-    if client == "wrk":
-        result = run_wrk(
-            server.url + path, body, header_length, case["clients"], seconds, case["batch"], folder
-        )
-    else:
-        result = run_python_client(
+
+    def load() -> dict:
+        if client == "wrk":
+            return run_wrk(server.url + path, body, header_length, case["clients"], seconds,
+                           case["batch"], folder)  # fmt: skip
+        return run_python_client(
             server.port, path, body, header_length, case["clients"], seconds, case["batch"]
         )
+
+    return _measured(case, server, client, load) | {"body_bytes": len(body)}
+
+
+def _run_grpc(case: dict, servers: dict, sessions: dict, seconds: float) -> dict:
+    server = servers["rootml"]
+    expected = sessions[case["model"]].run(["score"], {"features": _inputs(case["batch"])})[0]
+    _check_grpc(server.grpc_address, case["model"], case["batch"], expected)
+
+    def load() -> dict:
+        return run_grpc_client(
+            server.grpc_address, case["model"], case["batch"], case["clients"], seconds
+        )
+
+    size = len(_grpc_request(case["model"], case["batch"]))
+    return _measured(case, server, "grpc.aio", load) | {"body_bytes": size}
+
+
+def _measured(case: dict, server: Server, client: str, load) -> dict:
+    """`load()`'s results with the CPU the server, its loops and the machine used meanwhile."""
+    before, cpu, machine = os.getloadavg()[0], server.cpu_seconds(), _machine_busy()
+    result = load()
     after, machine = server.cpu_seconds(), _machine_busy() - machine
     server_cpu = after["all"] - cpu["all"]
     return {
@@ -552,8 +661,7 @@ def _run_http(case: dict, servers: dict, sessions: dict, client: str, seconds: f
         # Every process and the kernel (loopback TCP included): near the core count, the machine
         # itself is the limit.
         "machine_cores": round(machine / result["seconds"], 3),
-        "body_bytes": len(body),
-        "load_before": load,
+        "load_before": before,
     }
 
 
@@ -664,13 +772,16 @@ def run_benchmark(
         _say(progress, f"heavy model: single-row run {single:.2f} ms (p50)")
         servers = _start_servers(folder)
         try:
-            for case in http_cases():
+            for case in http_cases() + grpc_cases():
                 name = case_name(case)
                 _say(progress, f"  {name} ...")
                 runs = []
                 for _ in range(repeat):
                     try:
-                        runs.append(_run_http(case, servers, sessions, client, seconds, folder))
+                        if case["server"] == "rootml_grpc":
+                            runs.append(_run_grpc(case, servers, sessions, seconds))
+                        else:
+                            runs.append(_run_http(case, servers, sessions, client, seconds, folder))
                     except Exception as err:  # a failed case is reported, the others still run
                         runs.append({**case, "error": f"{type(err).__name__}: {err}"})
                 timed = [r for r in runs if "error" not in r]
@@ -695,11 +806,12 @@ def _start_servers(folder: Path) -> dict:
     """rootml serve on the repository and the Starlette reference on mlp.onnx, each with one
     worker process and with one per core (*_workers), all started at once."""
     rootml = [sys.executable, "-m", "rootml.cli", "serve", "--repo", str(folder / "repo")]
+    grpc_port = _free_port()
     reference = [sys.executable, str(Path(__file__).resolve()), "--reference-server"]
     reference.append(str(folder / "mlp.onnx"))
     workers = ["--workers", str(_cores())]
     commands = {
-        "rootml": rootml,
+        "rootml": [*rootml, "--grpc-port", str(grpc_port)],
         "starlette": reference,
         "rootml_workers": [*rootml, *workers],
         "starlette_workers": [*reference, *workers],
@@ -708,6 +820,7 @@ def _start_servers(folder: Path) -> dict:
     for name, command in commands.items():
         port = _free_port()
         servers[name] = Server([*command, "--port", str(port)], folder / f"{name}.log", port)
+    servers["rootml"].grpc_address = f"127.0.0.1:{grpc_port}"
     try:
         for server in servers.values():
             server.wait_ready()
@@ -970,7 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-server", help=argparse.SUPPRESS)  # internal: MODEL.onnx
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    # internal: ADDRESS MODEL BATCH CLIENTS SECONDS, the gRPC load generator's process
+    parser.add_argument("--grpc-load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.grpc_load:
+        address, model, batch, clients, seconds = args.grpc_load
+        grpc_load_main(address, model, int(batch), int(clients), float(seconds))
+        return 0
     if args.reference_server:
         _serve_reference(args.reference_server, args.port, args.workers)
         return 0

@@ -271,3 +271,24 @@ def test_readme_training_section_names_every_params_key():
     for param in PARAMS:
         for key in filter(None, (param.name, param.mlaas4hep)):
             assert f"`{key}`" in training, key
+
+
+def test_serve_refuses_grpc_and_tls_flags_that_cannot_work(tmp_path, capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cases = {
+            ("--grpc-port", "8000"): "--grpc-port 8000 is the HTTP --port: give another",
+            ("--grpc-port", str(port)): f"--grpc-port {port}: cannot listen on 127.0.0.1",
+            ("--tls-cert", "c.pem"): "TLS needs both --tls-cert and --tls-key",
+            (
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+            ): "--tls-cert c.pem: no such readable file",
+        }
+        for flags, message in cases.items():
+            assert main(["serve", "--repo", str(tmp_path), *flags]) == 2, flags
+            assert message in capsys.readouterr().err, flags

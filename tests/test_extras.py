@@ -30,7 +30,10 @@ tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Pytho
 
 ROOT = Path(__file__).resolve().parents[1]
 HZZ = ROOT / "tests" / "data" / "uproot-HZZ.root"
-SERVING_STACK = {"fastapi", "uvicorn", "onnx", "onnxruntime", "matplotlib", "prometheus-client"}
+SERVING_STACK = {
+    "fastapi", "uvicorn", "onnx", "onnxruntime", "matplotlib", "prometheus-client", "grpcio",
+    "protobuf",
+}  # fmt: skip
 
 
 @cache
@@ -144,7 +147,7 @@ def test_the_core_resolution_has_no_serving_stack():
     for name in ("torch", "torchdata", "uproot", "awkward", "numpy", "fsspec", "fsspec-xrootd"):
         assert name in core
     serve = _closure(_requirements(None) + _requirements("serve"))
-    assert {"fastapi", "uvicorn", "onnxruntime", "prometheus-client"} <= serve
+    assert {"fastapi", "uvicorn", "onnxruntime", "prometheus-client", "grpcio", "protobuf"} <= serve
     assert "matplotlib" not in serve
 
 
@@ -165,7 +168,7 @@ def test_core_streams_and_refuses_jobs_of_other_extras(tmp_path):
         folder,
         f"""
         absent("fastapi", "uvicorn", "onnx", "onnxruntime", "matplotlib", "prometheus_client",
-               "tqdm", "httpx", "orjson")
+               "tqdm", "httpx", "orjson", "grpc")
         import uproot, numpy as np
         from rootml import RootIterableDataset, fit_specs
         specs = fit_specs({str(HZZ)!r}, branches=["MET_px", "Jet_Px"], max_len=2)

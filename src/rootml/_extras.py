@@ -15,7 +15,7 @@ from rootml.errors import ConfigError
 MODULES = {
     "train": ("matplotlib", "tqdm"),
     "export": ("onnx", "onnxruntime"),
-    "serve": ("onnx", "onnxruntime", "fastapi", "uvicorn", "orjson", "prometheus_client"),
+    "serve": ("onnx", "onnxruntime", "fastapi", "uvicorn", "orjson", "prometheus_client", "grpc"),
     "client": ("httpx", "orjson"),
     "parquet": ("pyarrow",),
     "hdf5": ("h5py",),

@@ -285,7 +285,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     require("export", "rootml export")
     from rootml.errors import ModelError
-    from rootml.export.repository import add_onnx_model, model_dir
+    from rootml.export.repository import add_onnx_model, model_dir, model_file
+
+    def written(version: int) -> str:  # the model file of the version (default_model_filename)
+        folder = model_dir(args.repo, args.name)
+        return str(folder / str(version) / model_file(folder))
 
     if args.onnx is None:
         if args.source is None:
@@ -304,7 +308,7 @@ def _run_export(args: argparse.Namespace) -> int:
             parity_batches=args.parity_batches,
             max_batch_size=args.max_batch_size,
         )
-        print(f"{model_dir(args.repo, args.name) / str(version) / 'model.onnx'}")
+        print(written(version))
         return 0
     if args.source is not None:
         raise ModelError("give either a training run/checkpoint or --onnx FILE, not both")
@@ -315,15 +319,24 @@ def _run_export(args: argparse.Namespace) -> int:
     version = add_onnx_model(
         args.repo, args.name, args.onnx, metadata, max_batch_size=args.max_batch_size
     )
-    print(f"{model_dir(args.repo, args.name) / str(version) / 'model.onnx'}")
+    print(written(version))
     return 0
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = _command(sub, "serve", "serve a model repository over KServe V2 (HTTP)")
+    p = _command(sub, "serve", "serve a model repository over KServe V2 (HTTP and gRPC)")
     p.add_argument("--repo", default="models", help="model repository folder (default: models)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=0,
+        help="also serve the protocol over gRPC (inference.GRPCInferenceService, as Triton; "
+        "tritonclient.grpc, SONIC) on this port (default: off; Triton uses 8001)",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS and gRPC over TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument(
         "--token-file",
         help="file holding the bearer token that load/unload/upload need; without it they are off",
@@ -374,15 +387,24 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="onnxruntime intra-op threads per run; runs in flight = cores / this",
     )
+    p.add_argument(
+        "--device",
+        default=defaults.SERVE_DEVICE,
+        help="where models run whose config.pbtxt instance_group gives no kind: auto (a GPU "
+        "when onnxruntime has CUDA and finds one), cpu, cuda or cuda:N; KIND_GPU/KIND_CPU in "
+        f"config.pbtxt win; no usable GPU: the CPU, with a warning (default: {defaults.SERVE_DEVICE})",
+    )
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     require("serve", "rootml serve")
+    from rootml.export.execution import check_device
     from rootml.serve.app import repository_notice, run_server
     from rootml.serve.settings import ServeSettings
 
     token = read_token_file(args.token_file)
+    _check_serve_ports(args)
     settings = ServeSettings(
         repo=args.repo,
         token=token,
@@ -394,6 +416,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         threads_per_run=args.threads_per_run,
         body_timeout_s=args.body_timeout,
         repository_poll_secs=args.repository_poll_secs,
+        device=check_device(args.device),
+        grpc_port=args.grpc_port,
+        grpc_host=args.host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     notice = repository_notice(args.repo, args.repository_poll_secs)
     if notice is not None:
@@ -404,13 +431,39 @@ def _run_serve(args: argparse.Namespace) -> int:
         if args.repository_poll_secs > 0
         else "read at start"
     )
+    scheme = "https" if args.tls_cert else "http"
+    grpc = f" and grpc{'s' if args.tls_cert else ''}://{args.host}:{args.grpc_port}"
     print(
-        f"rootml serve: {args.repo} ({polled}) on http://{args.host}:{args.port}, "
-        f"model control {control}",
+        f"rootml serve: {args.repo} ({polled}) on {scheme}://{args.host}:{args.port}"
+        f"{grpc if args.grpc_port else ''}, model control {control}",
         file=sys.stderr,
     )
     run_server(settings, host=args.host, port=args.port)
     return 0
+
+
+def _check_serve_ports(args: argparse.Namespace) -> None:
+    """ConfigError for a gRPC port that is the HTTP one, or TLS given by halves or unreadable."""
+    if args.grpc_port and args.grpc_port == args.port:
+        raise ConfigError(f"--grpc-port {args.grpc_port} is the HTTP --port: give another")
+    if args.grpc_port < 0 or args.grpc_port > 65535:
+        raise ConfigError(f"--grpc-port {args.grpc_port} is not a port number (1-65535)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag} {path}: no such readable file")
+    if args.grpc_port:
+        # Said here in one line; the gRPC server binds the port only once the models are loaded.
+        import socket
+
+        try:
+            with socket.create_server((args.host, args.grpc_port)):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"--grpc-port {args.grpc_port}: cannot listen on {args.host}: {err.strerror}"
+            ) from None
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -619,7 +672,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "bench",
         "short benchmarks against their references (from a source checkout)",
         description="Run the short benchmarks against their references, measured in the same "
-        "run: the repository's benchmarks/run.py (loader, serve, gpu). They need the source "
+        "run: the repository's benchmarks/run.py (loader, serve, gpu, serve_gpu). They need the source "
         "checkout (examples, test fixtures, benchmarks/results), so they are not part of the "
         "installed package: run this from a clone of rootml.",
     )

@@ -26,3 +26,5 @@ SERVE_MAX_UPLOAD_BYTES = 256 * MiB
 SERVE_REQUEST_TIMEOUT_S = 30.0
 SERVE_BODY_TIMEOUT_S = 30.0
 SERVE_MAX_QUEUE = 1024
+# Where versions run whose config.pbtxt instance_group gives no kind: auto, cpu, cuda, cuda:N.
+SERVE_DEVICE = "auto"

@@ -175,7 +175,8 @@ def split_body(
     return body[:length], memoryview(body)[length:]
 
 
-def _tensor_bytes(array: np.ndarray) -> bytes:
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """The raw little-endian bytes of a tensor (BYTES: each element after its 4-byte length)."""
     if datatype_of(array) == "BYTES":
         parts = []
         for value in array.reshape(-1):
@@ -209,7 +210,7 @@ def encode_tensors(
             "shape": list(array.shape),
         }
         if binary:
-            blob = _tensor_bytes(array)
+            blob = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -27,20 +27,25 @@ def test_every_case_runs_without_errors(serve, results):
     http = [serve.case_name(case) for case in serve.http_cases()]
     inprocess = [f"inprocess-b{b}" for b in serve.BATCHES]
     inprocess += ["inprocess-2threads-b1024", "heavy-inprocess-b1", "heavy-inprocess-b64"]
-    assert list(results["cases"]) == inprocess + http
+    grpc = [serve.case_name(case) for case in serve.grpc_cases()]
+    assert grpc == ["rootml_grpc-raw-b1-c1", "rootml_grpc-raw-b1-c64", "rootml_grpc-raw-b1024-c64"]
+    assert list(results["cases"]) == inprocess + http + grpc
     assert len(set(http)) == len(http) == 4 * len(serve.BATCHES) * len(serve.CLIENTS) + 11
     for name, case in results["cases"].items():
         assert "error" not in case, (name, case.get("error"))
         assert case["errors"] == 0 and case["requests"] > 0, name
         assert case["rows_per_s"] == pytest.approx(case["req_per_s"] * case["batch"]), name
         assert 0 < case["p50_ms"] <= case["p99_ms"], name
+    for name in grpc:  # the generator's own process: its CPU is counted
+        assert results["cases"][name]["client_cores"] > 0, name
     server_cpu = collections.Counter()
-    for name in http:
+    for name in http + grpc:
         case = results["cases"][name]
+        assert case["client"] == ("grpc.aio" if name in grpc else "python"), name
         # CPU is counted in 10 ms clock ticks: over a 0.1 s case on a loaded machine a server
         # may have used less than one (0), never less than none; summed over a server's cases
         # below, it must show.
-        assert case["client"] == "python" and case["server_cpu_us_per_req"] >= 0, name
+        assert case["server_cpu_us_per_req"] >= 0, name
         assert case["server_cpu_us_per_req"] == pytest.approx(
             case["server_cpu_s"] / case["requests"] * 1e6, abs=1e3 / case["requests"]
         ), name
@@ -51,7 +56,7 @@ def test_every_case_runs_without_errors(serve, results):
         # Both counted in 10 ms clock ticks, over 0.1 s: a few ticks either way.
         assert case["machine_cores"] >= case["server_cores"] * 0.8 - 0.3, name
     assert all(cpu > 0 for cpu in server_cpu.values()), server_cpu
-    assert set(server_cpu) == {case["server"] for case in serve.http_cases()}
+    assert set(server_cpu) == {case["server"] for case in serve.http_cases() + serve.grpc_cases()}
 
 
 def test_models_targets_and_table(serve, results):

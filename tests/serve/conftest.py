@@ -108,14 +108,37 @@ def upload(server, name: str, body: bytes, headers=AUTH) -> httpx.Response:
 READY_WITHIN = 120  # seconds a test server may take to answer /v2/health/ready
 
 
+def wait_ready(process: subprocess.Popen, url: str, seconds: float, verify=True) -> bool:
+    """Whether the server at `url` answered /v2/health/ready with 200 within `seconds`, while
+    its `process` runs. `verify`: httpx's (the CA file of a TLS server)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5, verify=verify).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class Server:
     """`rootml serve` in a subprocess on a free loopback port; always killed at the end.
 
-    `entry`: how Python starts the command (`-m rootml.cli`, or `-c CODE` running it)."""
+    `entry`: how Python starts the command (`-m rootml.cli`, or `-c CODE` running it); `ca`: the
+    certificate to trust when the server serves TLS (args with --tls-cert and --tls-key); `grpc`:
+    serve gRPC too, on a free port (its address in `self.grpc`)."""
 
-    def __init__(self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli")):
+    def __init__(
+        self, repo: Path, log: Path, *args: str, entry=("-m", "rootml.cli"), ca=None, grpc=False
+    ):
+        if grpc:
+            grpc_port = free_port()
+            self.grpc = f"127.0.0.1:{grpc_port}"
+            args = (*args, "--grpc-port", str(grpc_port))
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+        self.verify = str(ca) if ca else True
         self.address = f"127.0.0.1:{self.port}"
         self.log = log
         command = [
@@ -134,14 +157,8 @@ class Server:
             )
         # Generous: starting imports onnxruntime and loads the models, seconds on a loaded
         # machine; a server that exits or never gets ready fails with the end of its log.
-        began = time.monotonic()
-        while time.monotonic() < began + READY_WITHIN and self.process.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.process, self.url, READY_WITHIN, verify=self.verify):
+            return
         code = self.process.poll()
         self.stop()
         why = f"exited with {code}" if code is not None else f"not ready in {READY_WITHIN} s"
@@ -150,7 +167,7 @@ class Server:
     def alive(self) -> bool:
         return (
             self.process.poll() is None
-            and httpx.get(f"{self.url}/v2/health/live").status_code == 200
+            and httpx.get(f"{self.url}/v2/health/live", verify=self.verify).status_code == 200
         )
 
     def stop(self) -> None:

@@ -45,3 +45,45 @@ def test_counts_and_buckets_match_numpy():
             assert got[(f"{name}_bucket", le)] == (values <= bound).sum(), (name, bound)
         assert got[(f"{name}_bucket", "+Inf")] == len(values)
     assert _samples(metrics, "1")[("rootml_inference_requests_total", None)] == 1
+
+
+def test_statistics_add_up_every_observation():
+    """Triton's statistics of ServeMetrics against plain sums of the same observations."""
+    rng = np.random.default_rng(5)
+    metrics = ServeMetrics()
+    requests = rng.exponential(0.004, (200, 3))  # latency, decode, encode
+    ok = rng.random(200) > 0.2
+    rows = rng.integers(1, 9, 200)
+    for (seconds, decode, encode), good, n in zip(requests, ok, rows):
+        metrics.observe_request("m", 3, float(seconds), bool(good), int(n), decode, encode)
+    runs = [
+        (int(rng.integers(1, 4)), list(rng.exponential(0.001, 3)), float(t))
+        for t in rng.exponential(0.002, 30)
+    ]
+    for size, waits, run in runs:
+        metrics.observe_execution("m", 3, size, waits, run, 1e-5, 2e-5)
+    metrics.observe_request("other", 1, 1.0, True, 5)
+
+    def ns(values) -> int:
+        return sum(int(v * 1e9) for v in values)
+
+    (stats,) = metrics.stats([("m", 3)])["model_stats"]
+    inference = stats["inference_stats"]
+    assert (stats["name"], stats["version"]) == ("m", "3")
+    assert stats["inference_count"] == rows[ok].sum() and stats["execution_count"] == len(runs)
+    assert inference["success"] == {"count": ok.sum(), "ns": ns(requests[ok, 0])}
+    assert inference["fail"] == {"count": (~ok).sum(), "ns": ns(requests[~ok, 0])}
+    assert inference["compute_input"] == {"count": ok.sum(), "ns": ns(requests[ok, 1])}
+    assert inference["compute_output"] == {"count": ok.sum(), "ns": ns(requests[ok, 2])}
+    # Per run: its requests' waits added up, and the run counted once per request in it.
+    waits = sum(len(ws) for _, ws, _ in runs)
+    assert inference["queue"] == {"count": waits, "ns": ns(sum(ws) for _, ws, _ in runs)}
+    assert inference["compute_infer"] == {"count": waits, "ns": ns(3 * t for _, _, t in runs)}
+    for batch in stats["batch_stats"]:
+        size = batch["batch_size"]
+        mine = [t for s, _, t in runs if s == size]
+        assert batch["compute_infer"] == {"count": len(mine), "ns": ns(mine)}
+        assert batch["compute_input"]["count"] == len(mine)
+    assert sorted(b["batch_size"] for b in stats["batch_stats"]) == sorted({s for s, _, _ in runs})
+    (empty,) = metrics.stats([("m", 4)])["model_stats"]
+    assert empty["inference_count"] == 0 and empty["inference_stats"]["success"]["count"] == 0

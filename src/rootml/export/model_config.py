@@ -10,6 +10,7 @@ with the same rules the server applies when it loads one.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,20 @@ from rootml.errors import ModelError
 from rootml.export.pbtxt import parse_config
 
 CONFIG_FILE = "config.pbtxt"
+# The file of each version folder, unless config.pbtxt names another (default_model_filename).
+MODEL_FILE = "model.onnx"
 DEFAULT_MAX_BATCH_SIZE = defaults.MAX_BATCH_SIZE
 # Per-model settings that a config made from a graph takes over from a given config.
-KEPT_CONFIG_KEYS = ("dynamic_batching", "version_policy", "instance_group", "parameters")
+KEPT_CONFIG_KEYS = (
+    "dynamic_batching",
+    "version_policy",
+    "instance_group",
+    "parameters",
+    "default_model_filename",
+)
+# Triton's instance group kinds. KIND_MODEL (the backend decides) is placed as KIND_AUTO.
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 # V2 datatype -> Triton config data_type.
 TRITON_TYPES = {
@@ -40,6 +52,8 @@ TRITON_TYPES = {
     "BYTES": "TYPE_STRING",
 }
 _V2_TYPES = {triton: v2 for v2, triton in TRITON_TYPES.items()}
+# Files of a version folder that are not its model.
+_RESERVED_NAMES = ("rootml.json", "config.pbtxt")
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,8 @@ def make_config(
     When every input and output has a variable first dim it is taken as the batch dim:
     ``max_batch_size`` is kept and dims are written without it (a rank-1 tensor becomes
     ``dims: [1]`` with ``reshape { shape: [] }``, as Triton wants). Otherwise max_batch_size is 0
-    and dims are the full shapes.
+    and dims are the full shapes. The version policy is ``all``: rootml's default, written out
+    because Triton's is the latest version only, so both serve the same versions.
     """
     batched = max_batch_size > 0 and all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
 
@@ -86,6 +101,7 @@ def make_config(
         "max_batch_size": max_batch_size if batched else 0,
         "input": [entry(t) for t in inputs],
         "output": [entry(t) for t in outputs],
+        "version_policy": {"all": {}},
     }
 
 
@@ -162,6 +178,46 @@ def batching_settings(
     return float(delay_us) / 1e6, queue, list(preferred)
 
 
+def model_file_name(config: dict[str, Any]) -> str:
+    """The file name of a version's model in its folder: config.pbtxt's default_model_filename
+    (Triton's), else model.onnx. ModelError for a name that is not a plain file name."""
+    name = config.get("default_model_filename", MODEL_FILE)
+    if name == "":  # Triton reads an empty string as unset
+        return MODEL_FILE
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or name in _RESERVED_NAMES:
+        raise ModelError(
+            f"config.pbtxt: default_model_filename {name!r} must be a plain file name "
+            f"(letters, digits, '_', '.', '-'), not one of {list(_RESERVED_NAMES)}"
+        )
+    return name
+
+
+def instance_groups(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """config.pbtxt's instance_group as Triton reads it: each group {"kind", "count", "gpus"}
+    with KIND_AUTO and count 1 where unset (a count below 1 counts as 1, as in Triton); [] when
+    the config has none. ModelError for an unknown kind, GPU ids that are not integers >= 0, or
+    GPUs given to a KIND_CPU group (Triton refuses those too)."""
+    groups = config.get("instance_group") or []
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise ModelError("config.pbtxt: instance_group must be messages [{ kind: ... }, ...]")
+    out = []
+    for i, group in enumerate(groups):
+        what = f"config.pbtxt: instance_group {group.get('name', i)!r}"
+        kind = group.get("kind", "KIND_AUTO")
+        if kind not in INSTANCE_KINDS:
+            raise ModelError(f"{what}: unknown kind {kind!r}; one of {list(INSTANCE_KINDS)}")
+        count = group.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ModelError(f"{what}: count must be an integer, not {count!r}")
+        gpus = group.get("gpus", [])
+        for gpu in gpus if isinstance(gpus, list) else [None]:
+            _int(gpu, f"instance_group {group.get('name', i)!r} gpus")
+        if kind == "KIND_CPU" and gpus:
+            raise ModelError(f"{what}: kind KIND_CPU but gpus {gpus} given")
+        out.append({"kind": kind, "count": max(1, count), "gpus": list(gpus)})
+    return out
+
+
 def select_versions(available: list[int], config: dict[str, Any]) -> list[int]:
     """The versions to serve under config.pbtxt's version_policy (Triton's); all when it has none.
     ModelError for a policy Triton would not take."""
@@ -188,7 +244,8 @@ def select_versions(available: list[int], config: dict[str, Any]) -> list[int]:
 
 def validate_config(config: Any) -> dict[str, Any]:
     """Check a config dict as the server would when loading it; return it. Raises ModelError
-    naming the setting (max_batch_size, dims, data types, dynamic batching, version policy)."""
+    naming the setting (max_batch_size, dims, data types, dynamic batching, version policy,
+    instance groups, default_model_filename)."""
     if not isinstance(config, dict):
         raise ModelError("config.pbtxt must be a message of fields")
     _int(config.get("max_batch_size", 0), "max_batch_size")
@@ -200,6 +257,8 @@ def validate_config(config: Any) -> dict[str, Any]:
             _tensor(entry, key, config)
     batching_settings(config)
     select_versions([], config)
+    instance_groups(config)
+    model_file_name(config)
     return config
 
 

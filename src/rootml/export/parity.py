@@ -167,7 +167,7 @@ def compare(
     member fold[i] % len(members)."""
     import onnxruntime as ort
 
-    from rootml.export.repository import session_options
+    from rootml.export.execution import session_options
 
     session = ort.InferenceSession(
         onnx_bytes, sess_options=session_options(1), providers=["CPUExecutionProvider"]

@@ -3,6 +3,7 @@
 ```
 <repo>/<name>/config.pbtxt          Triton config of the model: signature, batching, versions
 <repo>/<name>/<N>/model.onnx        numeric version folders, single-file ONNX; highest is the default
+                                    (another name when config.pbtxt's default_model_filename says)
 <repo>/<name>/<N>/rootml.json       rootml's metadata of that version (optional): Specs, layout,
                                     normalisation (folded or not), labels, training record;
                                     "regression" (targets, loss) for a regression model, whose
@@ -36,18 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from rootml.errors import ModelError
+from rootml.export import execution
 from rootml.export.metadata import METADATA_FILE as METADATA_FILE
 from rootml.export.metadata import check_metadata as check_metadata
 from rootml.export.metadata import read_metadata as read_metadata
 from rootml.export.metadata import version_metadata as version_metadata
 from rootml.export.model_config import CONFIG_FILE as CONFIG_FILE
 from rootml.export.model_config import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_BATCH_SIZE
+from rootml.export.model_config import MODEL_FILE as MODEL_FILE
 from rootml.export.model_config import TRITON_TYPES as TRITON_TYPES
 from rootml.export.model_config import (
     TensorSpec,
     check_signature,
     make_config,
     model_config,
+    model_file_name,
     read_config,
     validate_config,
 )
@@ -58,7 +62,6 @@ from rootml.export.pbtxt import format_config
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
 MAX_NAME_LENGTH = 128
 # Temporary files and folders of a change in progress; no model or version name starts so.
 _STAGING = "~tmp-"
@@ -69,7 +72,11 @@ _VERSION = re.compile(r"[0-9]+")
 
 @dataclass
 class LoadedModel:
-    """One version of a model, ready to run: its onnxruntime session and its metadata."""
+    """One version of a model, ready to run: its onnxruntime sessions and its metadata.
+
+    `sessions` (one per GPU instance, or the one CPU session; `session` is the first) run on
+    `devices` ("cpu", "cuda:N"); `planned` is where config.pbtxt's instance groups were to be
+    placed (rootml.export.execution.plan_groups), `config["instance_group"]` where they run."""
 
     name: str
     version: int
@@ -79,6 +86,12 @@ class LoadedModel:
     outputs: list[TensorSpec]
     config: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None  # rootml.json, None for plain ONNX models
+    sessions: list[Any] = field(default_factory=list)
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    planned: tuple = ()
+
+    def __post_init__(self):
+        self.sessions = self.sessions or [self.session]
 
     @property
     def max_batch_size(self) -> int:
@@ -129,15 +142,26 @@ def list_models(repo: str | os.PathLike) -> list[str]:
     return names
 
 
+def model_file(folder: str | os.PathLike) -> str:
+    """The file name of the versions' model in model folder `folder`: its config.pbtxt's
+    default_model_filename, else model.onnx. ModelError for a config that cannot be read."""
+    return model_file_name(read_config(folder))
+
+
 def list_versions(repo: str | os.PathLike, name: str) -> list[int]:
-    """Versions of model `name` that hold a model.onnx, ascending."""
+    """Versions of model `name` that hold its model file (`model_file`), ascending. A model
+    whose config.pbtxt cannot be read is listed by model.onnx (loading it says what is wrong)."""
     folder = model_dir(repo, name)
     if not folder.is_dir():
         return []
+    try:
+        filename = model_file(folder)
+    except ModelError:
+        filename = MODEL_FILE
     return sorted(
         int(entry.name)
         for entry in folder.iterdir()
-        if _VERSION.fullmatch(entry.name) and (entry / MODEL_FILE).is_file()
+        if _VERSION.fullmatch(entry.name) and (entry / filename).is_file()
     )
 
 
@@ -195,17 +219,26 @@ def add_onnx_model(
             raise ModelError(f"rootml.json for model {name!r} is not JSON: {err}") from err
     new_config = _config_change(repo, name, inputs, outputs, config, max_batch_size)
     onnx_bytes = proto.SerializeToString() if data is None else data
-    version = _write_version(Path(repo), folder, onnx_bytes, metadata_bytes, new_config)
+    filename = model_file_name(new_config if new_config is not None else read_config(folder))
+    version = _write_version(Path(repo), folder, onnx_bytes, metadata_bytes, new_config, filename)
     log.info("added %s version %d", name, version)
     return version
 
 
 def _metadata_beside(path: Path) -> dict[str, Any] | None:
     beside = path.parent / METADATA_FILE
-    if path.name != MODEL_FILE or not beside.is_file():
+    if not beside.is_file() or path.name not in (MODEL_FILE, _named_model_file(path)):
         return None
     log.info("taking %s as the metadata of %s", beside, path)
     return read_metadata(path.parent)
+
+
+def _named_model_file(path: Path) -> str | None:
+    """The model file name of the model folder above version folder `path.parent`, if any."""
+    try:
+        return model_file(path.parent.parent) if path.parent.name.isdigit() else None
+    except ModelError:
+        return None
 
 
 def _config_change(
@@ -226,12 +259,18 @@ def _config_change(
     if given:  # the inputs and outputs it declares, if any, read with the batch dim it gets
         declared = {**given, "max_batch_size": new["max_batch_size"]}
         check_signature(declared, inputs, outputs, f"the model {name!r} given with a config")
+    versions = list_versions(repo, name)
+    if versions and model_file_name(new) != model_file(folder):
+        raise ModelError(
+            f"the config given with model {name!r} names its model file "
+            f"{model_file_name(new)!r}, its versions {versions} hold {model_file(folder)!r}: "
+            "they would no longer be found"
+        )
     if current:
         check_signature(current, inputs, outputs, f"the new version of model {name!r}")
         return None if given is None or new == current else new
-    versions = list_versions(repo, name)
     if versions:  # a model without config.pbtxt: its newest version has the signature
-        newest = validate_onnx(folder / str(versions[-1]) / MODEL_FILE, folder)
+        newest = validate_onnx(folder / str(versions[-1]) / model_file(folder), folder)
         signature = make_config(name, *graph_io(newest), new["max_batch_size"] or max_batch_size)
         check_signature(signature, inputs, outputs, f"the new version of model {name!r}")
     return new
@@ -243,14 +282,16 @@ def _write_version(
     onnx_bytes: bytes,
     metadata: bytes | None,
     config: dict[str, Any] | None,
+    filename: str = MODEL_FILE,
 ) -> int:
-    """Write a checked version (and config) into the repository; return its number."""
+    """Write a checked version (and config) into the repository, its model as `filename`;
+    return its number."""
     repo.mkdir(parents=True, exist_ok=True)
     if not folder.exists():
         # A new model appears whole: config.pbtxt and version 1 in one rename.
         staging = _staging_folder(repo)
         try:
-            _fill_version(staging / "1", onnx_bytes, metadata)
+            _fill_version(staging / "1", onnx_bytes, metadata, filename)
             (staging / CONFIG_FILE).write_text(format_config(config))
             try:
                 os.rename(staging, folder)
@@ -262,7 +303,7 @@ def _write_version(
     _move_legacy_metadata(folder)
     staging = _staging_folder(folder)
     try:
-        _fill_version(staging, onnx_bytes, metadata)
+        _fill_version(staging, onnx_bytes, metadata, filename)
         version = _claim_version(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -278,9 +319,9 @@ def _staging_folder(parent: Path) -> Path:
     return path
 
 
-def _fill_version(folder: Path, onnx_bytes: bytes, metadata: bytes | None) -> None:
+def _fill_version(folder: Path, onnx_bytes: bytes, metadata: bytes | None, filename: str) -> None:
     folder.mkdir(exist_ok=True)
-    (folder / MODEL_FILE).write_bytes(onnx_bytes)
+    (folder / filename).write_bytes(onnx_bytes)
     if metadata is not None:
         (folder / METADATA_FILE).write_bytes(metadata)
 
@@ -329,54 +370,40 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def session_options(threads: int = 1):
-    """onnxruntime SessionOptions using `threads` intra-op threads and no inter-op pool."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return options
-
-
-def providers() -> list[str]:
-    """CUDA first when this onnxruntime has it, CPU always."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 def load_model(
     repo: str | os.PathLike,
     name: str,
     version: int | None = None,
     threads: int = 1,
     cached: LoadedModel | None = None,
+    device: str = "auto",
 ) -> LoadedModel:
     """Load one version (default: the highest) of model `name` from `repo`.
 
     The ONNX bytes are validated and handed to onnxruntime from memory, so onnxruntime never
     resolves a path itself. The graph must fit the model's config.pbtxt and the version's
-    rootml.json must pass `check_metadata`. `cached`: this version loaded before from an
-    unchanged model.onnx, whose session is reused (config and metadata are read anew).
+    rootml.json must pass `check_metadata`. The sessions are placed as config.pbtxt's
+    instance_group says, `device` ("auto", "cpu", "cuda", "cuda:N") for groups that do not say
+    (rootml.export.execution; a GPU that cannot be had falls back to the CPU with a warning).
+    `cached`: this version loaded before from an unchanged model file, whose sessions are reused
+    when they are placed as now (config and metadata are read anew).
     Raises ModelError (unknown model/version, unsafe file, bad config or metadata).
     """
     folder = model_dir(repo, name)
+    config = read_config(folder)
+    filename = model_file_name(config)
     versions = list_versions(repo, name)
     if not versions:
-        raise ModelError(f"model {name!r} has no version with a {MODEL_FILE} in {folder}")
+        raise ModelError(f"model {name!r} has no version with a {filename} in {folder}")
     version = versions[-1] if version is None else int(version)
     if version not in versions:
         raise ModelError(f"model {name!r} has no version {version} (versions: {versions})")
     what = f"version {version} of model {name!r}"
-    path = folder / str(version) / MODEL_FILE
-    config = read_config(folder)
+    path = folder / str(version) / filename
     metadata = version_metadata(folder, version)
     check_metadata(metadata, f"rootml.json of {what}")
     if cached is not None:
-        inputs, outputs, data = cached.inputs, cached.outputs, None
+        inputs, outputs = cached.inputs, cached.outputs
     else:
         data = inside(path, folder).read_bytes()
         inputs, outputs = graph_io(validate_onnx(data))
@@ -385,15 +412,25 @@ def load_model(
         check_signature(config, inputs, outputs, what)
     else:
         config = make_config(name, inputs, outputs)
-    if data is None:
-        session = cached.session
+    planned = execution.plan_groups(config, device, execution.available_gpus())
+    if cached is not None and cached.planned == planned:
+        sessions, devices, groups = cached.sessions, cached.devices, cached.config["instance_group"]
     else:
-        import onnxruntime as ort
-
+        if cached is not None:  # placed anew: the same file, read again
+            data = inside(path, folder).read_bytes()
+            validate_onnx(data)
         try:
-            session = ort.InferenceSession(
-                data, sess_options=session_options(threads), providers=providers()
+            sessions, devices, groups = execution.create_sessions(
+                data, planned[0], threads, what, planned[1]
             )
         except Exception as err:
             raise ModelError(f"onnxruntime cannot load {path}: {err}") from err
-    return LoadedModel(name, version, path, session, inputs, outputs, config, metadata)
+    # Resolved as Triton's config endpoint shows them: named, kinds placed, GPUs listed.
+    config = {
+        **config,
+        "instance_group": [{"name": f"{name}_{i}", **g} for i, g in enumerate(groups)],
+    }
+    return LoadedModel(
+        name, version, path, sessions[0], inputs, outputs, config, metadata,
+        sessions=sessions, devices=devices, planned=planned,
+    )  # fmt: skip

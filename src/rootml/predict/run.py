@@ -115,9 +115,13 @@ def open_model(model: str, threads: int = 0, token: str | None = None) -> Any:
     the default version moves meanwhile. Raises ModelError, ProtocolError."""
     if model.startswith(("http://", "https://")):
         return _RemoteModel(model, token)
+    from rootml.export.repository import list_versions, valid_model_name
+
     folder, version = Path(model), None
-    if folder.name.isdigit() and (folder / "model.onnx").is_file():
-        folder, version = folder.parent, int(folder.name)
+    repo, name = folder.parent.parent, folder.parent.name
+    if folder.name.isdigit() and valid_model_name(name):  # a version folder of a repository?
+        if int(folder.name) in list_versions(repo, name):
+            folder, version = folder.parent, int(folder.name)
     if not folder.is_dir():
         raise ModelError(
             f"model {model!r}: not a model folder (models/NAME), version folder (models/NAME/N) "

@@ -28,6 +28,8 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # Where the version runs: execution_provider, device, instances (as MLServer, V2 parameters).
+    parameters: dict[str, str | int] = {}
 
 
 class ServerMetadata(BaseModel):
@@ -55,6 +57,41 @@ class IndexEntry(BaseModel):
 class UploadAnswer(BaseModel):
     name: str
     version: str
+
+
+class Duration(BaseModel):
+    count: int
+    ns: int
+
+
+class InferStatistics(BaseModel):
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: InferStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class Statistics(BaseModel):
+    model_stats: list[ModelStatistics]
 
 
 class ErrorBody(BaseModel):

@@ -41,7 +41,15 @@ def create_app(settings: ServeSettings) -> InferFastPath:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await endpoints.start()
+        grpc_server = None
+        if settings.grpc_port:
+            # Imported only here: a server without gRPC never loads grpcio.
+            from rootml.serve.grpc.server import start_grpc
+
+            grpc_server = await start_grpc(endpoints, settings)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=1.0)
         await endpoints.stop()
 
     api = FastAPI(
@@ -94,6 +102,8 @@ def run_server(settings: ServeSettings, host: str = "127.0.0.1", port: int = 800
 
     # http/loop "auto": httptools and uvloop (dependencies of rootml) where installed.
     options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if settings.tls_cert:
+        options |= {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
     if settings.workers <= 1:
         uvicorn.run(create_app(settings), **options)
         return

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 ObserveFn = Callable[[int, list[float]], None]
+# (rows, queue times, run s, gather s, split s) of a run that succeeded.
+ExecutedFn = Callable[[int, list[float], float, float, float], None]
 
 
 @dataclass
@@ -44,7 +46,9 @@ class DynamicBatcher:
     """Queue of requests for one model version, run in batches on `executor`.
 
     `run` maps input arrays (B, ...) to output arrays (B, ...) and is called in the executor;
-    `observe(rows, queue_times)` is told about every run. At most `slots` runs are in flight.
+    `observe(rows, queue_times)` is told about every run as it starts, `executed(rows,
+    queue_times, run_s, gather_s, split_s)` about every run that succeeded, with the seconds it
+    took to run, to gather its inputs and to split its outputs. At most `slots` runs are in flight.
     A batch is sent once it holds the largest of `preferred_batch_size` rows, if given.
     Raises ModelError for max_batch_size < 1 or preferred sizes outside 1..max_batch_size.
     """
@@ -59,6 +63,7 @@ class DynamicBatcher:
         slots: int = 1,
         observe: ObserveFn | None = None,
         preferred_batch_size: Sequence[int] = (),
+        executed: ExecutedFn | None = None,
     ):
         if max_batch_size < 1:
             raise ModelError("dynamic batching needs max_batch_size > 0 in config.pbtxt")
@@ -76,7 +81,7 @@ class DynamicBatcher:
             max_delay_s,
             max_queue,
         )
-        self._observe = observe
+        self._observe, self._executed = observe, executed
         self._items: collections.deque[_Pending] = collections.deque()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(slots)
@@ -161,17 +166,19 @@ class DynamicBatcher:
                 return
             rows = sum(p.rows for p in batch)
             names = list(batch[0].feeds)
+            gathering = time.perf_counter()
             feeds = (
                 batch[0].feeds
                 if len(batch) == 1
                 else {n: np.concatenate([p.feeds[n] for p in batch]) for n in names}
             )
             started = time.perf_counter()
+            waits = [started - p.queued_at for p in batch]
             if self._observe is not None:
-                self._observe(rows, [started - p.queued_at for p in batch])
+                self._observe(rows, waits)
             loop = asyncio.get_running_loop()
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_fn, feeds)
+                outputs, run_s = await loop.run_in_executor(self._executor, self._timed_run, feeds)
                 for name, array in outputs.items():
                     if array.ndim == 0 or array.shape[0] != rows:
                         raise ModelError(
@@ -182,6 +189,7 @@ class DynamicBatcher:
                     if not p.future.done():
                         p.future.set_exception(err)
                 return
+            splitting = time.perf_counter()
             offset = 0
             for p in batch:
                 if not p.future.done():
@@ -189,5 +197,14 @@ class DynamicBatcher:
                         {n: a[offset : offset + p.rows] for n, a in outputs.items()}
                     )
                 offset += p.rows
+            if self._executed is not None:
+                split_s = time.perf_counter() - splitting
+                self._executed(rows, waits, run_s, started - gathering, split_s)
         finally:
             self._slots.release()
+
+    def _timed_run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        # In the run thread: the run's own duration, without the wait for the event loop after.
+        started = time.perf_counter()
+        outputs = self._run_fn(feeds)
+        return outputs, time.perf_counter() - started

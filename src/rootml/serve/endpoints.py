@@ -16,7 +16,8 @@ import gc
 import hmac
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 
 # Decoding a large infer body can take seconds of CPU (millions of JSON numbers or BYTES
 # elements); beyond this size it runs in a thread, so the event loop goes on serving others.
-_PARSE_INLINE_BYTES = 1 * MiB
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+PARSE_INLINE_BYTES = 1 * MiB
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+Answer = TypeVar("Answer")
 
 
 def json_body(body: bytes) -> Any:
@@ -80,6 +82,7 @@ class Endpoints:
             max_queue=settings.max_queue,
             metrics=self.metrics,
             inline_run_s=settings.inline_run_us * 1e-6,
+            device=settings.device,
         )
         self.ready = False
         self._poller: asyncio.Task | None = None
@@ -120,6 +123,8 @@ class Endpoints:
         return {"name": "rootml", "version": self.version, "extensions": EXTENSIONS}
 
     async def model_metadata(self, model_name: str, model_version: str | None = None):
+        """The model's signature (V2), and in `parameters` where the version runs: its
+        execution_provider, device and instances (rootml's addition; clients ignore it)."""
         served = self.manager.get(model_name, model_version)
         versions = (
             [str(served.version)]
@@ -132,6 +137,7 @@ class Endpoints:
             "platform": "onnxruntime_onnx",
             "inputs": [t.to_dict() for t in served.inputs],
             "outputs": [t.to_dict() for t in served.outputs],
+            "parameters": served.placement(),
         }
 
     async def model_ready(self, model_name: str, model_version: str | None = None):
@@ -141,7 +147,23 @@ class Endpoints:
     async def model_config(
         self, model_name: str, model_version: str | None = None
     ) -> dict[str, Any]:
-        return self.manager.get(model_name, model_version).model.config
+        """The model's config.pbtxt as served (see served_config)."""
+        return served_config(self.manager.get(model_name, model_version))
+
+    async def model_stats(
+        self, model_name: str | None = None, model_version: str | None = None
+    ) -> dict[str, Any]:
+        """Triton's statistics extension: counts and cumulative ns of the requests and runs of
+        every loaded version of the model (or of one version; of every model without a name)."""
+        if not model_name:
+            loaded = sorted(self.manager.loaded().items())
+            versions = [(name, v) for name, numbers in loaded for v in numbers]
+        elif model_version:
+            versions = [(model_name, self.manager.get(model_name, model_version).version)]
+        else:
+            self.manager.get(model_name)
+            versions = [(model_name, v) for v in self.manager.loaded()[model_name]]
+        return self.metrics.stats(versions)
 
     async def model_rootml(
         self, model_name: str, model_version: str | None = None
@@ -168,6 +190,35 @@ class Endpoints:
         except Exception as err:
             raise run_error(err) from err
 
+    async def score(
+        self,
+        served: ServedVersion,
+        decode: Callable[[], tuple[Any, dict[str, np.ndarray]]],
+        encode: Callable[[Any, dict[str, np.ndarray]], Answer],
+        started: float,
+        offload: bool = False,
+    ) -> Answer:
+        """One infer request of `served`, counted in the metrics and statistics: `decode()` ->
+        (request, feeds), in a thread when `offload`; the run (`run`); `encode(request,
+        outputs)` -> the answer returned. `started` (time.perf_counter) when the request began.
+        Every front-end's infer goes through here, so all count alike."""
+        ok, rows, decode_s, encode_s = False, 0, 0.0, 0.0
+        try:
+            began = time.perf_counter()
+            request, feeds = await asyncio.to_thread(decode) if offload else decode()
+            decode_s = time.perf_counter() - began
+            results = await self.run(served, feeds)
+            began = time.perf_counter()
+            answer = encode(request, results)
+            encode_s = time.perf_counter() - began
+            rows, ok = served.rows(feeds), True
+            return answer
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(
+                served.name, served.version, seconds, ok, rows, decode_s, encode_s
+            )
+
     async def infer(
         self,
         model_name: str,
@@ -181,26 +232,20 @@ class Endpoints:
         (time.perf_counter) when the request began, for the latency metric (default: now)."""
         started = time.perf_counter() if started is None else started
         served = self.manager.get(model_name, model_version)
-        ok = False
-        try:
+
+        def decode():
             # Model inputs as sent, or raw branch columns through the model's Specs.
-            if len(body) > _PARSE_INLINE_BYTES:
-                parsed, feeds = await asyncio.to_thread(decode_infer, served, body, header_length)
-            else:
-                parsed, feeds = decode_infer(served, body, header_length)
-            results = await self.run(served, feeds)
+            return decode_infer(served, body, header_length)
+
+        def encode(parsed, results: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
             wanted = parsed.outputs
             if wanted is None:
                 wanted = [(name, parsed.binary_output) for name in served.output_names]
-            answer = encode_infer_response(
-                served.name, str(served.version), [(n, results[n], b) for n, b in wanted], parsed.id
-            )
-            ok = True
-            return answer
-        finally:
-            self.metrics.observe_request(
-                served.name, served.version, time.perf_counter() - started, ok
-            )
+            outputs = [(n, results[n], b) for n, b in wanted]
+            return encode_infer_response(served.name, str(served.version), outputs, parsed.id)
+
+        offload = len(body) > PARSE_INLINE_BYTES
+        return await self.score(served, decode, encode, started, offload)
 
     async def tfaas(self, body: bytes, started: float | None = None) -> list:
         """TFaaS: {"keys": [...], "values": [...], "model": name} -> list of probabilities."""
@@ -209,18 +254,17 @@ class Endpoints:
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
             raise BadRequest("TFaaS request needs a 'model' name")
         served = self.manager.get(doc["model"])
-        ok = False
-        try:
+
+        def decode():
             feeds, single = tfaas_request(doc, served.inputs, served.metadata)
             if served.max_batch_size and len(next(iter(feeds.values()))) > served.max_batch_size:
                 raise BadRequest(f"more rows than max_batch_size {served.max_batch_size}")
-            answer = tfaas_output(await self.run(served, feeds), single)
-            ok = True
-        finally:
-            self.metrics.observe_request(
-                served.name, served.version, time.perf_counter() - started, ok
-            )
-        return answer
+            return single, feeds
+
+        def encode(single: bool, outputs: dict[str, np.ndarray]) -> list:
+            return tfaas_output(outputs, single)
+
+        return await self.score(served, decode, encode, started)
 
     # Repository ------------------------------------------------------------------------------
     def authorize(self, authorization: str | None) -> None:
@@ -251,9 +295,12 @@ class Endpoints:
         override is refused: ignoring them would load the repository's model instead."""
         doc = json_body(body)
         parameters = doc.get("parameters") if isinstance(doc, dict) else None
-        if isinstance(parameters, dict) and any(
-            key == "config" or key.startswith("file:") for key in parameters
-        ):
+        return await self.load_model(model_name, parameters if isinstance(parameters, dict) else {})
+
+    async def load_model(self, model_name: str, parameters: Any) -> dict:
+        """(Re)load `model_name` given the request's `parameters` (their names; authorize
+        first). BadRequest for a config or file: override (Triton's), which rootml does not do."""
+        if any(key == "config" or key.startswith("file:") for key in parameters):
             raise BadRequest(
                 "load with a config or file: override is not supported; add the model with "
                 f"POST /v2/repository/models/{model_name}/upload"
@@ -271,3 +318,20 @@ class Endpoints:
         serve it once loaded (authorize first)."""
         version = await self.manager.upload(model_name, body, self.settings.max_upload_bytes)
         return {"name": model_name, "version": str(version)}
+
+
+def served_config(served: ServedVersion) -> dict[str, Any]:
+    """The config of a served version as answered: config.pbtxt as read, and for a version with
+    dynamic batching (from config.pbtxt or rootml.json) its `dynamic_batching` with
+    `preferred_batch_size` [max_batch_size] when none is given: the size the batcher sends a
+    batch at, and what Triton reports then (its NormalizeModelConfig); clients such as coffea's
+    triton_wrapper take preferred_batch_size[0] as their batch size."""
+    config = served.model.config
+    if served.batcher is None:
+        return config
+    batching = config.get("dynamic_batching")
+    if batching is None:
+        batching = (served.metadata or {}).get("dynamic_batching") or {}
+    if not batching.get("preferred_batch_size"):
+        batching = {**batching, "preferred_batch_size": [served.max_batch_size]}
+    return {**config, "dynamic_batching": batching}

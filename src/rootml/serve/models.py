@@ -18,6 +18,7 @@ repository by renaming a finished folder (rootml.export), so a poll never sees h
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -35,7 +36,8 @@ from rootml.errors import (
     ProtocolError,
 )
 from rootml.export import repository as repo_mod
-from rootml.export.model_config import batching_settings, select_versions
+from rootml.export.execution import check_device, provider_of
+from rootml.export.model_config import batching_settings, model_file_name, select_versions
 from rootml.serve.batching import DynamicBatcher
 from rootml.serve.metrics import ServeMetrics
 from rootml.serve.upload import check_model_files, read_upload
@@ -52,11 +54,17 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
 
 
 class ServedVersion:
-    """One loaded version of a model: its session, signature, metadata and optional batcher."""
+    """One loaded version of a model: its sessions, signature, metadata and optional batcher.
+
+    Runs take the version's sessions (one per GPU instance of config.pbtxt's instance_group, or
+    one on the CPU) in turn."""
 
     def __init__(self, model: repo_mod.LoadedModel, batcher: DynamicBatcher | None = None):
         self.model = model
         self.batcher = batcher
+        self.sessions = model.sessions
+        # next() of itertools.cycle is one C call, safe from the run threads without a lock.
+        self._turn = itertools.cycle(model.sessions).__next__
         self.output_names = [t.name for t in model.outputs]
         self.max_batch_size = model.max_batch_size  # read on every request
         # Seconds per run by size class of the batch (rows.bit_length()): a moving average of
@@ -75,9 +83,24 @@ class ServedVersion:
     outputs = property(lambda self: self.model.outputs)
     metadata = property(lambda self: self.model.metadata)
 
+    def placement(self) -> dict[str, str | int]:
+        """Where the version runs, as V2 parameters: execution_provider and device of its
+        sessions (comma-separated when they differ, in session order) and instances (sessions)."""
+        devices = self.model.devices
+        providers = [provider_of(d) for d in devices]
+        return {
+            "execution_provider": ",".join(dict.fromkeys(providers)),
+            "device": ",".join(dict.fromkeys(devices)),
+            "instances": len(devices),
+        }
+
+    def rows(self, feeds: dict[str, np.ndarray]) -> int:
+        """The rows (batch entries) of a request's `feeds`: 1 for a model without a batch dim."""
+        return next(iter(feeds.values())).shape[0] if feeds and self.max_batch_size > 0 else 1
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session on `feeds` (input name -> array); blocking, thread-safe."""
-        return dict(zip(self.output_names, self.model.session.run(self.output_names, feeds)))
+        """Run a session on `feeds` (input name -> array); blocking, thread-safe."""
+        return dict(zip(self.output_names, self._turn().run(self.output_names, feeds)))
 
 
 class ModelManager:
@@ -87,6 +110,8 @@ class ModelManager:
     threads: run_slots x threads_per_run should not exceed the cores, so runs never fight over
     them. Beyond `max_queue` waiting requests, requests are refused (Overloaded). A run of an
     unbatched version measured to take at most `inline_run_s` runs on the event loop instead.
+    `device` ("auto", "cpu", "cuda", "cuda:N") places the versions whose config.pbtxt does not
+    say where (rootml.export.execution).
     """
 
     def __init__(
@@ -98,8 +123,10 @@ class ModelManager:
         max_queue: int = 1024,
         metrics: ServeMetrics | None = None,
         inline_run_s: float = 100e-6,
+        device: str = "auto",
     ):
         self.repo = Path(repo)
+        self.device = check_device(device)
         if not self.repo.is_dir():
             raise ModelError(f"model repository {self.repo} is not a directory")
         self.run_slots, self.threads_per_run, self.max_queue = run_slots, threads_per_run, max_queue
@@ -119,7 +146,7 @@ class ModelManager:
         self._default: dict[str, int] = {}
         self._fingerprints: dict[str, tuple] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # Sessions by (name, version), reused while model.onnx is unchanged; loads of different
+        # Sessions by (name, version), reused while the model file is unchanged; loads of different
         # models run in threads at once, hence the lock.
         self._cache: dict[tuple[str, int], tuple[tuple, repo_mod.LoadedModel]] = {}
         self._cache_lock = threading.Lock()
@@ -132,20 +159,26 @@ class ModelManager:
         """(versions loaded, versions failed -> reason, default version) of model `name`."""
         folder = repo_mod.model_dir(self.repo, name)
         config = repo_mod.read_config(folder)
+        filename = model_file_name(config)
         wanted = select_versions(repo_mod.list_versions(self.repo, name), config)
         if not wanted:
             raise ModelError(f"model {name!r}: no version to load in {folder}")
         loaded, failed, keys = {}, {}, {}
         for version in wanted:
             try:
-                info = (folder / str(version) / repo_mod.MODEL_FILE).stat()
+                info = (folder / str(version) / filename).stat()
                 key = (info.st_mtime_ns, info.st_size, info.st_ino)
                 with self._cache_lock:
                     cached = self._cache.get((name, version))
                 # An unchanged file keeps its session; config and rootml.json are read anew.
                 reuse = cached[1] if cached is not None and cached[0] == key else None
                 loaded[version] = repo_mod.load_model(
-                    self.repo, name, version, threads=self.threads_per_run, cached=reuse
+                    self.repo,
+                    name,
+                    version,
+                    threads=self.threads_per_run,
+                    cached=reuse,
+                    device=self.device,
                 )
                 keys[version] = key
             except (ModelError, OSError) as err:
@@ -173,6 +206,9 @@ class ModelManager:
                     model.name, model.version, rows, waits
                 ),
                 preferred_batch_size=preferred,
+                executed=lambda *run: self.metrics.observe_execution(
+                    model.name, model.version, *run
+                ),
             )
         return served
 
@@ -260,14 +296,16 @@ class ModelManager:
 
     def fingerprint(self, name: str) -> tuple:
         """The state of the files loading model `name` reads (config.pbtxt, each version's
-        model.onnx and rootml.json, a model-level rootml.json): it changes when any of them is
+        model file and rootml.json, a model-level rootml.json): it changes when any of them is
         added, removed or replaced."""
         folder = repo_mod.model_dir(self.repo, name)
         paths = [folder / repo_mod.CONFIG_FILE, folder / repo_mod.METADATA_FILE]
+        try:
+            filename = repo_mod.model_file(folder)
+        except ModelError:  # loading reports it; the config's own state is in the fingerprint
+            filename = repo_mod.MODEL_FILE
         for version in repo_mod.list_versions(self.repo, name):
-            paths += [
-                folder / str(version) / f for f in (repo_mod.MODEL_FILE, repo_mod.METADATA_FILE)
-            ]
+            paths += [folder / str(version) / f for f in (filename, repo_mod.METADATA_FILE)]
         return tuple((str(path), _file_state(path)) for path in paths)
 
     async def poll(self) -> None:
@@ -388,26 +426,16 @@ class ModelManager:
         """
         if served.batcher is not None and not served.batcher.closed:
             return await asyncio.wait_for(served.batcher.submit(feeds), timeout)
-        rows = next(iter(feeds.values())).shape[0] if feeds and served.max_batch_size > 0 else 1
+        rows = served.rows(feeds)
         cost = served.run_seconds.get(rows.bit_length())
         if cost is not None and cost <= self.inline_run_s:
-            self.metrics.observe_run(served.name, served.version, rows, [0.0])
-            started = self._run_clock()
-            outputs = served.run(feeds)
-            served.note_run(rows, self._run_clock() - started)
-            return outputs
+            return self._run_counted(served, feeds, rows, 0.0)
         if self._waiting >= self.max_queue + self.run_slots:
             raise Overloaded(f"too many requests waiting ({self._waiting}); retry later")
         queued = time.perf_counter()
 
         def job() -> dict[str, np.ndarray]:
-            self.metrics.observe_run(
-                served.name, served.version, rows, [time.perf_counter() - queued]
-            )
-            started = self._run_clock()
-            outputs = served.run(feeds)
-            served.note_run(rows, self._run_clock() - started)
-            return outputs
+            return self._run_counted(served, feeds, rows, time.perf_counter() - queued)
 
         self._waiting += 1
         try:
@@ -415,3 +443,16 @@ class ModelManager:
             return await asyncio.wait_for(run, timeout)
         finally:
             self._waiting -= 1
+
+    def _run_counted(
+        self, served: ServedVersion, feeds: dict[str, np.ndarray], rows: int, waited: float
+    ) -> dict[str, np.ndarray]:
+        """One unbatched run of `served` that waited `waited` s, counted in the metrics; its
+        cost (see infer) noted."""
+        self.metrics.observe_run(served.name, served.version, rows, [waited])
+        started, wall = self._run_clock(), time.perf_counter()
+        outputs = served.run(feeds)
+        seconds = time.perf_counter() - wall
+        served.note_run(rows, self._run_clock() - started)
+        self.metrics.observe_execution(served.name, served.version, rows, [waited], seconds)
+        return outputs

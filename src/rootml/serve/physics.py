@@ -220,7 +220,16 @@ def decode_infer(
     """
     raw = raw_columns(served)
     request = parse_infer_request(body, header_length, raw.jagged if raw is not None else ())
+    return request, request_feeds(served, request)
+
+
+def request_feeds(served: Any, request: InferRequest) -> dict[str, np.ndarray]:
+    """The feeds (model input name -> array) of a decoded request, from any front-end: its
+    model inputs checked against the version's signature, or its raw branch columns through the
+    version's preprocessing. Raises BadRequest, or ModelError for a model that cannot take raw
+    columns."""
+    raw = raw_columns(served)
     if raw is not None and raw.applies(request):
-        return request, raw.feeds(request, served.max_batch_size)
+        return raw.feeds(request, served.max_batch_size)
     check_inputs(request, served.inputs, served.outputs, served.max_batch_size)
-    return request, {i.name: i.array for i in request.inputs}
+    return {i.name: i.array for i in request.inputs}

@@ -32,6 +32,7 @@ from rootml.serve._openapi import (
     ModelReady,
     ServerMetadata,
     ServerReady,
+    Statistics,
     UploadAnswer,
     errors,
 )
@@ -131,6 +132,7 @@ def route_table(endpoints: Endpoints, http: HttpRoutes) -> list[tuple[str, list[
     ready = {**live, "response_model": ServerReady, "responses": ready_503}
     server = {"tags": ["metadata"], "response_model": ServerMetadata}
     model = {"tags": ["metadata"], "responses": MODEL_ERRORS}
+    stats = {"tags": ["metadata"], "response_model": Statistics, "responses": MODEL_ERRORS}
     model_ready = {"tags": ["health"], "response_model": ModelReady, "responses": MODEL_ERRORS}
     infer = {"tags": ["inference"], "responses": INFER_RESPONSES, "openapi_extra": INFER_OPENAPI}
     tfaas = {"tags": ["inference"], "responses": TFAAS_RESPONSES, "openapi_extra": TFAAS_OPENAPI}
@@ -144,6 +146,8 @@ def route_table(endpoints: Endpoints, http: HttpRoutes) -> list[tuple[str, list[
         ("GET", ["/v2/health/live"], e.live, live),
         ("GET", ["/v2/health/ready"], h.ready, ready),
         ("GET", ["/v2"], e.server_metadata, server),
+        # Before the model routes: /v2/models/stats is not a model named "stats".
+        ("GET", ["/v2/models/stats", *_model_paths("/stats")], e.model_stats, stats),
         ("GET", _model_paths(), e.model_metadata, {**model, "response_model": ModelMetadata}),
         ("GET", _model_paths("/ready"), e.model_ready, model_ready),
         ("GET", _model_paths("/config"), e.model_config, model),

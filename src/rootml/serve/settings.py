@@ -30,6 +30,13 @@ class ServeSettings:
     threads_per_run: int = 1
     run_slots: int | None = None  # default: the cores of this worker
     inline_run_us: float = 100.0  # runs measured at most this long run on the event loop
+    device: str = defaults.SERVE_DEVICE
+    # gRPC (inference.GRPCInferenceService) on grpc_host:grpc_port next to HTTP; 0: off.
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
+    # PEM certificate and key: HTTPS and gRPC over TLS; None: plain.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def slots(self) -> int:
         """onnxruntime runs in flight per worker: its share of the cores / threads per run."""

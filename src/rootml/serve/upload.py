@@ -3,7 +3,8 @@
 Archives are read in memory and never extracted to disk by their own paths: only the three known
 files are taken (``model.onnx`` and ``rootml.json`` at the top or in one numeric version folder,
 ``config.pbtxt`` at the top, optionally all under one top-level folder: a model folder of a
-repository holding one version). Absolute paths, ``..``, links,
+repository holding one version; the model file is the one config.pbtxt's
+``default_model_filename`` names, when it does). Absolute paths, ``..``, links,
 devices and any other file are refused, and the unpacked size is capped: a compressed tar is
 decompressed up to the cap only, so its headers (PAX, GNU long names) count too, and a header
 larger than any real one is refused before tarfile reads it.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rootml.errors import BadRequest, BodyTooLarge, ModelError
+from rootml.export.model_config import CONFIG_FILE, MODEL_FILE, model_file_name
 from rootml.export.pbtxt import parse_config
 
 _MAX_MEMBERS = 64
@@ -36,7 +38,6 @@ _TAR_BLOCK = 512
 # What a tar stream holds besides its members' contents (counted by _check_tar_headers): a
 # header block and padding per entry, and the end-of-archive record.
 _TAR_OVERHEAD = 4 * _MAX_MEMBERS * 2 * _TAR_BLOCK + 20 * _TAR_BLOCK
-_KNOWN = ("model.onnx", "rootml.json", "config.pbtxt")
 
 
 @dataclass
@@ -166,31 +167,46 @@ def _is_tar(body: bytes) -> bool:
     return body[:2] == b"\x1f\x8b" or body[257:262] == b"ustar" or body[:3] in (b"BZh", b"\xfd7z")
 
 
+def _read_config(data: bytes) -> tuple[dict[str, Any], str]:
+    """An uploaded config.pbtxt and the model file name it gives; BadRequest if unreadable."""
+    try:
+        config = parse_config(data.decode())
+        return config, model_file_name(config)
+    except (ModelError, UnicodeDecodeError) as err:
+        raise BadRequest(f"config.pbtxt: {err}") from None
+
+
 def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
     paths = [(_parts(name), data) for name, data in files]
     tops = {p[0] for p, _ in paths if p}
     if len(tops) == 1 and all(len(p) > 1 for p, _ in paths):
         paths = [(p[1:], data) for p, data in paths]
-    found: dict[str, bytes] = {}
-    folders = set()  # the version folders model.onnx and rootml.json come from
+    config, filename = None, MODEL_FILE
     for parts, data in paths:
-        in_version = len(parts) == 2 and parts[0].isdigit() and parts[1] != "config.pbtxt"
-        if (len(parts) == 1 and parts[0] in _KNOWN) or (in_version and parts[1] in _KNOWN):
+        if parts == [CONFIG_FILE]:
+            config, filename = _read_config(data)
+    known = (filename, "rootml.json", CONFIG_FILE)
+    found: dict[str, bytes] = {}
+    folders = set()  # the version folders the model file and rootml.json come from
+    for parts, data in paths:
+        in_version = len(parts) == 2 and parts[0].isdigit() and parts[1] != CONFIG_FILE
+        if (len(parts) == 1 and parts[0] in known) or (in_version and parts[1] in known):
             key = parts[-1]
             folders |= {parts[0]} if in_version else set()
         else:
             raise BadRequest(
-                f"unexpected file {'/'.join(parts)!r} in archive; allowed: model.onnx and "
-                "rootml.json (at the top or in one version folder), config.pbtxt"
+                f"unexpected file {'/'.join(parts)!r} in archive; allowed: {filename} and "
+                "rootml.json (at the top or in one version folder), config.pbtxt (its "
+                "default_model_filename names the model file, model.onnx without one)"
             )
         if key in found:
             raise BadRequest(f"archive holds more than one {key}; upload one version at a time")
         found[key] = data
     if len(folders) > 1:
         raise BadRequest(f"archive holds files of versions {sorted(folders)}; upload one")
-    if "model.onnx" not in found:
-        raise BadRequest("archive holds no model.onnx")
-    metadata = config = None
+    if filename not in found:
+        raise BadRequest(f"archive holds no {filename}")
+    metadata = None
     if "rootml.json" in found:
         try:
             metadata = json.loads(found["rootml.json"])
@@ -198,12 +214,7 @@ def _model_files(files: list[tuple[str, bytes]]) -> ModelFiles:
             raise BadRequest(f"rootml.json is not valid JSON: {err}") from None
         if not isinstance(metadata, dict):
             raise BadRequest("rootml.json must be a JSON object")
-    if "config.pbtxt" in found:
-        try:
-            config = parse_config(found["config.pbtxt"].decode())
-        except (ModelError, UnicodeDecodeError) as err:
-            raise BadRequest(f"config.pbtxt: {err}") from None
-    return ModelFiles(found["model.onnx"], metadata, config)
+    return ModelFiles(found[filename], metadata, config)
 
 
 def check_model_files(name: str, files: ModelFiles) -> None:
