@@ -13,7 +13,7 @@ import torch
 import uproot
 
 from rootml import RootIterableDataset
-from rootml.errors import ConfigError
+from rootml.errors import ConfigError, FileAccessError
 from tests.datasets.test_sharding import resumed_pairs
 
 SIZES = {"sig.root": (1, 3000), "bkg1.root": (0, 6000), "bkg2.root": (0, 6000)}  # 1:4
@@ -189,3 +189,23 @@ def test_bad_values_are_refused(files, options, named):
 def test_one_class_is_refused(files):
     with pytest.raises(ConfigError, match="two classes"):
         RootIterableDataset(files["sig.root"], branches=["x"], resample="undersample")
+
+
+def test_unreadable_label_branch_raises_or_is_skipped_in_the_counting_pass(files, tmp_path):
+    columns = uproot.open(files["mixed.root"])["Events"].arrays(["x", "cls"], library="np")
+    corrupt = tmp_path / "corrupt.root"
+    with uproot.recreate(corrupt) as out:  # a TTree: one basket per branch
+        out.mktree("Events", {"x": np.float32, "cls": np.int32}).extend(columns)
+    seek = uproot.open(corrupt)["Events"]["cls"].member("fBasketSeek")[0]
+    raw = bytearray(corrupt.read_bytes())
+    raw[seek + 100 : seek + 400] = b"\x00" * 300  # inside the compressed basket payload
+    corrupt.write_bytes(bytes(raw))
+    both = [str(corrupt), files["mixed.root"]]
+    options = dict(branches=["x"], label_branch="cls", resample="undersample")
+    with pytest.raises(FileAccessError, match="corrupt.root"):
+        RootIterableDataset(both, **options)
+    ds = RootIterableDataset(both, on_error="skip", **options)
+    cls = columns["cls"]
+    assert ds.resampling.counts == {c: int((cls == c).sum()) for c in (0, 1, 2)}
+    pairs, _, _ = rows(ds)
+    assert {f for f, _ in pairs} == {1} and ds.report["skipped_entries"] == 3000

@@ -21,7 +21,7 @@ import numpy as np
 from rootml.datasets import _arguments as args
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._reserved import exact_int64
-from rootml.errors import ConfigError
+from rootml.errors import ConfigError, FileAccessError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ def file_class_counts(labels: Sequence[int], ranges: Sequence[tuple[int, int]]) 
 def class_counts(ds: Any) -> Counter:
     """Entries per class of dataset `ds`'s selection, after its cut: from the file labels and
     planned ranges when there is neither label_branch nor cut (no reading), else a pass reading
-    the label branch and the cut's branches, files in parallel threads."""
+    the label branch and the cut's branches, files in parallel threads (with on_error="skip",
+    unreadable units are left out)."""
     if not ds.label_branch and not ds.cut:
         return file_class_counts(ds.file_labels, ds.ranges)
     by_file: dict[int, list] = {}
@@ -148,7 +149,12 @@ def class_counts(ds: Any) -> Counter:
         counts = Counter()
         try:
             for unit in units:
-                columns, entries = reader.read(unit)
+                try:
+                    columns, entries = reader.read(unit)
+                except FileAccessError:
+                    if ds.on_error == "raise":
+                        raise
+                    continue  # skipped and counted in the report when iterating
                 if not ds.label_branch:
                     counts[ds.file_labels[unit.file]] += len(entries)
                     continue
