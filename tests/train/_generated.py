@@ -20,6 +20,25 @@ import uproot
 SIGMA = 0.3
 SIGMA2 = 0.2
 
+MODEL = """import torch
+
+def model(idim):
+    return torch.nn.Sequential(torch.nn.Linear(idim, 8), torch.nn.ReLU(),
+                               torch.nn.Linear(8, 1), torch.nn.Sigmoid())
+"""
+
+
+def write_model(folder):
+    path = folder / "model.py"
+    path.write_text(MODEL)
+    return path
+
+
+def trained(run, epoch=1):
+    """(file_index, entry) of every entry trained on in `epoch` (debug_entries)."""
+    seen = np.load(run / "debug" / f"entries_epoch_{epoch:03d}.npz")
+    return seen["file_index"], seen["entry"]
+
 
 def y_true(x1, x2, x3):
     return 1.5 * x1 - 2.0 * x2 + 0.5 * x3 + 3.0

@@ -17,28 +17,11 @@ from rootml.errors import ConfigError
 from rootml.train import run_from_params
 from rootml.train.splits import n_folds_of, split_entries
 
-from ._generated import checkpoint_outputs, read, standardised
+from ._generated import checkpoint_outputs, read, standardised, trained, write_model
 
 BRANCHES = ["x1", "score_hint", "pt"]
-MODEL = """import torch
-
-def model(idim):
-    return torch.nn.Sequential(torch.nn.Linear(idim, 8), torch.nn.ReLU(),
-                               torch.nn.Linear(8, 1), torch.nn.Sigmoid())
-"""
 BASE = {"tree": "Events", "branches": BRANCHES, "batch_size": 200, "lr": 0.01, "device": "cpu",
         "chunk_size": 500, "debug_entries": True}  # fmt: skip
-
-
-def write_model(folder):
-    path = folder / "model.py"
-    path.write_text(MODEL)
-    return path
-
-
-def trained(run, epoch=1):
-    seen = np.load(run / "debug" / f"entries_epoch_{epoch:03d}.npz")
-    return seen["file_index"], seen["entry"]
 
 
 @settings(max_examples=200, deadline=None)

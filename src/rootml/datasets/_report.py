@@ -27,3 +27,14 @@ class SharedReport:
         with self._counts.get_lock():
             values = list(self._counts)
         return Counter({k: v for k, v in zip(self.keys, values) if v})
+
+    def extend(self, keys: Sequence[str]) -> None:
+        """Add counters (at construction, before the report is shared with workers)."""
+        new = [key for key in keys if key not in self._index]
+        if not new:
+            return
+        old = list(self._counts)
+        self.keys += new
+        self._index = {key: i for i, key in enumerate(self.keys)}
+        self._counts = multiprocessing.get_context("spawn").Array("q", len(self.keys))
+        self._counts[: len(old)] = old

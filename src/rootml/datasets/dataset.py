@@ -25,6 +25,7 @@ from rootml.datasets._metadata import FileMeta, check_same, read_metadata, selec
 from rootml.datasets._plan import Unit, order_units, plan_units, shard_units, split_nevts
 from rootml.datasets._reader import UnitReader
 from rootml.datasets._report import SharedReport
+from rootml.datasets._resample import REPORT, Resampling, class_counts, file_class_counts, options
 from rootml.datasets._reserved import (
     check_variables,
     exact_int64,
@@ -83,6 +84,15 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     shuffle: permute units per epoch (seed + epoch) and mix rows in a buffer of `shuffle_buffer`
         rows (default 2 x chunk_size: files mix in proportion once it spans several units).
         balance="class" multiplies weights so classes weigh the same.
+    resample: "undersample" drops entries of the larger classes, "oversample" repeats entries of
+        the smaller ones, so that smallest / largest class = `resample_ratio` (in (0, 1], default
+        1: equal counts; ROOT RDataLoader's sampling_type / sampling_ratio). Each entry is used
+        floor(f) or floor(f) + 1 times (f: its class's factor, `resampling.factors`), decided by
+        a hash of (seed, epoch, file, entry): the same for any workers, ranks or resume, new
+        each epoch. Weights are as read. The entries per class are counted after the cut: from
+        the file labels without label_branch or cut, else in a pass over the label branch and
+        the cut at construction. Dropped entries and added copies are in `report`
+        (undersampled:<class>, oversampled:<class>). Not with balance.
     rank / world_size: default from torch.distributed when initialised, else 0 / 1.
     on_error: "raise" (default) or "skip" unreadable units (FileAccessError only: mistakes in the
         request are never skipped); skipped entries are in `report`, also per file.
@@ -143,6 +153,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         layout: str = "flat",
         targets: Sequence[str] | None = None,
         reweight: bool = False,
+        resample: str | None = None,
+        resample_ratio: float | None = None,
         **reading: Any,
     ):
         super().__init__()
@@ -182,6 +194,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         self._file_weights = self._per_file(weights, "weights", 1.0, args.weight)
         self._plan(metas, sel.nevts, sel.entries)
         self._class_weights = self._balance_weights(self.ranges) if balance == "class" else None
+        self.resampling = self._resampling(resample, resample_ratio, balance)
         self.specs = self._fit_pad(specs, reuse_specs, max_len)
         self.first_meta = metas[0]  # what the first file holds (checks of later arguments)
         self._reweight = self._reweighting(reweight)
@@ -267,7 +280,8 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         """What was skipped, truncated or dropped since construction, summed over this process
         and its DataLoader workers: empty_files, skipped_units, skipped_entries and
         skipped:<url> (on_error="skip"), dropped_last (drop_last), truncated:<branch> (items cut
-        by padding), nonfinite:<branch> (NaN/inf values), negative:<weight_branch>."""
+        by padding), nonfinite:<branch> (NaN/inf values), negative:<weight_branch>,
+        undersampled:<class> (entries dropped) and oversampled:<class> (copies added)."""
         return self._report.counts()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -331,7 +345,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         )
         batcher = Batcher(self.batch_size, self.shuffle_buffer, rng)
         self._current = {"epoch": epoch, "batches": 0}
-        for block in self._blocks(units):
+        for block in self._blocks(units, epoch):
             for batch in batcher.add(block):
                 yield from self._emit(batch, skip)
         dropped = batcher.waiting % self.batch_size if self.drop_last else 0
@@ -346,7 +360,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
         if self._current["batches"] > skip:
             yield TensorBatch(to_torch(batch))  # a dict; pickles as one buffer out of workers
 
-    def _blocks(self, units: Sequence[Unit]) -> Iterator[dict[str, np.ndarray]]:
+    def _blocks(self, units: Sequence[Unit], epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """Blocks of rows, one per unit, `prefetch` units ahead: one thread reads units, another
         turns the units read into blocks, so padding one unit overlaps reading the next (uproot's
         decompression and numpy release the GIL)."""
@@ -360,7 +374,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             try:
                 for unit in todo:
                     read = pool.submit(reader.read, unit)
-                    pending.append((unit, shaper.submit(self._read_block, read, unit), read))
+                    pending.append((unit, shaper.submit(self._read_block, read, unit, epoch), read))
                     if len(pending) < self.prefetch:
                         continue
                     block = self._result(*pending.popleft()[:2])
@@ -432,7 +446,7 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
             )  # fmt: skip
         return label, weight
 
-    def _read_block(self, read: Future, unit: Unit) -> dict[str, np.ndarray]:
+    def _read_block(self, read: Future, unit: Unit, epoch: int) -> dict[str, np.ndarray]:
         columns, entries = read.result()
         context = {"url": self.files[unit.file], "tree": self.tree, "entries": unit[1:]}
         if self.preprocess is not None:
@@ -470,6 +484,10 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
                 ],
                 axis=1,
             ).reshape(n, len(self.identifiers))
+        if self.resampling is not None:
+            block, changed = self.resampling.apply(block, unit.file, epoch)
+            for label, count in changed.items():
+                self._report.add(f"{self.resampling.report_key}:{label}", count)
         return self.transform(block) if self.transform is not None else block
 
     def _shard(self) -> tuple[int, int, int, int]:
@@ -534,11 +552,24 @@ class RootIterableDataset(torch.utils.data.IterableDataset):
     def _balance_weights(self, ranges: Sequence[tuple[int, int]]) -> list[float]:
         if self.label_branch:
             raise ConfigError("balance='class' needs per-file labels, not label_branch")
-        per_class = Counter()
-        for label, (start, stop) in zip(self._file_labels, ranges):
-            per_class[label] += stop - start
+        per_class = file_class_counts(self._file_labels, ranges)
         total = sum(per_class.values())
         return [total / (len(per_class) * per_class[label]) for label in self._file_labels]
+
+    def _resampling(self, mode: Any, ratio: Any, balance: Any) -> Resampling | None:
+        """The under/oversampling of `mode`, from the entries per class after the cut (a
+        counting pass with label_branch or a cut); its counts become report keys."""
+        if mode is None:
+            if ratio is not None:
+                raise ConfigError(f"resample_ratio={ratio!r} needs resample='undersample' or 'oversample'")  # fmt: skip
+            return None
+        mode, ratio = options(mode, ratio)  # before the counting pass
+        if balance is not None:
+            raise ConfigError(f"resample={mode!r} and balance={balance!r} both balance the classes; give one")  # fmt: skip
+        resampling = Resampling(mode, ratio, class_counts(self), self.seed)
+        self._report.extend(f"{REPORT[mode]}:{c}" for c in resampling.counts)
+        log.info("%r", resampling)
+        return resampling
 
     def _reweighting(self, reweight: bool) -> Any:
         if not reweight:

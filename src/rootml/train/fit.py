@@ -278,10 +278,14 @@ class _Run:
 
 def _expected(dataset: Any, history: list[dict[str, Any]], key: str, world: int) -> int | None:
     """Events one rank sees in a pass: the last epoch's count when there is one, else the
-    selected entries (None with a cut: how many pass it is not known before reading)."""
+    selected entries (None with a cut or resampling: how many pass is not known before reading)."""
     if history and history[-1].get(key):
         return history[-1][key] // world
-    if getattr(dataset, "cut", None) or not getattr(dataset, "num_entries", None):
+    if (
+        getattr(dataset, "cut", None)
+        or getattr(dataset, "resampling", None)
+        or not getattr(dataset, "num_entries", None)
+    ):
         return None
     return dataset.num_entries // world
 

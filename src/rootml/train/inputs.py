@@ -18,6 +18,9 @@ from rootml.train.splits import fold_parts, n_folds_of, split_entries
 from rootml.transforms import Specs
 from rootml.transforms.reweight import Reweighting
 
+# Dataset arguments of the training set alone: validation and test read every entry once.
+TRAINING_ONLY = ("resample", "resample_ratio")
+
 
 @dataclass
 class RunData:
@@ -44,7 +47,7 @@ def run_data(
         selection=selection.replace(nevts=params["nevts"]),
         labels=labels,
         max_len=1,
-        **{k: v for k, v in common.items() if k != "normalize"},
+        **{k: v for k, v in common.items() if k not in ("normalize", *TRAINING_ONLY)},
     )
     if not params["target_branch"]:
         check_classes(probe.file_labels, labels, params["label_branch"])
@@ -61,7 +64,8 @@ def run_data(
     targets = target_stats(train_selection, params, resumed) if params["target_branch"] else None
     common.update(targets=params["target_branch"], reweight=bool(params["reweight_vars"]),
                   specs=specs, reuse_specs=fold is not None)  # fmt: skip
-    evaluation = dict(common, shuffle=False, balance=None)
+    evaluation = {k: v for k, v in common.items() if k not in TRAINING_ONLY}
+    evaluation.update(shuffle=False, balance=None)
 
     def dataset(entries, options, cut):
         if not sum(stop - start for start, stop in entries):
@@ -127,8 +131,8 @@ def make_objective(params: dict[str, Any], data: RunData) -> Any:
         if params["loss"] is not None:
             raise ConfigError(f"loss {params['loss']!r} is a regression loss: give target_branch")
         return Classification(params["class_weights"], label_names(data.train.file_labels))
-    if params["class_weights"] or params["balance"]:
-        raise ConfigError("class_weights and balance are for classification, not target_branch")
+    if params["class_weights"] or params["balance"] or params["resample"]:
+        raise ConfigError("class_weights, balance and resample are for classification, not target_branch")  # fmt: skip
     t = data.targets
     return Regression(params["target_branch"], t["mean"], t["std"], t["low"], t["high"],
                       params["loss"] or "mse", params["huber_delta"],

@@ -85,6 +85,12 @@ PARAMS: tuple[Param, ...] = (
           "null: every training entry", _PREP, minimum=1),
     Param("balance", None, (str,), "\"class\": weight the classes equally; null: as read",
           _PREP, choices=("class",)),
+    Param("resample", None, (str,), "undersample: drop entries of the larger classes; "
+          "oversample: repeat entries of the smaller ones, until smallest/largest = "
+          "resample_ratio, drawn anew each epoch (training only: validation and test are read "
+          "as they are)", _PREP, choices=("undersample", "oversample")),
+    Param("resample_ratio", None, _NUMBER, "smallest / largest class after resample, in "
+          "(0, 1]; null: 1, equal counts", _PREP, minimum=1e-12),
     Param("reweight_vars", None, (dict,), "kinematic reweighting: variable (one number per "
           "entry) -> bin edges, e.g. {\"HT\": [0, 300, 600, 1e4]}; several: N-D bins; the "
           "per-class histograms are fitted on the training entries with the Specs", _PREP),
@@ -192,6 +198,8 @@ DATASET_KEYS = (
     "weight_branch",
     "label_branch",
     "balance",
+    "resample",
+    "resample_ratio",
     "normalize",
     "layout",
 )
