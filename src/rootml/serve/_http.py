@@ -7,9 +7,9 @@ for FastAPI: the routes and the infer fast path answer every exception through i
 from __future__ import annotations
 
 import asyncio
-import weakref
 import zlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -22,46 +22,8 @@ from rootml.serve.errors import answer
 # A body may take 1 s more per this many bytes beyond the body timeout: slow links are fine,
 # stalled senders are not.
 BODY_MIN_RATE = 1 << 20
-# Body deadlines are checked this often (s): a stalled body is cut off up to this much late.
-WATCH_PERIOD = 0.25
-
-
-class _BodyWatch:
-    """The deadlines of the request bodies being read on one event loop, checked by one timer
-    every WATCH_PERIOD s while any is pending. A timer per request (asyncio.timeout_at) cost
-    ~7 us each, a twentieth of a single-row infer's CPU; here a request costs a dict entry.
-    A body past its deadline has its task cancelled and the entry marked expired: receive_body
-    turns that cancellation into RequestTimeout."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.pending: dict[asyncio.Task, list] = {}  # task -> [deadline, expired]
-        self.timer: asyncio.TimerHandle | None = None
-
-    def add(self, task: asyncio.Task, deadline: float) -> list:
-        self.pending[task] = entry = [deadline, False]
-        if self.timer is None:
-            self.timer = self.loop.call_later(WATCH_PERIOD, self._check)
-        return entry
-
-    def _check(self) -> None:
-        now = self.loop.time()
-        for task, entry in list(self.pending.items()):
-            if not entry[1] and now >= entry[0]:
-                entry[1] = True
-                task.cancel()
-        self.timer = self.loop.call_later(WATCH_PERIOD, self._check) if self.pending else None
-
-
-_WATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _watch() -> _BodyWatch:
-    loop = asyncio.get_running_loop()
-    watch = _WATCHES.get(loop)
-    if watch is None:
-        watch = _WATCHES[loop] = _BodyWatch(loop)
-    return watch
+# asyncio.timeout_at (3.11+) costs a timer per request; before it, wait_for per receive.
+_timeout_at = getattr(asyncio, "timeout_at", None)
 
 
 def error_response(
@@ -128,24 +90,14 @@ async def receive_body(
         raise BodyTooLarge(f"body of {length} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     start = asyncio.get_running_loop().time()
-    task = asyncio.current_task()
     try:
         if timeout is None:
             await _receive_all(receive, chunks, limit)
-        elif not hasattr(task, "uncancel"):  # Python 3.10: a timer per receive
+        elif _timeout_at is None:  # Python 3.10
             await asyncio.wait_for(_receive_all(receive, chunks, limit), timeout)
         else:
-            watch = _watch()
-            entry = watch.add(task, start + timeout)
-            try:
-                await _receive_all(receive, chunks, limit, entry, start + timeout)
-            except asyncio.CancelledError:
-                if not entry[1]:  # cancelled by someone else
-                    raise
-                task.uncancel()
-                raise asyncio.TimeoutError from None
-            finally:
-                del watch.pending[task]
+            async with _timeout_at(start + timeout) as deadline:
+                await _receive_all(receive, chunks, limit, deadline, start + timeout)
     except asyncio.TimeoutError:
         size = sum(map(len, chunks))
         raise RequestTimeout(
@@ -176,11 +128,11 @@ async def _receive_all(
     receive: Callable[[], Awaitable[dict]],
     chunks: list[bytes],
     limit: int,
-    deadline: list | None = None,
+    deadline: Any = None,
     until: float = 0.0,
 ) -> None:
-    """Append the body's chunks to `chunks`; each MiB received moves `deadline` (a _BodyWatch
-    entry) 1 s past `until`."""
+    """Append the body's chunks to `chunks`; each MiB received moves `deadline` (an
+    asyncio.Timeout) 1 s past `until`."""
     size = 0
     while True:
         message = await receive()
@@ -194,4 +146,4 @@ async def _receive_all(
         if not message.get("more_body", False):
             return
         if deadline is not None:
-            deadline[0] = until + size / BODY_MIN_RATE
+            deadline.reschedule(until + size / BODY_MIN_RATE)
