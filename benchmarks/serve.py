@@ -18,6 +18,10 @@ dynamic batching (config.pbtxt `dynamic_batching`, see BATCHING). Cases:
   off/on; every request/response pair is first checked against the in-process outputs;
 - rootml_workers, starlette_workers: both servers with one worker process per core
   (`--workers`), single-row JSON and binary batch 1024 with 64 clients;
+- peers (--peers): KServe 0.21's and MLServer 1.7's Python servers (serve_peers.py, each in its
+  own venv under .peers/) and Triton 2.51's python backend with an instance per core, on the mlp
+  model alone, next to rootml serving that model alone with its defaults (rootml_alone) and a
+  worker per core (rootml_alone_workers): single-row JSON and binary batch 1024, RSS per server;
 - rootml_grpc: the same `rootml serve` process over gRPC (`--grpc-port`, the protocol SONIC and
   tritonclient.grpc speak), raw_input_contents, batch 1 with 1 and 64 clients and batch 1024
   with 64, next to the HTTP binary cases of the same batch and clients.
@@ -41,6 +45,7 @@ Usage:
     python benchmarks/serve.py              # full (~12 min on 2 cores), results/serve.json
     python benchmarks/serve.py --quick      # 1 s per case (~1 min; what `rootml bench` runs)
     python benchmarks/serve.py --profile    # also py-spy the server over the target cases
+    python benchmarks/serve.py --peers kserve,mlserver,triton   # and the peers (serve_peers.py)
 """
 
 from __future__ import annotations
@@ -892,7 +897,10 @@ def _triton(folder: Path) -> Server:
     from rootml.export.pbtxt import format_config, parse_config
     from tests.serve import _triton as triton
 
-    home = triton.triton_home()
+    try:
+        home = triton.triton_home()
+    except triton.pytest.skip.Exception as missing:  # no Triton binary or libpython here
+        raise RuntimeError(f"the triton peer cannot run: {missing}") from None
     repo = folder / "triton-repo"
     (repo / "mlp").mkdir(parents=True)
     shutil.copytree(folder / "repo" / "mlp", repo / "mlp", dirs_exist_ok=True)
