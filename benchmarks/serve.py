@@ -478,7 +478,12 @@ async def _python_load(port: int, request: bytes, clients: int, seconds: float):
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
+                if length or not re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+                    await reader.readexactly(int(length.group(1)) if length else 0)
+                else:  # chunked (KServe's binary answers): sizes in hex, up to a 0-size chunk
+                    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                        await reader.readexactly(size + 2)
+                    await reader.readuntil(b"\r\n")
                 if head[9:12] == b"200":
                     latencies.append(time.perf_counter() - t0)
                 else:

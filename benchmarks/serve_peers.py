@@ -61,6 +61,8 @@ def serve_kserve(model_path: str, port: int) -> None:
             )  # fmt: skip
 
     sys.argv = sys.argv[:1]  # ModelServer reads its own argparse defaults from sys.argv
+    model_path = str(Path(model_path).resolve())
+    os.chdir(tempfile.mkdtemp(prefix="rootml-bench-kserve-"))  # what it writes, out of the checkout
     ModelServer(http_port=port, grpc_port=_free_port(), enable_grpc=False, workers=1).start(
         [OnnxModel(MODEL_NAME, model_path)]
     )
@@ -99,13 +101,15 @@ def serve_mlserver(model_path: str, port: int) -> None:
         f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from serve_peers import mlserver_model\nOnnxRuntime = mlserver_model()\n"
     )
+    # metrics_dir: MLServer's prometheus files (default .metrics in the working directory).
     settings = {"http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(),
-                "host": "127.0.0.1"}  # fmt: skip
+                "host": "127.0.0.1", "metrics_dir": str(folder / "metrics")}  # fmt: skip
     (folder / "settings.json").write_text(json.dumps(settings))
     model = {"name": MODEL_NAME, "implementation": "peer_model.OnnxRuntime",
              "parameters": {"uri": str(Path(model_path).resolve())}}  # fmt: skip
     (folder / "model-settings.json").write_text(json.dumps(model))
     mlserver = Path(sys.executable).with_name("mlserver")
+    os.chdir(folder)  # whatever else it writes stays out of the checkout
     os.execv(str(mlserver), [str(mlserver), "start", str(folder)])
 
 
