@@ -193,12 +193,12 @@ def serve_results(folder: Path) -> str:
     lines += [
         "",
         "| case | requests | errors | req/s | rows/s | p50 ms | p99 ms | server CPU us/req "
-        "| server cores | loop | generator cores | machine cores | load |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server cores | loop | generator cores | machine cores | server RSS MB | load |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, case in results["cases"].items():
         if "error" in case:
-            lines.append(f"| {name} | error: {case['error']} |" + " |" * 11)
+            lines.append(f"| {name} | error: {case['error']} |" + " |" * 12)
             continue
         lines.append(
             f"| {name} | {case['requests']:,} | {case['errors']} | {case['req_per_s']:,.0f} "
@@ -206,8 +206,14 @@ def serve_results(folder: Path) -> str:
             f"| {_num(case.get('server_cpu_us_per_req'), '.0f')} "
             f"| {_num(case.get('server_cores'), '.2f')} | {_num(case.get('loop_busy'), '.2f')} "
             f"| {_num(case.get('client_cores'), '.2f')} | {_num(case.get('machine_cores'), '.2f')} "
-            f"| {case.get('load_before', 0):.2f} |"
+            f"| {_num(case.get('server_rss_mb'), '.0f')} | {case.get('load_before', 0):.2f} |"
         )
+    if results.get("memory"):
+        shown = ", ".join(f"{name} {mb:.0f}" for name, mb in results["memory"].items())
+        lines += [
+            "",
+            f"RSS once ready, before any request (MB, all of a server's processes): {shown}.",
+        ]
     lines += [
         "",
         "Each target's value is the median of its paired rounds (its two cases run back to back, "

@@ -18,6 +18,10 @@ dynamic batching (config.pbtxt `dynamic_batching`, see BATCHING). Cases:
   off/on; every request/response pair is first checked against the in-process outputs;
 - rootml_workers, starlette_workers: both servers with one worker process per core
   (`--workers`), single-row JSON and binary batch 1024 with 64 clients;
+- peers (--peers): KServe 0.21's and MLServer 1.7's Python servers (serve_peers.py, each in its
+  own venv under .peers/) and Triton 2.51's python backend with an instance per core, on the mlp
+  model alone, next to rootml serving that model alone with its defaults (rootml_alone) and a
+  worker per core (rootml_alone_workers): single-row JSON and binary batch 1024, RSS per server;
 - rootml_grpc: the same `rootml serve` process over gRPC (`--grpc-port`, the protocol SONIC and
   tritonclient.grpc speak), raw_input_contents, batch 1 with 1 and 64 clients and batch 1024
   with 64, next to the HTTP binary cases of the same batch and clients.
@@ -41,6 +45,7 @@ Usage:
     python benchmarks/serve.py              # full (~12 min on 2 cores), results/serve.json
     python benchmarks/serve.py --quick      # 1 s per case (~1 min; what `rootml bench` runs)
     python benchmarks/serve.py --profile    # also py-spy the server over the target cases
+    python benchmarks/serve.py --peers kserve,mlserver,triton   # and the peers (serve_peers.py)
 """
 
 from __future__ import annotations
@@ -75,12 +80,19 @@ BATCHING = {"max_queue_delay_microseconds": 1000, "preferred_batch_size": [32]}
 BATCHES = (1, 64, 1024)
 CLIENTS = (1, 64)
 TARGETS = {
-    # name: (numerator case, denominator case, key, needed ratio)
+    # name: (numerator case, denominator case, key, needed ratio); for a CPU-per-request key
+    # the ratio is the denominator's CPU over the numerator's (higher is better, as for req/s).
     "json b1 c64: rootml / starlette req/s": (
         "rootml-json-b1-c64",
         "starlette-json-b1-c64",
         "req_per_s",
-        0.8,
+        0.95,
+    ),
+    "json b1 c64: starlette / rootml server CPU per request": (
+        "rootml-json-b1-c64",
+        "starlette-json-b1-c64",
+        "server_cpu_us_per_req",
+        0.95,
     ),
     "binary b1024 c64: rootml / in-process rows/s": (
         "rootml-binary-b1024-c64",
@@ -99,7 +111,7 @@ TARGETS = {
         "rootml_workers-json-b1-c64",
         "starlette_workers-json-b1-c64",
         "req_per_s",
-        0.8,
+        0.95,
     ),
     "binary b1024 c64, a worker per core: rootml / in-process rows/s": (
         "rootml_workers-binary-b1024-c64",
@@ -108,6 +120,27 @@ TARGETS = {
         0.7,
     ),
 }
+# With --peers triton: rootml serving the same single model with its default settings against
+# Triton's python backend with an instance per core, both on every core.
+PEER_TARGETS = {
+    "json b1 c64: rootml (defaults) / triton (an instance per core) req/s": (
+        "rootml_alone-json-b1-c64",
+        "triton-json-b1-c64",
+        "req_per_s",
+        1.0,
+    ),
+    "binary b1024 c64: rootml (defaults) / triton (an instance per core) req/s": (
+        "rootml_alone-binary-b1024-c64",
+        "triton-binary-b1024-c64",
+        "req_per_s",
+        1.0,
+    ),
+}
+
+
+def _ratio(a: dict, b: dict, key: str) -> float:
+    """a over b in `key`, or b over a for CPU per request (so that higher is better)."""
+    return b[key] / a[key] if key.endswith("_per_req") else a[key] / b[key]
 
 
 # -- models and repository ------------------------------------------------------------------------
@@ -305,13 +338,14 @@ def _process_tree(pid: int) -> list[int]:
 class Server:
     """A server subprocess on a free loopback port; wait_ready() until /v2/health/ready is 200."""
 
-    def __init__(self, command: list[str], log: Path, port: int):
+    def __init__(self, command: list[str], log: Path, port: int, env: dict | None = None):
         self.port, self.log, self.command = port, log, command
         self.url = f"http://127.0.0.1:{port}"
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
-            )
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+                env=env,
+            )  # fmt: skip
 
     def wait_ready(self, timeout: float = 180) -> None:
         import httpx
@@ -343,6 +377,15 @@ class Server:
                 out["loop"] += loop
                 out["all"] += everything
         return out
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server's processes together (workers included), MB."""
+        total = 0
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += int(status.split("VmRSS:", 1)[1].split()[0])
+        return total / 1024
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -435,7 +478,12 @@ async def _python_load(port: int, request: bytes, clients: int, seconds: float):
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
+                if length or not re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+                    await reader.readexactly(int(length.group(1)) if length else 0)
+                else:  # chunked (KServe's binary answers): sizes in hex, up to a 0-size chunk
+                    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                        await reader.readexactly(size + 2)
+                    await reader.readuntil(b"\r\n")
                 if head[9:12] == b"200":
                     latencies.append(time.perf_counter() - t0)
                 else:
@@ -571,6 +619,21 @@ def http_cases() -> list[dict]:
     return cases
 
 
+def peer_cases(peers: list[str]) -> list[dict]:
+    """The peers' cases: single-row JSON and binary batch 1024, 64 clients, next to rootml
+    serving the same one model (rootml_alone: its defaults; rootml_alone_workers: a worker process
+    per core). MLServer 1.7 has no binary tensor extension (its REST body must be JSON)."""
+    if not peers:
+        return []
+    servers = ["rootml_alone", "rootml_alone_workers", *peers]
+    return [
+        dict(server=server, model="mlp", encoding=encoding, batch=batch, clients=64)
+        for encoding, batch in (("json", 1), ("binary", 1024))
+        for server in servers
+        if not (server == "mlserver" and encoding == "binary")
+    ]
+
+
 def case_name(case: dict) -> str:
     """rootml-json-b1-c64, rootml_batched-..., heavy-..., heavy_batched-..., starlette-...,
     rootml_workers-..., starlette_workers-..."""
@@ -593,7 +656,9 @@ def _check(url: str, body: bytes, header_length: int | None, expected: np.ndarra
     from rootml.protocol import decode_infer_response
 
     headers = (
-        {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+        {"Content-Type": "application/json"}  # as wrk sends (KServe reads a body without it
+        if header_length is None  # as binary)
+        else {"Inference-Header-Content-Length": str(header_length)}
     )
     answer = httpx.post(url, content=body, headers=headers, timeout=60)
     if answer.status_code != 200:
@@ -662,6 +727,7 @@ def _measured(case: dict, server: Server, client: str, load) -> dict:
         # itself is the limit.
         "machine_cores": round(machine / result["seconds"], 3),
         "load_before": before,
+        "server_rss_mb": round(server.rss_mb(), 1),
     }
 
 
@@ -693,11 +759,11 @@ def _inprocess_cases(sessions: dict, seconds: float, repeat: int) -> dict:
 
 
 def _paired_rounds(servers: dict, sessions: dict, client: str, seconds: float, folder: Path,
-                   rounds: int, progress: bool) -> dict:  # fmt: skip
+                   rounds: int, progress: bool, peers: list[str]) -> dict:  # fmt: skip
     """Each target's two cases measured back to back `rounds` times, which one first alternating:
     one ratio per round, both sides measured in the same half minute, so the drift of a shared
     machine over a run of minutes (seen here: 15-20%) stays out of the ratio."""
-    http = {case_name(case): case for case in http_cases()}
+    http = {case_name(case): case for case in http_cases() + peer_cases(peers)}
 
     def measure(name: str) -> dict:
         if name in INPROCESS:
@@ -706,14 +772,14 @@ def _paired_rounds(servers: dict, sessions: dict, client: str, seconds: float, f
         return _run_http(http[name], servers, sessions, client, seconds, folder)
 
     out = {}
-    for target, (numerator, denominator, key, _) in TARGETS.items():
+    for target, (numerator, denominator, key, _) in target_table(peers).items():
         _say(progress, f"  target {target}: {rounds} paired rounds ...")
         ratios, errors = [], 0
         for i in range(rounds):
             order = (numerator, denominator) if i % 2 == 0 else (denominator, numerator)
             got = {name: measure(name) for name in order}
             errors += sum(got[name].get("errors", 0) for name in order)
-            ratios.append(got[numerator][key] / got[denominator][key])
+            ratios.append(_ratio(got[numerator], got[denominator], key))
         out[target] = {"ratios": ratios, "errors": errors}
     return out
 
@@ -726,8 +792,12 @@ def run_benchmark(
     profile: bool = False,
     progress: bool = True,
     rounds: int | None = None,
+    peers: list[str] | None = None,
 ) -> dict:
     """Run every case and return the results dict (see the module docstring).
+
+    `peers`: other servers on the same model (PEERS: KServe's and MLServer's Python servers,
+    Triton's python backend with an instance per core), each in its own venv under .peers/.
 
     `seconds` per case (full 5, quick 1); HTTP cases run `repeat` times (full 2, quick 1) and keep
     the run with the most requests/s. `client` is "wrk" (default when installed) or "python".
@@ -763,6 +833,9 @@ def run_benchmark(
         for name, widths in MODELS.items():
             results["models"][name] = {"widths": widths, "onnx_bytes": len(models[name])}
         make_repository(folder / "repo", models)
+        from rootml.export.repository import add_onnx_model
+
+        add_onnx_model(folder / "repo-mlp", "mlp", models["mlp"])  # the peers' one model
         (folder / "mlp.onnx").write_bytes(models["mlp"])
         _say(progress, "in-process onnxruntime ...")
         results["cases"].update(_inprocess_cases(sessions, min(seconds, 2.0), repeat))
@@ -770,9 +843,9 @@ def run_benchmark(
         results["models"]["heavy"]["single_row_ms"] = single
         results["models"]["mlp"]["single_row_ms"] = results["cases"]["inprocess-b1"]["p50_ms"]
         _say(progress, f"heavy model: single-row run {single:.2f} ms (p50)")
-        servers = _start_servers(folder)
+        servers = _start_servers(folder, peers or [])
         try:
-            for case in http_cases() + grpc_cases():
+            for case in http_cases() + grpc_cases() + peer_cases(peers or []):
                 name = case_name(case)
                 _say(progress, f"  {name} ...")
                 runs = []
@@ -790,21 +863,72 @@ def run_benchmark(
                 results["cases"][name] = best
             if rounds:
                 results["rounds"] = _paired_rounds(
-                    servers, sessions, client, seconds, folder, rounds, progress
+                    servers, sessions, client, seconds, folder, rounds, progress, peers or []
                 )
             if profile:
                 results["profiles"] = _profile(servers, sessions, client, seconds, folder)
         finally:
             for server in servers.values():
                 server.stop()
+    if peers:
+        results["memory"] = {name: server.idle_rss_mb for name, server in servers.items()}
     results["machine"]["load_after"] = os.getloadavg()
-    results["targets"] = targets(results["cases"], results.get("rounds"))
+    results["targets"] = targets(results["cases"], results.get("rounds"), peers or [])
     return results
 
 
-def _start_servers(folder: Path) -> dict:
+def _peer_python(peer: str) -> str:
+    """The python of the peer's venv under .peers/ (made on first use: pip, ~1-2 min)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import serve_peers
+
+    return str(serve_peers.make_venv(ROOT / ".peers" / peer, serve_peers.PEERS[peer]))
+
+
+def _python_peer(peer: str):
+    def start(folder: Path) -> Server:
+        port = _free_port()
+        command = [_peer_python(peer), str(HERE / "serve_peers.py"), peer, str(folder / "mlp.onnx")]
+        return Server([*command, "--port", str(port)], folder / f"{peer}.log", port)
+
+    return start
+
+
+def _triton(folder: Path) -> Server:
+    """Triton 2.51's python backend (tests/serve/_triton.py: the binary of nvidia-pytriton) on
+    the mlp model with `instance_group [{count: cores, kind: KIND_CPU}]`: an instance per core."""
+    sys.path.insert(0, str(ROOT))
+    from rootml.export.pbtxt import format_config, parse_config
+    from tests.serve import _triton as triton
+
+    try:
+        home = triton.triton_home()
+    except triton.pytest.skip.Exception as missing:  # no Triton binary or libpython here
+        raise RuntimeError(f"the triton peer cannot run: {missing}") from None
+    repo = folder / "triton-repo"
+    (repo / "mlp").mkdir(parents=True)
+    shutil.copytree(folder / "repo" / "mlp", repo / "mlp", dirs_exist_ok=True)
+    served = triton.python_backend_copy(repo, folder / "triton-python-repo")
+    config_path = served / "mlp" / "config.pbtxt"
+    config = parse_config(config_path.read_text())
+    config["instance_group"] = [{"count": _cores(), "kind": "KIND_CPU"}]
+    config_path.write_text(format_config(config))
+    port = _free_port()
+    command = triton._command(
+        home, triton.backends(home, folder / "triton-backends"), served,
+        "--http-address=127.0.0.1", f"--http-port={port}",
+    )  # fmt: skip
+    return Server(command, folder / "triton.log", port, env=triton._environment())
+
+
+# peer -> its server's starter (folder holds mlp.onnx and repo/)
+PEERS = {"kserve": _python_peer("kserve"), "mlserver": _python_peer("mlserver"), "triton": _triton}
+
+
+def _start_servers(folder: Path, peers: list[str]) -> dict:
     """rootml serve on the repository and the Starlette reference on mlp.onnx, each with one
-    worker process and with one per core (*_workers), all started at once."""
+    worker process and with one per core (*_workers), and the `peers`, all started at once."""
     rootml = [sys.executable, "-m", "rootml.cli", "serve", "--repo", str(folder / "repo")]
     grpc_port = _free_port()
     reference = [sys.executable, str(Path(__file__).resolve()), "--reference-server"]
@@ -821,9 +945,19 @@ def _start_servers(folder: Path) -> dict:
         port = _free_port()
         servers[name] = Server([*command, "--port", str(port)], folder / f"{name}.log", port)
     servers["rootml"].grpc_address = f"127.0.0.1:{grpc_port}"
+    if peers:  # rootml on the peers' one model, as they serve it
+        alone = [*rootml[:-1], str(folder / "repo-mlp")]
+        for name, extra in (("rootml_alone", []), ("rootml_alone_workers", workers)):
+            port = _free_port()
+            command = [*alone, *extra, "--port", str(port)]
+            servers[name] = Server(command, folder / f"{name}.log", port)
+    for name in peers:
+        servers[name] = PEERS[name](folder)
     try:
         for server in servers.values():
             server.wait_ready()
+            # Memory once ready, before any request (what a server holds to serve its models).
+            server.idle_rss_mb = round(server.rss_mb(), 1)
     except Exception:
         for server in servers.values():
             server.stop()
@@ -919,16 +1053,21 @@ def summarise_profile(raw: Path, top: int = 10) -> dict:
     }
 
 
-def targets(cases: dict, rounds: dict | None = None) -> dict:
+def target_table(peers: list[str]) -> dict:
+    """TARGETS, and PEER_TARGETS when Triton is among the `peers`."""
+    return TARGETS | (PEER_TARGETS if "triton" in peers else {})
+
+
+def targets(cases: dict, rounds: dict | None = None, peers: list[str] = ()) -> dict:
     """Each target's ratio, and whether it holds (0 errors too): the median of its paired rounds
     where there are some, else the ratio of its two cases' best runs."""
     out = {}
-    for name, (numerator, denominator, key, need) in TARGETS.items():
+    for name, (numerator, denominator, key, need) in target_table(list(peers)).items():
         a, b = cases.get(numerator, {}), cases.get(denominator, {})
         if key not in a or key not in b:
             out[name] = {"value": None, "need": f">= {need}", "met": False}
             continue
-        cases_ratio = a[key] / b[key]
+        cases_ratio = _ratio(a, b, key)
         paired = (rounds or {}).get(name)
         value = statistics.median(paired["ratios"]) if paired else cases_ratio
         errors = a.get("errors", 0) + b.get("errors", 0) + (paired["errors"] if paired else 0)
@@ -1059,6 +1198,9 @@ def format_table(results: dict) -> str:
         f"machine: {machine['cpu']}, {machine['cores']} cores shared by server, load generator "
         f"and this script; load average before {machine['load_before'][0]:.2f}"
     )
+    if results.get("memory"):
+        shown = ", ".join(f"{name} {mb:.0f}" for name, mb in results["memory"].items())
+        lines.append(f"RSS once ready, MB (all of a server's processes): {shown}")
     if results.get("mode") == "quick":
         lines.append("(quick run: 1 s per case, indicative only; the targets are for the full run)")
     for name, target in results.get("targets", {}).items():
@@ -1079,6 +1221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=("wrk", "python"), help="load generator")
     parser.add_argument("--profile", action="store_true", help="py-spy the target cases too")
     parser.add_argument("--rounds", type=int, help="paired rounds per target (full 3, quick 0)")
+    parser.add_argument(
+        "--peers", default="", help="comma-separated peers on the same model: kserve, mlserver, "
+        "triton (KServe 0.21 and MLServer 1.7 in venvs of their own under .peers/, made on first "
+        "use; Triton 2.51's python backend with an instance per core)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument("--reference-server", help=argparse.SUPPRESS)  # internal: MODEL.onnx
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -1095,8 +1242,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     (HERE / "results").mkdir(exist_ok=True)
     results = run_benchmark(
-        args.quick, args.seconds, args.repeat, args.client, args.profile, rounds=args.rounds
-    )
+        args.quick, args.seconds, args.repeat, args.client, args.profile, rounds=args.rounds,
+        peers=[p for p in args.peers.split(",") if p],
+    )  # fmt: skip
     output = args.json or HERE / "results" / ("serve-quick.json" if args.quick else "serve.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")

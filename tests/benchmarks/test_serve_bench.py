@@ -126,3 +126,43 @@ def test_profile_summary_counts_threads_and_loop_layers(serve, tmp_path):
     assert summary["threads"] == [["rootml-run", 60.0], ["MainThread", 40.0]]
     assert summary["loop_layers"] == [["rootml", 75.0], ["uvicorn (HTTP)", 25.0]]
     assert summary["loop_functions"][0] == ["infer_body (rootml/serve/app.py)", 75.0]
+
+
+def test_cpu_per_request_targets_read_lower_as_better(serve):
+    """A CPU-per-request target is the reference's CPU over the case's: 0.5 when the case costs
+    twice the reference, as a req/s target would read half the requests."""
+    case, reference = {"server_cpu_us_per_req": 200.0}, {"server_cpu_us_per_req": 100.0}
+    assert serve._ratio(case, reference, "server_cpu_us_per_req") == 0.5
+    assert serve._ratio({"req_per_s": 50.0}, {"req_per_s": 100.0}, "req_per_s") == 0.5
+    assert set(serve.target_table([])) == set(serve.TARGETS)
+    assert set(serve.target_table(["triton"])) == set(serve.TARGETS) | set(serve.PEER_TARGETS)
+    names = [serve.case_name(c) for c in serve.peer_cases(["mlserver", "triton"])]
+    assert "mlserver-json-b1-c64" in names and "mlserver-binary-b1024-c64" not in names
+    assert {"rootml_alone-json-b1-c64", "triton-binary-b1024-c64"} <= set(names)
+    assert serve.peer_cases([]) == []
+
+
+def test_triton_peer_serves_the_model_with_an_instance_per_core(serve, tmp_path):
+    """The Triton peer (python backend, tests/serve/_triton.py's binary) answers a case with
+    the scores of in-process onnxruntime (checked before it is measured) and runs `cores`
+    instances."""
+    pytest.importorskip("tritonclient")
+    from tests.serve import _triton
+
+    _triton.triton_home()  # skips where the Triton binary is not installed
+    model = serve.mlp_onnx(serve.MODELS["mlp"])
+    from rootml.export.repository import add_onnx_model
+
+    add_onnx_model(tmp_path / "repo", "mlp", model)
+    server = serve.PEERS["triton"](tmp_path)
+    try:
+        server.wait_ready(timeout=120)
+        config = (tmp_path / "triton-python-repo" / "mlp" / "config.pbtxt").read_text()
+        assert f"count: {serve._cores()}" in config and "KIND_CPU" in config
+        sessions = {"mlp": serve._session(model)}
+        case = dict(server="triton", model="mlp", encoding="json", batch=1, clients=2)
+        result = serve._run_http(case, {"triton": server}, sessions, "python", 0.2, tmp_path)
+        assert result["errors"] == 0 and result["requests"] > 0
+        assert result["server_rss_mb"] > 0 and server.rss_mb() > 0
+    finally:
+        server.stop()

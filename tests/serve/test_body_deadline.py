@@ -3,6 +3,7 @@ connection closed while the server goes on serving others; a steady sender is no
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -10,6 +11,8 @@ import httpx
 import orjson
 import pytest
 
+from rootml.errors import RequestTimeout
+from rootml.serve._http import receive_body
 from tests.serve.conftest import N_FEATURES, Server
 
 BODY_TIMEOUT = 2.0
@@ -86,3 +89,40 @@ def test_a_steady_sender_of_a_large_body_is_not_cut_off(deadline_server):
         sock.close()
     # Too many rows for max_batch_size: 400 once the whole body was read, not 408.
     assert head.startswith(b"HTTP/1.1 400"), head
+
+
+def _receiver(parts: list[bytes], gaps: list[float]):
+    """ASGI receive: `parts` of a body, each after its gap in s (the last one ends it); None
+    gap: never (a stalled sender)."""
+    it = iter(zip(parts, gaps))
+
+    async def receive() -> dict:
+        part, gap = next(it)
+        await asyncio.sleep(3600 if gap is None else gap)
+        return {"type": "http.request", "body": part, "more_body": part != parts[-1]}
+
+    return receive
+
+
+def test_receive_body_deadline_without_http():
+    """receive_body: a stalled body raises RequestTimeout after its timeout (never before);
+    a body sent in time comes back whole; a cancellation from elsewhere stays a cancellation,
+    and a later body on the same loop still gets its own deadline."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(RequestTimeout, match="did not arrive in time"):
+            await receive_body(_receiver([b"ab", b"cd"], [0.0, None]), 100, timeout=0.3)
+        assert loop.time() - began >= 0.3
+        body = await receive_body(_receiver([b"ab", b"cd"], [0.05, 0.05]), 100, timeout=5)
+        assert body == b"abcd"
+        task = asyncio.ensure_future(receive_body(_receiver([b"x"], [None]), 100, timeout=60))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(RequestTimeout):
+            await receive_body(_receiver([b"x"], [None]), 100, timeout=0.2)
+
+    asyncio.run(main())

@@ -22,6 +22,8 @@ import numpy as np
 import orjson
 import pytest
 
+from rootml.export.repository import add_onnx_model
+from rootml.protocol import decode_infer_response, encode_infer_request
 from tests.serve._physics_model import (
     HZZ,
     HZZ_BRANCHES,
@@ -31,11 +33,14 @@ from tests.serve._physics_model import (
     reference_inputs,
     run_onnx,
 )
-from tests.serve.conftest import Server
+from tests.serve.conftest import Server, make_inputs, mlp_onnx_bytes
 
 ROWS = 20
 CLIENT_MUST_NOT_LOAD = ("torch", "fastapi", "starlette", "uproot", "onnx", "onnxruntime", "awkward")
 SERVER_MUST_NOT_LOAD = ("torch", "uproot", "rootml.datasets", "rootml.predict", "rootml.client")
+# What a server of plain ONNX models (no Specs, no raw branch columns) needs neither: awkward and
+# the pyarrow it pulls in are ~50 MB of RSS in every server process.
+PLAIN_SERVER_MUST_NOT_LOAD = (*SERVER_MUST_NOT_LOAD, "awkward", "pyarrow", "rootml.transforms")
 # `rootml serve ARGS` that writes the names in sys.modules to $MODULES_OUT when it exits. uvicorn
 # stops on SIGTERM, then raises it again for the handler it found: an exit that runs atexit.
 LAUNCHER = """
@@ -77,6 +82,23 @@ def test_client_round_trip_of_numpy_stays_light():
     assert not loaded & set(CLIENT_MUST_NOT_LOAD), sorted(loaded & set(CLIENT_MUST_NOT_LOAD))
 
 
+def launch(repo: Path, tmp_path: Path) -> tuple[Server, Path]:
+    """`rootml serve --repo repo` through LAUNCHER: the server and where its modules will be."""
+    out = tmp_path / "modules.json"
+    os.environ["MODULES_OUT"] = str(out)
+    try:
+        return Server(repo, tmp_path / "serve.log", entry=("-c", LAUNCHER)), out
+    finally:
+        del os.environ["MODULES_OUT"]
+
+
+def stop_and_read_modules(server: Server, out: Path, log: Path) -> set[str]:
+    """SIGTERM: uvicorn shuts down and atexit writes sys.modules; the names loaded."""
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0, log.read_text()
+    return set(json.loads(out.read_text()))
+
+
 @pytest.fixture(scope="module")
 def physics_repo(tmp_path_factory):
     specs = hzz_specs()
@@ -90,12 +112,7 @@ def test_serve_process_loads_neither_torch_nor_uproot(physics_repo, tmp_path):
     every = read_columns(HZZ, "events", HZZ_BRANCHES)
     columns = {name: values[:ROWS] for name, values in every.items()}
     want = run_onnx(model, reference_inputs(columns, specs.feature_names, every, "standard"))
-    out = tmp_path / "modules.json"
-    os.environ["MODULES_OUT"] = str(out)
-    try:
-        server = Server(repo, tmp_path / "serve.log", entry=("-c", LAUNCHER))
-    finally:
-        del os.environ["MODULES_OUT"]
+    server, out = launch(repo, tmp_path)
     try:
         # Raw branch columns as JSON lists per entry, then as items and counts (binary).
         inputs = [
@@ -118,10 +135,35 @@ def test_serve_process_loads_neither_torch_nor_uproot(physics_repo, tmp_path):
         maps = Path(f"/proc/{server.process.pid}/maps").read_text()
         assert "libtorch" not in maps and "libc10" not in maps
         assert "onnxruntime" in maps  # the map is the serving process's
-        server.process.send_signal(signal.SIGTERM)  # uvicorn shuts down; atexit writes
-        assert server.process.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()
+        loaded = stop_and_read_modules(server, out, tmp_path / "serve.log")
     finally:
         server.stop()
-    loaded = set(json.loads(out.read_text()))
     assert {"rootml.serve.physics", "onnxruntime", "fastapi"} <= loaded
     assert not loaded & set(SERVER_MUST_NOT_LOAD), sorted(loaded & set(SERVER_MUST_NOT_LOAD))
+
+
+def test_plain_onnx_server_loads_no_awkward(tmp_path):
+    """A repository of plain ONNX models (no Specs): the server answers, and neither awkward nor
+    pyarrow (nor the transforms) is in its memory map while it serves or in sys.modules at exit."""
+    model = mlp_onnx_bytes()
+    add_onnx_model(tmp_path / "repo", "plain", model)
+    inputs = make_inputs(8)
+    body, length = encode_infer_request(inputs)
+    server, out = launch(tmp_path / "repo", tmp_path)
+    try:
+        headers = {} if length is None else {"Inference-Header-Content-Length": str(length)}
+        answer = httpx.post(f"{server.url}/v2/models/plain/infer", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        got = decode_infer_response(
+            answer.content, answer.headers.get("inference-header-content-length")
+        )["score"]
+        np.testing.assert_allclose(got, run_onnx(model, inputs)["score"], rtol=0, atol=1e-6)
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert "onnxruntime" in maps and "libawkward" not in maps and "libarrow" not in maps
+        loaded = stop_and_read_modules(server, out, tmp_path / "serve.log")
+    finally:
+        server.stop()
+    assert {"rootml.serve.physics", "onnxruntime", "fastapi"} <= loaded
+    bad = {m for m in loaded if m.split(".")[0] in PLAIN_SERVER_MUST_NOT_LOAD}
+    bad |= loaded & set(PLAIN_SERVER_MUST_NOT_LOAD)
+    assert not bad, sorted(bad)

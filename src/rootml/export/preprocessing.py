@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import awkward as ak
 import numpy as np
 
 from rootml.errors import ModelError, RootmlError
@@ -117,6 +116,8 @@ class Preprocessing:
         """Model input values per entry this preprocessing makes for a model taking `inputs`
         (TensorSpecs), found by transforming an empty chunk. Raises ModelError when it does not
         make them, or not in the model's fixed dims."""
+        import awkward as ak  # only models with Specs get here: plain ONNX serving never does
+
         widths = {n: s.width for n, s in self.specs.branches.items()}
         empty: dict[str, Any] = {}
         for name, kind in self.branches().items():

@@ -32,7 +32,6 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import awkward as ak
 import numpy as np
 
 from rootml.errors import BadRequest, BodyTooLarge, ModelError, RootmlError
@@ -167,6 +166,10 @@ class RawColumns:
             raise BadRequest(
                 f"{what}: the counts add up to {total} items, but {content.size} are given"
             )
+        # Imported here: a server whose models take no raw jagged columns never loads awkward
+        # (~50 MB of RSS with the pyarrow it pulls in).
+        import awkward as ak
+
         offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         jagged = ak.contents.ListOffsetArray(
