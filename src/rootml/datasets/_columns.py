@@ -9,6 +9,7 @@ aliases and the cut are then computed here, by uproot's own expression language,
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from rootml.datasets._schema import BranchInfo
 from rootml.errors import SchemaError
 
 
-class ColumnTable:
+class ColumnTable(abc.ABC):
     """One opened table of one file. Subclasses set `name` (the tree, ntuple or group name, None
     for a Parquet file), `url` and `num_entries`, and implement `describe` and `read_fields`."""
 
@@ -27,13 +28,13 @@ class ColumnTable:
     kind = "table"  # what `rootml inspect` calls it: "RNTuple", "Parquet", "HDF5 group"
     threaded = False  # read_fields may run in several threads at once, on disjoint names
 
+    @abc.abstractmethod
     def describe(self) -> dict[str, BranchInfo]:
         """Branch name -> BranchInfo of every column, in stored order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read_fields(self, names: Sequence[str], start: int, stop: int) -> dict[str, Any]:
         """The columns `names` (each one of `describe()`) of entries [start, stop)."""
-        raise NotImplementedError
 
     def boundaries(self) -> tuple[int, ...]:
         """Entry numbers where a cluster (row group, chunk) starts; () when unknown."""
@@ -47,8 +48,8 @@ class ColumnTable:
         """Branch -> (compressed, uncompressed) bytes where the format knows them."""
         return {}
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027  (most tables hold nothing open)
+        """Release what the table holds open (an HDF5 file); nothing by default."""
 
     def read(
         self,
