@@ -111,8 +111,15 @@ def run_from_params(
     rank, world = init_distributed(device)
     try:
         if params["folds"]:
-            return _run_folds(files, labels, model_file, params, out, resume, overwrite, rank)
-        return _run(files, labels, model_file, params, out, resume, overwrite, begin)
+            summary = _run_folds(files, labels, model_file, params, out, resume, overwrite, rank)
+        else:
+            summary = _run(files, labels, model_file, params, out, resume, overwrite, begin)
+        if started and world > 1:
+            # Every rank done (rank 0 writes last) before any tears the group down: a gloo rank
+            # destroying its group while another still runs aborted now and then at exit
+            # ("terminate called without an active exception", SIGABRT).
+            torch.distributed.barrier()
+        return summary
     finally:
         if started and world > 1:
             torch.distributed.destroy_process_group()
